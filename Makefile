@@ -1,0 +1,40 @@
+# The two commands in README.md: `make reproduce` and `make test`.
+# Each creates (or reuses) a local virtual environment in .venv and installs what it needs.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned here (a CPU wheel for Python 3.11 is cached on the dev machines; a looser
+# spec pulls a multi-GB CUDA build). pyproject.toml keeps a range for library users.
+TORCH_SPEC ?= torch==2.13.0
+PRESET ?= default
+
+# Offline real data: use ../shared/data when it exists and the user has not chosen a folder.
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin TRACIN_WE_DATA_DIR), undefined)
+ifneq ($(wildcard $(SHARED_DATA)/ag_news),)
+export TRACIN_WE_DATA_DIR := $(SHARED_DATA)
+endif
+endif
+
+.PHONY: reproduce test lint benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	touch $@
+
+reproduce: $(VENV)/.installed
+	$(PY) -m tracin_we.reproduce --preset $(PRESET)
+
+test: $(VENV)/.installed
+	$(PY) -m ruff check tracin_we tests benchmarks
+	$(PY) -m pytest
+
+benchmark: $(VENV)/.installed
+	$(PY) benchmarks/bench_tracin_we.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,191 @@
+"""Text classifiers behind one interface.
+
+Every model here maps ``(input_ids, attention_mask, token_type_ids)`` of shape ``(B, T)`` to logits
+``(B, C)`` and names two modules that influence methods need:
+
+- ``model.word_embeddings()``: the ``nn.Embedding`` holding the word-embedding matrix E
+  (vocab × d), the layer of TracIn-WE;
+- ``model.classifier_layer()``: the final ``nn.Linear`` (logits f = W a + b), the layer of
+  TracIn-Last, influence functions and representer points.
+
+Models: ``"bert-tiny"`` (the paper's), ``"cnn"`` (the authors' notebook), or any
+``AutoModelForSequenceClassification`` name or local path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import lru_cache
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+from tracin_we.tokenizer import VOCAB_SIZE
+
+log = logging.getLogger(__name__)
+
+BERT_TINY_HUB = "google/bert_uncased_L-2_H-128_A-2"
+BUILTIN_MODELS = ("bert-tiny", "cnn")
+
+
+class CNNClassifier(nn.Module):
+    """The authors' AG News CNN: Embedding(vocab, 128) → Conv1D(50, 5, relu) → Conv1D(50, 5, relu)
+    → Conv1D(50, 1, relu) → global max pool → Linear(50, C).
+
+    Padding positions get a zero embedding, so [PAD] receives no gradient (as BERT's attention mask
+    ensures for BERT). Inputs must be at least 9 tokens long (two valid width-5 convolutions).
+    """
+
+    def __init__(self, num_labels: int, vocab_size: int = VOCAB_SIZE, embed_dim: int = 128,
+                 channels: int = 50, kernel_size: int = 5) -> None:
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab_size, embed_dim)
+        self.convs = nn.Sequential(
+            nn.Conv1d(embed_dim, channels, kernel_size), nn.ReLU(),
+            nn.Conv1d(channels, channels, kernel_size), nn.ReLU(),
+            nn.Conv1d(channels, channels, 1), nn.ReLU(),
+        )
+        self.classifier = nn.Linear(channels, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        e = self.embeddings(input_ids)  # (B, T, d)
+        if attention_mask is not None:
+            e = e * attention_mask.unsqueeze(-1).to(e.dtype)
+        h = self.convs(e.transpose(1, 2))  # (B, channels, T - 8)
+        return self.classifier(h.amax(dim=-1))
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def classifier_layer(self) -> nn.Linear:
+        return self.classifier
+
+
+class HFClassifier(nn.Module):
+    """A Hugging Face sequence classifier returning plain logits.
+
+    ``load_state_dict`` also accepts the wrapped model's own keys (no ``model.`` prefix), as saved
+    by ``transformers.Trainer``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and getattr(self.model.config, "type_vocab_size", 0) > 1:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs).logits
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def classifier_layer(self) -> nn.Linear:
+        """The last ``nn.Linear`` producing ``num_labels`` outputs (BERT's ``classifier``,
+        RoBERTa's ``classifier.out_proj``, GPT-2's ``score``...)."""
+        num_labels = self.model.config.num_labels
+        heads = [m for m in self.model.modules()
+                 if isinstance(m, nn.Linear) and m.out_features == num_labels]
+        if not heads:
+            raise ValueError(f"model: no nn.Linear with {num_labels} outputs found")
+        return heads[-1]
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if not any(k.startswith("model.") for k in state_dict):
+            return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def word_embeddings(model: nn.Module) -> nn.Embedding:
+    """The word-embedding module of ``model`` (see the module docstring)."""
+    if hasattr(model, "word_embeddings"):
+        module = model.word_embeddings()
+    elif hasattr(model, "get_input_embeddings"):
+        module = model.get_input_embeddings()
+    else:
+        module = None
+    if not isinstance(module, nn.Embedding):
+        raise ValueError(
+            f"model: {type(model).__name__} has no identifiable word-embedding layer; give it a "
+            "`word_embeddings()` method returning its nn.Embedding"
+        )
+    return module
+
+
+def classifier_layer(model: nn.Module) -> nn.Linear:
+    """The final linear layer of ``model`` (see the module docstring)."""
+    module = model.classifier_layer() if hasattr(model, "classifier_layer") else None
+    if not isinstance(module, nn.Linear):
+        raise ValueError(
+            f"model: {type(model).__name__} has no identifiable final linear layer; give it a "
+            "`classifier_layer()` method returning its nn.Linear"
+        )
+    return module
+
+
+def build_model(name: str, num_labels: int, seed: int, pretrained: bool = True,
+                vocab_size: int = VOCAB_SIZE) -> tuple[nn.Module, str]:
+    """A fresh model and a description of its initialisation (part of every cache key).
+
+    ``seed`` fixes every randomly initialised weight (for pretrained models: the new head).
+    ``"bert-tiny"`` loads ``google/bert_uncased_L-2_H-128_A-2`` when ``pretrained`` and the hub is
+    reachable, else the same architecture randomly initialised, and logs which.
+    """
+    if num_labels < 2:
+        raise ValueError(f"num_labels={num_labels} must be >= 2")
+    torch.manual_seed(seed)
+    if name == "cnn":
+        return CNNClassifier(num_labels, vocab_size), f"random(seed={seed})"
+    if name == "bert-tiny":
+        if pretrained and hub_reachable(BERT_TINY_HUB):
+            log.info("bert-tiny: pretrained weights from %s", BERT_TINY_HUB)
+            return _from_pretrained(BERT_TINY_HUB, num_labels), f"hub:{BERT_TINY_HUB}"
+        log.warning("bert-tiny: hub unreachable or pretrained=False; random init of the "
+                    "BERT-tiny architecture (2 layers, hidden 128, 2 heads, vocab %d)", vocab_size)
+        config = BertConfig(vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=512, num_labels=num_labels)
+        return HFClassifier(BertForSequenceClassification(config)), f"random(seed={seed})"
+    if os.path.isdir(name) or "/" in name:
+        return _from_pretrained(name, num_labels), f"pretrained:{name}"
+    raise ValueError(
+        f"model={name!r} is unknown; allowed: {list(BUILTIN_MODELS)} or a Hugging Face "
+        "AutoModelForSequenceClassification name ('org/name') or local folder"
+    )
+
+
+def _from_pretrained(name: str, num_labels: int) -> HFClassifier:
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name, num_labels=num_labels, trust_remote_code=False
+    )
+    return HFClassifier(model)
+
+
+@lru_cache(maxsize=8)
+def hub_reachable(repo_id: str) -> bool:
+    """Whether ``repo_id`` can be loaded: cached locally, or the hub answers within seconds.
+
+    A plain socket probe comes first because the hub client retries for ~20 s when offline.
+    """
+    from huggingface_hub import constants, hf_hub_download
+
+    try:
+        hf_hub_download(repo_id, "config.json", local_files_only=True)
+        return True
+    except Exception:  # not cached: any failure here just means "ask the hub"
+        pass
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        hf_hub_download(repo_id, "config.json", etag_timeout=5)
+        return True
+    except Exception:  # DNS, TLS, HTTP or auth errors all mean: not reachable now
+        return False

@@ -1,0 +1,384 @@
+"""Training with the paper's recipe, saving the checkpoints that TracIn needs.
+
+Recipe (v1 §5): SGD with momentum 0.9 and a constant learning rate, cross-entropy, mini-batches in
+a seeded order. ``train(config)`` caches its result under a key derived from the resolved config and
+the data's fingerprint: a rerun with the same config reuses it, a different config never does, an
+interrupted run resumes from its last finished epoch, and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict
+from torch import nn
+from tqdm.auto import tqdm
+
+from tracin_we.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    save_torch,
+    sha256,
+    write_json,
+)
+from tracin_we.data import DataConfig, fingerprint, make_splits
+from tracin_we.models import build_model, word_embeddings
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "TRACIN_WE_CACHE"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A model, its data and the recipe that trains it. Frozen: it keys the cache."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = "bert-tiny"  # "bert-tiny", "cnn", or a Hugging Face name/path
+    pretrained: bool = True  # load pretrained weights where the model has them and they are reachable
+    epochs: int = 10  # paper, AG News: 10
+    lr: float = 2e-2  # paper, AG News: 2e-2 (Toxicity: 2e-4)
+    momentum: float = 0.9  # paper: 0.9
+    batch_size: int = 32
+    checkpoint_epochs: tuple[int, ...] = (5, 10)  # save after these epochs (1-based)
+    seed: int = 0  # model init, batch order and dropout
+    freeze_embeddings: bool = False  # no-overlap experiment: word embeddings stay at init
+    max_grad_norm: float | None = None  # clip the global gradient norm (HF Trainer uses 1.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint_epochs", tuple(self.checkpoint_epochs))
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs} must be a positive integer")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr} must be > 0")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm} must be > 0 or None")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be a positive integer")
+        bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
+        if not self.checkpoint_epochs or bad:
+            raise ValueError(
+                f"checkpoint_epochs={list(self.checkpoint_epochs)} must be a non-empty list of "
+                f"epochs in [1, {self.epochs}]"
+            )
+        # Validates the name before any data is loaded or model built.
+        if self.model not in ("bert-tiny", "cnn") and "/" not in self.model \
+                and not os.path.isdir(self.model):
+            raise ValueError(
+                f"model={self.model!r} is unknown; allowed: 'bert-tiny', 'cnn', or a Hugging Face "
+                "AutoModelForSequenceClassification name ('org/name') or local folder"
+            )
+
+    @classmethod
+    def from_params(cls, **params) -> TrainConfig:
+        """Build from the flat parameters of a notebook or preset; unknown names are an error."""
+        data_fields = set(DataConfig.__dataclass_fields__)
+        train_fields = set(cls.__dataclass_fields__) - {"data"}
+        unknown = set(params) - data_fields - train_fields
+        if unknown:
+            raise ValueError(f"unknown parameters {sorted(unknown)}; allowed: "
+                             f"{sorted(data_fields | train_fields)}")
+        data = DataConfig(**{k: v for k, v in params.items() if k in data_fields})
+        return cls(data=data, **{k: v for k, v in params.items() if k in train_fields})
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    epoch: int
+    lr: float
+    sha256: str
+
+
+@dataclass
+class TrainResult:
+    """A finished training run: its folder, config, checkpoints and metrics."""
+
+    run_dir: Path
+    config: TrainConfig
+    init: str
+    checkpoints: list[Checkpoint]
+    final: Checkpoint
+    metrics: dict
+    history: list[dict]
+
+    def checkpoint_pairs(self) -> list[tuple[dict, float]]:
+        """``(state_dict, lr)`` for each saved checkpoint: the ``checkpoints`` argument of
+        ``tracin_we.influence.scores``. Each file's hash is checked."""
+        return [(load_checkpoint(c.path, c.sha256)["state_dict"], c.lr) for c in self.checkpoints]
+
+    def load_model(self, which: str = "final") -> nn.Module:
+        """The model at ``which`` = "final" or "epoch<N>" (a saved checkpoint), in eval mode."""
+        options = {"final": self.final} | {f"epoch{c.epoch}": c for c in self.checkpoints}
+        if which not in options:
+            raise ValueError(f"which={which!r}; allowed: {sorted(options)}")
+        model = new_model(self.config)[0]
+        model.load_state_dict(load_checkpoint(options[which].path, options[which].sha256)["state_dict"])
+        return model.eval()
+
+
+def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
+    from tracin_we.data import TASKS
+
+    return build_model(config.model, TASKS[config.data.dataset].num_classes, config.seed,
+                       pretrained=config.pretrained)
+
+
+def model_inputs(data: Dataset | list[dict] | dict) -> dict[str, torch.Tensor]:
+    """Stack a ``Dataset`` or list of dicts into tensors: ``input_ids``, ``attention_mask``,
+    ``token_type_ids`` (each (N, T), when present) and ``labels`` (N,)."""
+    if isinstance(data, dict) and "input_ids" in data and torch.is_tensor(data["input_ids"]):
+        return data
+    rows = data.to_dict() if isinstance(data, Dataset) else None
+    if rows is None:
+        if not data:
+            return {}
+        rows = {k: [ex[k] for ex in data] for k in data[0]}
+    out = {k: torch.as_tensor(rows[k]) for k in MODEL_INPUTS if k in rows}
+    label_key = "labels" if "labels" in rows else "label" if "label" in rows else None
+    if label_key is not None:
+        out["labels"] = torch.as_tensor(rows[label_key], dtype=torch.long)
+    return out
+
+
+def select(tensors: dict[str, torch.Tensor], index: torch.Tensor, device: str | torch.device
+           ) -> dict[str, torch.Tensor]:
+    return {k: v[index].to(device) for k, v in tensors.items()}
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits (B, C) for a batch dict (labels ignored)."""
+    return model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of ``range(n)`` used in ``epoch`` (0-based); depends on nothing else, so a
+    retrain on a reduced set visits the remaining examples in the same order."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def fit(model: nn.Module, train: dict[str, torch.Tensor], config: TrainConfig,
+        keep: torch.Tensor | None = None, device: str = "cpu", start_epoch: int = 0,
+        optimizer_state: dict | None = None, progress: bool = True,
+        on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None = None,
+        ) -> nn.Module:
+    """Train ``model`` in place with SGD + momentum on ``train`` (tensors from ``model_inputs``).
+
+    ``keep`` (bool, (N,)) drops examples: each epoch visits ``epoch_order`` and every mini-batch
+    loses its dropped examples (a batch left empty is skipped), so deleting examples changes
+    nothing else — the common-random-numbers design of the case-deletion study.
+    ``on_epoch(epoch, model, optimizer, mean_loss)`` runs after each epoch (1-based).
+    """
+    model.to(device)
+    frozen = word_embeddings(model).weight if config.freeze_embeddings else None
+    params = [p for p in model.parameters() if p.requires_grad and p is not frozen]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    n = len(train["labels"])
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        order = epoch_order(n, config.seed, epoch)
+        if keep is not None:
+            kept = keep[order]
+        total, count = 0.0, 0
+        batches = range(0, n, config.batch_size)
+        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                          disable=not progress):
+            index = order[start:start + config.batch_size]
+            if keep is not None:
+                index = index[kept[start:start + config.batch_size]]
+                if len(index) == 0:
+                    continue
+            batch = select(train, index, device)
+            loss = F.cross_entropy(forward(model, batch), batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            total, count = total + loss.item() * len(index), count + len(index)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model, optimizer, total / max(count, 1))
+    return model
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 256,
+                  device: str = "cpu") -> torch.Tensor:
+    """Softmax probabilities (N, C) in eval mode."""
+    model.eval().to(device)
+    n = len(data["input_ids"])
+    out = [forward(model, select(data, torch.arange(i, min(i + batch_size, n)), device)).softmax(-1)
+           for i in range(0, n, batch_size)]
+    return torch.cat(out).cpu()
+
+
+def accuracy(model: nn.Module, data: dict[str, torch.Tensor], device: str = "cpu") -> float:
+    if not len(data.get("labels", [])):
+        return float("nan")
+    return (predict_proba(model, data, device=device).argmax(-1) == data["labels"]).float().mean().item()
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where cached results go: ``path``, else ``$TRACIN_WE_CACHE``, else ``./runs/cache``."""
+    return Path(path or os.environ.get(CACHE_ENV) or Path.cwd() / "runs" / "cache")
+
+
+def resolved_config(config: TrainConfig, init: str, data_fingerprint: str) -> dict:
+    """The config as saved beside every result: what defines the run, without where data lives."""
+    resolved = asdict(config)
+    resolved["data"].pop("data_dir")
+    resolved |= {"init": init, "data_fingerprint": data_fingerprint}
+    return json.loads(json.dumps(resolved))  # as it reads back from config.json (tuples → lists)
+
+
+def config_key(resolved: dict) -> str:
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train(config: TrainConfig, splits: DatasetDict | None = None, run_dir: str | Path | None = None,
+          cache: str | Path | None = None, overwrite: bool = False, device: str = "cpu",
+          progress: bool = True) -> TrainResult:
+    """Train ``config`` (or reuse its cached result) and return its checkpoints and metrics.
+
+    The run folder defaults to ``<cache>/train/<model>-<dataset>-<key>``; a given ``run_dir``
+    holding another config is refused unless ``overwrite``. Each checkpoint stores its state dict,
+    the learning rate in force, its epoch and the resolved config.
+    """
+    splits = splits if splits is not None else make_splits(config.data)
+    model, init = new_model(config)
+    resolved = resolved_config(config, init, fingerprint(splits))
+    key = config_key(resolved)
+    run_dir = Path(run_dir) if run_dir else (
+        cache_dir(cache) / "train" / f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}")
+    saved = _read_saved_config(run_dir)
+    if saved is not None and saved != resolved:
+        if not overwrite:
+            raise CheckpointError(
+                f"run_dir={str(run_dir)!r} holds a run of another config; choose another run_dir "
+                "or pass overwrite=True"
+            )
+        for stale in run_dir.glob("*"):
+            stale.unlink()
+    if (run_dir / "result.json").is_file():
+        log.info("reusing %s", run_dir)
+        return _load_result(run_dir, config)
+    write_json(run_dir / "config.json", resolved)
+    tensors = {k: model_inputs(splits[k]) for k in splits}
+    _check_vocab(model, tensors)
+    return _run(model, init, config, resolved, tensors, run_dir, device, progress)
+
+
+def _run(model: nn.Module, init: str, config: TrainConfig, resolved: dict,
+         tensors: dict[str, dict[str, torch.Tensor]], run_dir: Path, device: str,
+         progress: bool) -> TrainResult:
+    history: list[dict] = []
+    start_epoch, optimizer_state = 0, None
+    resume = run_dir / "resume.pt"
+    if resume.is_file():
+        state = load_checkpoint(resume)
+        model.load_state_dict(state["state_dict"])
+        optimizer_state, start_epoch = state["optimizer"], state["epoch"]
+        history = json.loads(state["history"])
+        torch.set_rng_state(state["rng"])
+        log.info("resuming %s after epoch %d", run_dir, start_epoch)
+    checkpoints: dict[int, Checkpoint] = {}
+    for epoch in config.checkpoint_epochs:  # those saved before an interruption
+        path = run_dir / f"epoch{epoch}.pt"
+        if epoch <= start_epoch and path.is_file():
+            checkpoints[epoch] = Checkpoint(path, epoch, config.lr, sha256(path))
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss: float) -> None:
+        history.append({"epoch": epoch, "train_loss": loss,
+                        "val_accuracy": accuracy(model, tensors["validation"], device)})
+        state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "lr": config.lr, "epoch": epoch, "config": json.dumps(resolved)}
+        if epoch in config.checkpoint_epochs:
+            path = run_dir / f"epoch{epoch}.pt"
+            save_torch(path, state)
+            checkpoints[epoch] = Checkpoint(path, epoch, config.lr, sha256(path))
+        save_torch(resume, state | {"optimizer": optimizer.state_dict(),
+                                    "history": json.dumps(history), "rng": torch.get_rng_state()})
+        log.info("epoch %d: loss %.4f, val acc %.4f", epoch, loss, history[-1]["val_accuracy"])
+
+    fit(model, tensors["train"], config, device=device, start_epoch=start_epoch,
+        optimizer_state=optimizer_state, progress=progress, on_epoch=on_epoch)
+    final_path = run_dir / "final.pt"
+    save_torch(final_path, {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                            "lr": config.lr, "epoch": config.epochs, "config": json.dumps(resolved)})
+    final = Checkpoint(final_path, config.epochs, config.lr, sha256(final_path))
+    metrics = {
+        "test_accuracy": accuracy(model, tensors["test"], device),
+        "val_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
+        "train_seconds": time.perf_counter() - started,
+        "n_train": len(tensors["train"]["labels"]),
+    }
+    ordered = [checkpoints[e] for e in sorted(checkpoints)]
+    write_json(run_dir / "result.json", {
+        "init": init, "metrics": metrics, "history": history,
+        "checkpoints": [_checkpoint_record(c) for c in ordered], "final": _checkpoint_record(final),
+    })
+    resume.unlink(missing_ok=True)
+    return TrainResult(run_dir, config, init, ordered, final, metrics, history)
+
+
+def _checkpoint_record(c: Checkpoint) -> dict:
+    return {"file": c.path.name, "epoch": c.epoch, "lr": c.lr, "sha256": c.sha256}
+
+
+def _read_saved_config(run_dir: Path) -> dict | None:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{str(path)!r} is corrupted: {err}") from err
+
+
+def _load_result(run_dir: Path, config: TrainConfig) -> TrainResult:
+    saved = json.loads((run_dir / "result.json").read_text())
+
+    def checkpoint(record: dict) -> Checkpoint:
+        path = run_dir / record["file"]
+        if not path.is_file() or sha256(path) != record["sha256"]:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is missing or corrupted (sha256 differs from "
+                "result.json); delete the run folder to retrain"
+            )
+        return Checkpoint(path, record["epoch"], record["lr"], record["sha256"])
+
+    return TrainResult(run_dir, config, saved["init"],
+                       [checkpoint(r) for r in saved["checkpoints"]], checkpoint(saved["final"]),
+                       saved["metrics"], saved["history"])
+
+
+def _check_vocab(model: nn.Module, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+    rows = word_embeddings(model).num_embeddings
+    top = max(int(t["input_ids"].max()) for t in tensors.values() if "input_ids" in t)
+    if top >= rows:
+        raise ValueError(f"tokenizer: token id {top} is outside the model's {rows}-row "
+                         "word embedding; use the model's own tokenizer")
+
+
+def with_overrides(config: TrainConfig, **changes) -> TrainConfig:
+    """A copy of ``config`` with top-level or data fields changed."""
+    data_changes = {k: v for k, v in changes.items() if k in DataConfig.__dataclass_fields__}
+    top = {k: v for k, v in changes.items() if k not in data_changes}
+    return replace(config, data=replace(config.data, **data_changes), **top)
