@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "TRACIN_WE_CACHE"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,13 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: str = "bert-tiny"  # "bert-tiny", "cnn", or a Hugging Face name/path
-    pretrained: bool = True  # load pretrained weights where the model has them and they are reachable
+    pretrained: bool = (
+        True  # load pretrained weights where the model has them and they are reachable
+    )
     epochs: int = 10  # paper, AG News: 10
     lr: float = 2e-2  # paper, AG News: 2e-2 (Toxicity: 2e-4)
     momentum: float = 0.9  # paper: 0.9
+    optimizer: str = "sgd"  # "sgd" (the paper's) or "adam" (for models SGD cannot train from scratch)
     batch_size: int = 32
     checkpoint_epochs: tuple[int, ...] = (5, 10)  # save after these epochs (1-based)
     seed: int = 0  # model init, batch order and dropout
@@ -61,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"epochs={self.epochs} must be a positive integer")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr} must be > 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}; allowed: {list(OPTIMIZERS)}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -74,8 +80,11 @@ class TrainConfig:
                 f"epochs in [1, {self.epochs}]"
             )
         # Validates the name before any data is loaded or model built.
-        if self.model not in ("bert-tiny", "cnn") and "/" not in self.model \
-                and not os.path.isdir(self.model):
+        if (
+            self.model not in ("bert-tiny", "cnn")
+            and "/" not in self.model
+            and not os.path.isdir(self.model)
+        ):
             raise ValueError(
                 f"model={self.model!r} is unknown; allowed: 'bert-tiny', 'cnn', or a Hugging Face "
                 "AutoModelForSequenceClassification name ('org/name') or local folder"
@@ -88,8 +97,10 @@ class TrainConfig:
         train_fields = set(cls.__dataclass_fields__) - {"data"}
         unknown = set(params) - data_fields - train_fields
         if unknown:
-            raise ValueError(f"unknown parameters {sorted(unknown)}; allowed: "
-                             f"{sorted(data_fields | train_fields)}")
+            raise ValueError(
+                f"unknown parameters {sorted(unknown)}; allowed: "
+                f"{sorted(data_fields | train_fields)}"
+            )
         data = DataConfig(**{k: v for k, v in params.items() if k in data_fields})
         return cls(data=data, **{k: v for k, v in params.items() if k in train_fields})
 
@@ -125,15 +136,21 @@ class TrainResult:
         if which not in options:
             raise ValueError(f"which={which!r}; allowed: {sorted(options)}")
         model = new_model(self.config)[0]
-        model.load_state_dict(load_checkpoint(options[which].path, options[which].sha256)["state_dict"])
+        model.load_state_dict(
+            load_checkpoint(options[which].path, options[which].sha256)["state_dict"]
+        )
         return model.eval()
 
 
 def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
     from tracin_we.data import TASKS
 
-    return build_model(config.model, TASKS[config.data.dataset].num_classes, config.seed,
-                       pretrained=config.pretrained)
+    return build_model(
+        config.model,
+        TASKS[config.data.dataset].num_classes,
+        config.seed,
+        pretrained=config.pretrained,
+    )
 
 
 def model_inputs(data: Dataset | list[dict] | dict) -> dict[str, torch.Tensor]:
@@ -153,8 +170,9 @@ def model_inputs(data: Dataset | list[dict] | dict) -> dict[str, torch.Tensor]:
     return out
 
 
-def select(tensors: dict[str, torch.Tensor], index: torch.Tensor, device: str | torch.device
-           ) -> dict[str, torch.Tensor]:
+def select(
+    tensors: dict[str, torch.Tensor], index: torch.Tensor, device: str | torch.device
+) -> dict[str, torch.Tensor]:
     return {k: v[index].to(device) for k, v in tensors.items()}
 
 
@@ -170,11 +188,17 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def fit(model: nn.Module, train: dict[str, torch.Tensor], config: TrainConfig,
-        keep: torch.Tensor | None = None, device: str = "cpu", start_epoch: int = 0,
-        optimizer_state: dict | None = None, progress: bool = True,
-        on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None = None,
-        ) -> nn.Module:
+def fit(
+    model: nn.Module,
+    train: dict[str, torch.Tensor],
+    config: TrainConfig,
+    keep: torch.Tensor | None = None,
+    device: str = "cpu",
+    start_epoch: int = 0,
+    optimizer_state: dict | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None = None,
+) -> nn.Module:
     """Train ``model`` in place with SGD + momentum on ``train`` (tensors from ``model_inputs``).
 
     ``keep`` (bool, (N,)) drops examples: each epoch visits ``epoch_order`` and every mini-batch
@@ -185,7 +209,10 @@ def fit(model: nn.Module, train: dict[str, torch.Tensor], config: TrainConfig,
     model.to(device)
     frozen = word_embeddings(model).weight if config.freeze_embeddings else None
     params = [p for p in model.parameters() if p.requires_grad and p is not frozen]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adam":  # momentum is then Adam's beta1
+        optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.momentum, 0.999))
+    else:
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     n = len(train["labels"])
@@ -196,11 +223,12 @@ def fit(model: nn.Module, train: dict[str, torch.Tensor], config: TrainConfig,
             kept = keep[order]
         total, count = 0.0, 0
         batches = range(0, n, config.batch_size)
-        for start in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-                          disable=not progress):
-            index = order[start:start + config.batch_size]
+        for start in tqdm(
+            batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress
+        ):
+            index = order[start : start + config.batch_size]
             if keep is not None:
-                index = index[kept[start:start + config.batch_size]]
+                index = index[kept[start : start + config.batch_size]]
                 if len(index) == 0:
                     continue
             batch = select(train, index, device)
@@ -217,20 +245,28 @@ def fit(model: nn.Module, train: dict[str, torch.Tensor], config: TrainConfig,
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 256,
-                  device: str = "cpu") -> torch.Tensor:
+def predict_proba(
+    model: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 256, device: str = "cpu"
+) -> torch.Tensor:
     """Softmax probabilities (N, C) in eval mode."""
     model.eval().to(device)
     n = len(data["input_ids"])
-    out = [forward(model, select(data, torch.arange(i, min(i + batch_size, n)), device)).softmax(-1)
-           for i in range(0, n, batch_size)]
+    out = [
+        forward(model, select(data, torch.arange(i, min(i + batch_size, n)), device)).softmax(-1)
+        for i in range(0, n, batch_size)
+    ]
     return torch.cat(out).cpu()
 
 
 def accuracy(model: nn.Module, data: dict[str, torch.Tensor], device: str = "cpu") -> float:
     if not len(data.get("labels", [])):
         return float("nan")
-    return (predict_proba(model, data, device=device).argmax(-1) == data["labels"]).float().mean().item()
+    return (
+        (predict_proba(model, data, device=device).argmax(-1) == data["labels"])
+        .float()
+        .mean()
+        .item()
+    )
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -250,9 +286,15 @@ def config_key(resolved: dict) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def train(config: TrainConfig, splits: DatasetDict | None = None, run_dir: str | Path | None = None,
-          cache: str | Path | None = None, overwrite: bool = False, device: str = "cpu",
-          progress: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig,
+    splits: DatasetDict | None = None,
+    run_dir: str | Path | None = None,
+    cache: str | Path | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> TrainResult:
     """Train ``config`` (or reuse its cached result) and return its checkpoints and metrics.
 
     The run folder defaults to ``<cache>/train/<model>-<dataset>-<key>``; a given ``run_dir``
@@ -263,8 +305,15 @@ def train(config: TrainConfig, splits: DatasetDict | None = None, run_dir: str |
     model, init = new_model(config)
     resolved = resolved_config(config, init, fingerprint(splits))
     key = config_key(resolved)
-    run_dir = Path(run_dir) if run_dir else (
-        cache_dir(cache) / "train" / f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}")
+    run_dir = (
+        Path(run_dir)
+        if run_dir
+        else (
+            cache_dir(cache)
+            / "train"
+            / f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
+        )
+    )
     saved = _read_saved_config(run_dir)
     if saved is not None and saved != resolved:
         if not overwrite:
@@ -283,9 +332,16 @@ def train(config: TrainConfig, splits: DatasetDict | None = None, run_dir: str |
     return _run(model, init, config, resolved, tensors, run_dir, device, progress)
 
 
-def _run(model: nn.Module, init: str, config: TrainConfig, resolved: dict,
-         tensors: dict[str, dict[str, torch.Tensor]], run_dir: Path, device: str,
-         progress: bool) -> TrainResult:
+def _run(
+    model: nn.Module,
+    init: str,
+    config: TrainConfig,
+    resolved: dict,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    run_dir: Path,
+    device: str,
+    progress: bool,
+) -> TrainResult:
     history: list[dict] = []
     start_epoch, optimizer_state = 0, None
     resume = run_dir / "resume.pt"
@@ -303,25 +359,57 @@ def _run(model: nn.Module, init: str, config: TrainConfig, resolved: dict,
             checkpoints[epoch] = Checkpoint(path, epoch, config.lr, sha256(path))
     started = time.perf_counter()
 
-    def on_epoch(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss: float) -> None:
-        history.append({"epoch": epoch, "train_loss": loss,
-                        "val_accuracy": accuracy(model, tensors["validation"], device)})
-        state = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "lr": config.lr, "epoch": epoch, "config": json.dumps(resolved)}
+    def on_epoch(
+        epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, loss: float
+    ) -> None:
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss,
+                "val_accuracy": accuracy(model, tensors["validation"], device),
+            }
+        )
+        state = {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "lr": config.lr,
+            "epoch": epoch,
+            "config": json.dumps(resolved),
+        }
         if epoch in config.checkpoint_epochs:
             path = run_dir / f"epoch{epoch}.pt"
             save_torch(path, state)
             checkpoints[epoch] = Checkpoint(path, epoch, config.lr, sha256(path))
-        save_torch(resume, state | {"optimizer": optimizer.state_dict(),
-                                    "history": json.dumps(history), "rng": torch.get_rng_state()})
+        save_torch(
+            resume,
+            state
+            | {
+                "optimizer": optimizer.state_dict(),
+                "history": json.dumps(history),
+                "rng": torch.get_rng_state(),
+            },
+        )
         log.info("epoch %d: loss %.4f, val acc %.4f", epoch, loss, history[-1]["val_accuracy"])
 
-    fit(model, tensors["train"], config, device=device, start_epoch=start_epoch,
-        optimizer_state=optimizer_state, progress=progress, on_epoch=on_epoch)
+    fit(
+        model,
+        tensors["train"],
+        config,
+        device=device,
+        start_epoch=start_epoch,
+        optimizer_state=optimizer_state,
+        progress=progress,
+        on_epoch=on_epoch,
+    )
     final_path = run_dir / "final.pt"
-    save_torch(final_path, {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                            "lr": config.lr, "epoch": config.epochs, "config": json.dumps(resolved)})
+    save_torch(
+        final_path,
+        {
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "lr": config.lr,
+            "epoch": config.epochs,
+            "config": json.dumps(resolved),
+        },
+    )
     final = Checkpoint(final_path, config.epochs, config.lr, sha256(final_path))
     metrics = {
         "test_accuracy": accuracy(model, tensors["test"], device),
@@ -330,10 +418,16 @@ def _run(model: nn.Module, init: str, config: TrainConfig, resolved: dict,
         "n_train": len(tensors["train"]["labels"]),
     }
     ordered = [checkpoints[e] for e in sorted(checkpoints)]
-    write_json(run_dir / "result.json", {
-        "init": init, "metrics": metrics, "history": history,
-        "checkpoints": [_checkpoint_record(c) for c in ordered], "final": _checkpoint_record(final),
-    })
+    write_json(
+        run_dir / "result.json",
+        {
+            "init": init,
+            "metrics": metrics,
+            "history": history,
+            "checkpoints": [_checkpoint_record(c) for c in ordered],
+            "final": _checkpoint_record(final),
+        },
+    )
     resume.unlink(missing_ok=True)
     return TrainResult(run_dir, config, init, ordered, final, metrics, history)
 
@@ -364,17 +458,25 @@ def _load_result(run_dir: Path, config: TrainConfig) -> TrainResult:
             )
         return Checkpoint(path, record["epoch"], record["lr"], record["sha256"])
 
-    return TrainResult(run_dir, config, saved["init"],
-                       [checkpoint(r) for r in saved["checkpoints"]], checkpoint(saved["final"]),
-                       saved["metrics"], saved["history"])
+    return TrainResult(
+        run_dir,
+        config,
+        saved["init"],
+        [checkpoint(r) for r in saved["checkpoints"]],
+        checkpoint(saved["final"]),
+        saved["metrics"],
+        saved["history"],
+    )
 
 
 def _check_vocab(model: nn.Module, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
     rows = word_embeddings(model).num_embeddings
     top = max(int(t["input_ids"].max()) for t in tensors.values() if "input_ids" in t)
     if top >= rows:
-        raise ValueError(f"tokenizer: token id {top} is outside the model's {rows}-row "
-                         "word embedding; use the model's own tokenizer")
+        raise ValueError(
+            f"tokenizer: token id {top} is outside the model's {rows}-row "
+            "word embedding; use the model's own tokenizer"
+        )
 
 
 def with_overrides(config: TrainConfig, **changes) -> TrainConfig:

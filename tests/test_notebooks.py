@@ -1,0 +1,57 @@
+"""Each notebook executed by papermill under the smoke preset, asserting on its recorded metrics."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import papermill
+import pytest
+
+from tracin_we.reproduce import NOTEBOOKS, load_preset, reproduce
+
+pytestmark = pytest.mark.slow
+
+
+def run_smoke(prefix: str, tmp_path) -> tuple[dict, list]:
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    reproduce("smoke", only=[prefix], runs=runs, figures_dir=figures)
+    metrics = json.loads(next((runs / "smoke" / "metrics").glob(f"{prefix}_*.json")).read_text())
+    return metrics, sorted(p.name for p in figures.glob("*.png"))
+
+
+def test_notebooks_are_committed_clean_with_one_parameters_cell():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), path.name
+        tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path.name
+        assert not any(
+            line.lstrip().startswith(("def ", "class "))
+            for c in code
+            for line in c.source.splitlines()
+        ), path.name
+
+
+def test_papermill_parses_every_parameter():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+        assigned = {line.split("=")[0].strip() for line in cell.source.splitlines()
+                    if "=" in line and not line.startswith("#")}
+        assert set(papermill.inspect_notebook(str(path))) == assigned, path.name
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="preset='huge' is unknown; allowed:"):
+        load_preset("huge")
+
+
+def test_01_train(ag_news_dir, tmp_path):
+    metrics, figures = run_smoke("01", tmp_path)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["epochs_run"] == load_preset("smoke")["common"]["epochs"]
+    assert metrics["n_checkpoints"] == 2
+    assert metrics["init"].startswith("random")
+    assert figures == ["01_training_curves.png"]

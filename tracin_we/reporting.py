@@ -1,0 +1,49 @@
+"""What notebooks show and record: figures saved to ``figures/``, metrics JSON read by the tests."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
+
+from tracin_we.checkpoints import atomic_write, write_json
+
+
+def record_metrics(path: str | Path, **metrics: Any) -> dict:
+    """Merge ``metrics`` into the JSON file at ``path`` (atomically) and return the whole record.
+    NaN becomes null, so the file stays valid JSON."""
+    path = Path(path)
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.update(
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+    )
+    write_json(path, record)
+    return record
+
+
+def save_figure(fig: plt.Figure, figures_dir: str | Path, name: str) -> Path:
+    """Save ``fig`` as ``<figures_dir>/<name>.png`` (atomically) and return the path."""
+    path = Path(figures_dir) / f"{name}.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    return path
+
+
+def training_curves(history: list[dict]) -> plt.Figure:
+    """Training loss and validation accuracy per epoch, side by side."""
+    frame = pd.DataFrame(history)
+    sns.set_theme(style="whitegrid")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    sns.lineplot(data=frame, x="epoch", y="train_loss", marker="o", ax=left)
+    sns.lineplot(data=frame, x="epoch", y="val_accuracy", marker="o", ax=right)
+    left.set(title="training loss (cross-entropy)", ylabel="loss")
+    right.set(title="validation accuracy", ylabel="accuracy", ylim=(0, 1))
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
