@@ -43,17 +43,29 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "ag_news": TaskSpec(
-        "fancyzhx/ag_news", None, ("train", "test"), ("text",), "label",
+        "fancyzhx/ag_news",
+        None,
+        ("train", "test"),
+        ("text",),
+        "label",
         ("World", "Sports", "Business", "Sci/Tech"),
     ),
     # Jigsaw Toxic Comment Classification (binary `toxic`), as a parquet mirror of the Kaggle data.
     "toxicity": TaskSpec(
-        "OxAISH-AL-LLM/wiki_toxic", None, ("train", "test"), ("comment_text",), "label",
+        "OxAISH-AL-LLM/wiki_toxic",
+        None,
+        ("train", "test"),
+        ("comment_text",),
+        "label",
         ("non-toxic", "toxic"),
     ),
     "mnli": TaskSpec(
-        "nyu-mll/glue", "mnli", ("train", "validation_matched"), ("premise", "hypothesis"),
-        "label", ("entailment", "neutral", "contradiction"),
+        "nyu-mll/glue",
+        "mnli",
+        ("train", "validation_matched"),
+        ("premise", "hypothesis"),
+        "label",
+        ("entailment", "neutral", "contradiction"),
     ),
 }
 
@@ -157,10 +169,11 @@ def _read_local(path: Path, dataset: str, spec: TaskSpec) -> pd.DataFrame:
         return _standardize(pd.read_json(path, lines=path.suffix == ".jsonl"), spec, str(path))
     sep = "\t" if path.suffix == ".tsv" else ","
     quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-    table = pd.read_csv(path, sep=sep, header=None, dtype=str, quoting=quoting,
-                        keep_default_na=False)
+    table = pd.read_csv(
+        path, sep=sep, header=None, dtype=str, quoting=quoting, keep_default_na=False
+    )
     header = [str(v).strip().lower() for v in table.iloc[0]]
-    if set(header) & set(LABEL_ALIASES + (spec.label_column,)):
+    if set(header) & set((*LABEL_ALIASES, spec.label_column)):
         table = table.iloc[1:].set_axis(header, axis=1)
         return _standardize(table, spec, str(path))
     if dataset == "ag_news":
@@ -234,8 +247,10 @@ def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
     quota = counts / counts.sum() * n
     take = np.floor(quota).astype(int)
     take[np.argsort(-(quota - take), kind="stable")[: n - take.sum()]] += 1
-    chosen = [rng.choice(np.flatnonzero(labels == c), size=t, replace=False)
-              for c, t in zip(classes, take, strict=True)]
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), size=t, replace=False)
+        for c, t in zip(classes, take, strict=True)
+    ]
     return rng.permutation(np.concatenate(chosen))
 
 
@@ -251,7 +266,9 @@ def make_splits(config: DataConfig) -> DatasetDict:
     train_pool = load_raw(config.dataset, "train", config.data_dir)
     test_pool = load_raw(config.dataset, "test", config.data_dir)
     key = [c for c in ("text", "text_pair") if c in train_pool]
-    in_test = pd.MultiIndex.from_frame(train_pool[key]).isin(pd.MultiIndex.from_frame(test_pool[key]))
+    in_test = pd.MultiIndex.from_frame(train_pool[key]).isin(
+        pd.MultiIndex.from_frame(test_pool[key])
+    )
     train_pool = train_pool[~in_test]
     for name, wanted, pool, label in (
         ("n_train + n_val", config.n_train + config.n_val, train_pool, "train"),
@@ -261,7 +278,9 @@ def make_splits(config: DataConfig) -> DatasetDict:
             raise ValueError(f"{name}={wanted} exceeds the {len(pool)} {label} examples available")
 
     rng = np.random.default_rng(config.seed)
-    train_val = stratified_sample(train_pool["label"].to_numpy(), config.n_train + config.n_val, rng)
+    train_val = stratified_sample(
+        train_pool["label"].to_numpy(), config.n_train + config.n_val, rng
+    )
     val_part = stratified_sample(train_pool["label"].to_numpy()[train_val], config.n_val, rng)
     val_idx = train_val[val_part]
     train_idx = train_val[np.setdiff1d(np.arange(len(train_val)), val_part)]
@@ -275,17 +294,21 @@ def make_splits(config: DataConfig) -> DatasetDict:
     }
     frames = {k: f.rename_axis("source_index").reset_index() for k, f in frames.items()}
     if config.label_noise > 0:
-        frames["train"] = flip_labels(frames["train"], config.label_noise,
-                                      config.task.num_classes, rng)
+        frames["train"] = flip_labels(
+            frames["train"], config.label_noise, config.task.num_classes, rng
+        )
     tokenizer = load_tokenizer(config.tokenizer)
-    return DatasetDict({
-        k: tokenize(Dataset.from_pandas(f, preserve_index=False), tokenizer, config.max_length)
-        for k, f in frames.items()
-    })
+    return DatasetDict(
+        {
+            k: tokenize(Dataset.from_pandas(f, preserve_index=False), tokenizer, config.max_length)
+            for k, f in frames.items()
+        }
+    )
 
 
-def flip_labels(frame: pd.DataFrame, rate: float, num_classes: int,
-                rng: np.random.Generator) -> pd.DataFrame:
+def flip_labels(
+    frame: pd.DataFrame, rate: float, num_classes: int, rng: np.random.Generator
+) -> pd.DataFrame:
     """Flip ``round(rate * n)`` labels, each to a uniformly drawn *other* class."""
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"label_noise={rate} must be in [0, 1)")
@@ -301,13 +324,13 @@ def flip_labels(frame: pd.DataFrame, rate: float, num_classes: int,
 
 def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
     """Add ``input_ids``, ``attention_mask``, ``token_type_ids``, padded to ``max_length``."""
-
-    def encode(batch: dict) -> dict:
-        pair = batch.get("text_pair")
-        return tokenizer(batch["text"], pair, truncation=True, max_length=max_length,
-                         padding="max_length", return_token_type_ids=True)
-
-    return dataset.map(encode, batched=True)
+    if len(dataset) == 0:  # an empty split (n_val=0): the tokenizer rejects empty batches
+        encoded = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
+    else:
+        pair = list(dataset["text_pair"]) if "text_pair" in dataset.column_names else None
+        encoded = tokenizer(list(dataset["text"]), pair, truncation=True, max_length=max_length,
+                            padding="max_length", return_token_type_ids=True)
+    return Dataset.from_dict(dataset.to_dict() | dict(encoded))
 
 
 def fingerprint(splits: DatasetDict) -> str:
