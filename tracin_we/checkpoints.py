@@ -95,7 +95,11 @@ def trainer_checkpoints(output_dir: str | os.PathLike) -> list[tuple[StateDict, 
     folder's ``trainer_state.json``. Keys are the Trainer model's own (``HFClassifier`` loads them).
     """
     folders = sorted(
-        (p for p in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)),
+        (
+            p
+            for p in Path(output_dir).glob("checkpoint-*")
+            if re.fullmatch(r"checkpoint-\d+", p.name)
+        ),
         key=lambda p: int(p.name.split("-")[1]),
     )
     if not folders:

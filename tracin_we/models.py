@@ -22,7 +22,11 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+)
 
 from tracin_we.tokenizer import VOCAB_SIZE
 
@@ -40,19 +44,32 @@ class CNNClassifier(nn.Module):
     ensures for BERT). Inputs must be at least 9 tokens long (two valid width-5 convolutions).
     """
 
-    def __init__(self, num_labels: int, vocab_size: int = VOCAB_SIZE, embed_dim: int = 128,
-                 channels: int = 50, kernel_size: int = 5) -> None:
+    def __init__(
+        self,
+        num_labels: int,
+        vocab_size: int = VOCAB_SIZE,
+        embed_dim: int = 128,
+        channels: int = 50,
+        kernel_size: int = 5,
+    ) -> None:
         super().__init__()
         self.embeddings = nn.Embedding(vocab_size, embed_dim)
         self.convs = nn.Sequential(
-            nn.Conv1d(embed_dim, channels, kernel_size), nn.ReLU(),
-            nn.Conv1d(channels, channels, kernel_size), nn.ReLU(),
-            nn.Conv1d(channels, channels, 1), nn.ReLU(),
+            nn.Conv1d(embed_dim, channels, kernel_size),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, kernel_size),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 1),
+            nn.ReLU(),
         )
         self.classifier = nn.Linear(channels, num_labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         e = self.embeddings(input_ids)  # (B, T, d)
         if attention_mask is not None:
             e = e * attention_mask.unsqueeze(-1).to(e.dtype)
@@ -77,8 +94,12 @@ class HFClassifier(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.model.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
@@ -91,8 +112,11 @@ class HFClassifier(nn.Module):
         """The last ``nn.Linear`` producing ``num_labels`` outputs (BERT's ``classifier``,
         RoBERTa's ``classifier.out_proj``, GPT-2's ``score``...)."""
         num_labels = self.model.config.num_labels
-        heads = [m for m in self.model.modules()
-                 if isinstance(m, nn.Linear) and m.out_features == num_labels]
+        heads = [
+            m
+            for m in self.model.modules()
+            if isinstance(m, nn.Linear) and m.out_features == num_labels
+        ]
         if not heads:
             raise ValueError(f"model: no nn.Linear with {num_labels} outputs found")
         return heads[-1]
@@ -130,8 +154,9 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
     return module
 
 
-def build_model(name: str, num_labels: int, seed: int, pretrained: bool = True,
-                vocab_size: int = VOCAB_SIZE) -> tuple[nn.Module, str]:
+def build_model(
+    name: str, num_labels: int, seed: int, pretrained: bool = True, vocab_size: int = VOCAB_SIZE
+) -> tuple[nn.Module, str]:
     """A fresh model and a description of its initialisation (part of every cache key).
 
     ``seed`` fixes every randomly initialised weight (for pretrained models: the new head).
@@ -147,10 +172,19 @@ def build_model(name: str, num_labels: int, seed: int, pretrained: bool = True,
         if pretrained and hub_reachable(BERT_TINY_HUB):
             log.info("bert-tiny: pretrained weights from %s", BERT_TINY_HUB)
             return _from_pretrained(BERT_TINY_HUB, num_labels), f"hub:{BERT_TINY_HUB}"
-        log.warning("bert-tiny: hub unreachable or pretrained=False; random init of the "
-                    "BERT-tiny architecture (2 layers, hidden 128, 2 heads, vocab %d)", vocab_size)
-        config = BertConfig(vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=512, num_labels=num_labels)
+        log.warning(
+            "bert-tiny: hub unreachable or pretrained=False; random init of the "
+            "BERT-tiny architecture (2 layers, hidden 128, 2 heads, vocab %d)",
+            vocab_size,
+        )
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=512,
+            num_labels=num_labels,
+        )
         return HFClassifier(BertForSequenceClassification(config)), f"random(seed={seed})"
     if os.path.isdir(name) or "/" in name:
         return _from_pretrained(name, num_labels), f"pretrained:{name}"
