@@ -1,0 +1,183 @@
+"""Training-data influence of language models: one function for every method.
+
+``scores(method, model, checkpoints, train, test, **options)`` returns a float tensor of shape
+(len(test), len(train)); entry [j, i] is the influence of training example i on test example j.
+**Positive = proponent** (training on it raises the test point's ground-truth probability),
+negative = opponent. ``checkpoints`` are ``(state_dict_or_path, learning_rate)`` pairs; each is
+loaded into ``model`` in turn and the model is put back as it was afterwards. Gradients are taken
+in eval mode, of the cross-entropy at the ground-truth label.
+
+Methods (``METHODS``; PAPER.md for the definitions):
+
+- ``tracin-we``: TracIn on the word-embedding matrix, eq. 2; ``tracin-we-topk`` (option ``k``,
+  eqs. 3–4), ``tracin-we-syn`` (``k``, ``threshold``), ``tracin-we-noc`` (``special_token_ids``);
+- ``tracin-last``, ``tracin-layer`` (``params``: a regex or parameter names), ``grad-cos``
+  (``layer``: "last", "embedding" or a parameter regex);
+- ``influence-last`` (``damping``) and ``representer`` (``l2``): at the last checkpoint only;
+- ``tracin-tfidf`` (``special_token_ids``): TF-IDF cosine × the last layer's δ · δ'; ``random``.
+
+Every method takes ``batch_size``, ``device``, ``dtype`` and ``cache_dir`` (training-set gradient
+rows cached per checkpoint). Bad input raises ``ValueError`` before any gradient is taken.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from datasets import Dataset
+from torch import nn
+
+from tracin_we.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.influence.context import Kernel, Run, prepared, tracin, tracin_diagonal
+from tracin_we.influence.embedding import SynonymKernel, WordEmbeddingKernel, common_token_ids
+from tracin_we.influence.last_layer import (
+    influence_last,
+    last_layer_kernel,
+    representer,
+    tfidf_cosine,
+    tfidf_self_cosine,
+)
+from tracin_we.influence.layers import CosineKernel, ParamKernel
+from tracin_we.influence.options import (
+    CLS_ID,
+    METHOD_OPTIONS,
+    PAD_ID,
+    SEP_ID,
+    Options,
+    Tensors,
+    model_sizes,
+    parse_options,
+    prepare_data,
+    select_params,
+)
+from tracin_we.influence.words import WordScores, word_scores
+from tracin_we.models import word_embeddings
+
+__all__ = ["METHODS", "InfluentialResults", "WordScores", "scores", "self_influence",
+           "to_captum", "to_dattri", "top_k", "word_scores"]
+
+METHODS: tuple[str, ...] = tuple(METHOD_OPTIONS)
+
+Data = Dataset | list[dict] | Tensors
+Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
+
+
+class InfluentialResults(NamedTuple):
+    """The k most influential training examples per test example, like captum's
+    ``KMostInfluentialResults``: ``indices`` and ``influence_scores``, each (n_test, k)."""
+
+    indices: torch.Tensor
+    influence_scores: torch.Tensor
+
+
+def scores(method: str, model: nn.Module, checkpoints: Checkpoints, train: Data, test: Data,
+           **options: Any) -> torch.Tensor:
+    """(len(test), len(train)) influence of each training example on each test example under
+    ``method``; positive = proponent. See the module docstring for methods and options."""
+    options_, train_t, test_t, checkpoints_ = _validated(method, model, checkpoints, options,
+                                                         train=train, test=test)
+    if method == "random":
+        generator = torch.Generator().manual_seed(options_.seed)
+        return torch.randn(len(test_t["labels"]), len(train_t["labels"]), generator=generator,
+                           dtype=options_.dtype)
+    with prepared(model, options_):
+        out = _influence(method, Run(model, checkpoints_, options_), train_t, test_t)
+    return out.to(device="cpu", dtype=options_.dtype)
+
+
+def self_influence(method: str, model: nn.Module, checkpoints: Checkpoints, data: Data,
+                   **options: Any) -> torch.Tensor:
+    """(len(data),) the influence of each example on itself: the diagonal of
+    ``scores(method, model, checkpoints, data, data, **options)``, computed directly."""
+    if method == "random":
+        raise ValueError(f"method={method!r} has no self-influence; allowed: "
+                         f"{[m for m in METHODS if m != 'random']}")
+    options_, data_t, _, checkpoints_ = _validated(method, model, checkpoints, options,
+                                                   data=data)
+    with prepared(model, options_):
+        out = _influence(method, Run(model, checkpoints_, options_), data_t, None)
+    return out.to(device="cpu", dtype=options_.dtype)
+
+
+def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> InfluentialResults:
+    """Per test example (row of ``scores``, (n_test, n_train)), the ``k`` training examples with the
+    largest scores (proponents) or the most negative first (opponents); ties keep index order."""
+    if not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"k={k} must be in [1, {scores.shape[1]}] (the number of training "
+                         "examples)")
+    values, indices = torch.sort(scores, dim=1, descending=proponents, stable=True)
+    return InfluentialResults(indices[:, :k], values[:, :k])
+
+
+def to_captum(scores: torch.Tensor) -> torch.Tensor:
+    """Captum's layout, (n_test, n_train) with positive = proponent: ``scores`` unchanged."""
+    return scores
+
+
+def to_dattri(scores: torch.Tensor) -> torch.Tensor:
+    """dattri's layout, (n_train, n_test): ``scores`` transposed; the sign is kept (positive =
+    proponent, as dattri's TracIn)."""
+    return scores.T
+
+
+def _validated(method: str, model: nn.Module, checkpoints: Checkpoints, options: dict,
+               **data: Data) -> tuple[Options, Tensors, Tensors | None, list]:
+    """Resolved options, the data as checked tensors (train/test or data) and checkpoints."""
+    options_ = parse_options(method, options)
+    num_classes, vocab_size = model_sizes(model, method, options_)
+    tensors = [prepare_data(name, value, num_classes, vocab_size) for name, value in data.items()]
+    if method == "tracin-layer":
+        select_params(model, options_.params, "params")
+    if method == "grad-cos" and options_.layer not in ("last", "embedding"):
+        select_params(model, options_.layer, "layer")
+    checkpoints_ = resolve_checkpoints(checkpoints)
+    return options_, tensors[0], tensors[1] if len(tensors) > 1 else None, checkpoints_
+
+
+def _influence(method: str, run: Run, train: Tensors, test: Tensors | None) -> torch.Tensor:
+    """(n_test, n_train) scores; with ``test=None``, the self-influences of ``train`` (n_train,)."""
+    if method == "influence-last":
+        return influence_last(run, train, test)
+    if method == "representer":
+        return representer(run, train, test)
+    if method == "tracin-tfidf":
+        ignore = run.options.special_token_ids
+        ignore = (PAD_ID, CLS_ID, SEP_ID) if ignore is None else ignore
+        kernel = last_layer_kernel(run, activations=False)
+        if test is None:
+            logit_part = tracin_diagonal(run, kernel, train)
+            return tfidf_self_cosine(train, ignore).to(logit_part) * logit_part
+        logit_part = tracin(run, kernel, train, test)
+        return tfidf_cosine(train, test, ignore).to(logit_part) * logit_part
+    if test is None:
+        return tracin_diagonal(run, _kernel(method, run, [train]), train)
+    return tracin(run, _kernel(method, run, [train, test]), train, test)
+
+
+def _kernel(method: str, run: Run, datasets: list[Tensors]) -> Kernel:
+    """The per-checkpoint kernel of a TracIn-style method."""
+    options = run.options
+    if method == "tracin-we":
+        return WordEmbeddingKernel()
+    if method == "tracin-we-topk":
+        return WordEmbeddingKernel(k=options.k)
+    if method == "tracin-we-noc":
+        exclude = options.special_token_ids
+        if exclude is None:
+            vocab_size = word_embeddings(run.model).num_embeddings
+            exclude = (CLS_ID, SEP_ID, *common_token_ids(datasets, vocab_size))
+        return WordEmbeddingKernel(exclude=tuple(sorted(set(exclude))))
+    if method == "tracin-we-syn":
+        return SynonymKernel(options.k, options.threshold)
+    if method == "tracin-last":
+        return last_layer_kernel(run)
+    if method == "tracin-layer":
+        return ParamKernel(tuple(select_params(run.model, options.params, "params")))
+    if options.layer == "last":
+        return CosineKernel(last_layer_kernel(run))
+    if options.layer == "embedding":
+        return CosineKernel(WordEmbeddingKernel())
+    return CosineKernel(ParamKernel(tuple(select_params(run.model, options.layer, "layer"))))

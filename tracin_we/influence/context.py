@@ -1,0 +1,147 @@
+"""The model at each checkpoint, and the on-disk cache of training-set gradient rows.
+
+``Run`` loads each checkpoint's state dict into the caller's model in turn (in eval mode, on the
+requested device and dtype) and puts the model back as it was afterwards. TracIn-style methods
+are a sum over checkpoints of a kernel between per-example features (``Kernel``), so
+``tracin(run, kernel, train, test)`` serves all of them; the training set's features are computed
+once per checkpoint and, with ``cache_dir``, cached under a hash of the checkpoint's tensors, the
+data's ids and labels, and the kind of feature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from tracin_we.checkpoints import StateDict, save_torch
+from tracin_we.influence.options import Options, Tensors
+
+log = logging.getLogger(__name__)
+
+
+class Kernel(Protocol):
+    """Per-example features at one checkpoint and the TracIn kernel between them.
+
+    ``pairwise(test_features, train_features)`` → (n_test, n_train); ``diagonal(features)`` → (n,)
+    is ``pairwise(f, f)``'s diagonal computed directly. Positive = proponent.
+    """
+
+    @property
+    def kind(self) -> str:
+        """Names the features and every option they depend on (part of the cache key)."""
+
+    def features(self, run: Run, data: Tensors) -> Tensors: ...
+
+    def pairwise(self, test: Tensors, train: Tensors) -> torch.Tensor: ...
+
+    def diagonal(self, features: Tensors) -> torch.Tensor: ...
+
+
+@dataclass
+class Run:
+    """A model, its checkpoints ``(state_dict, lr)`` and the options of one ``scores`` call."""
+
+    model: nn.Module
+    checkpoints: list[tuple[StateDict, float]]
+    options: Options
+
+    def each_checkpoint(self) -> Iterator[tuple[StateDict, float]]:
+        """Load each checkpoint into the model in turn; yield ``(state_dict, lr)``."""
+        for state, lr in self.checkpoints:
+            self.model.load_state_dict(state)
+            yield state, lr
+
+    def load_last(self) -> StateDict:
+        """Load the last checkpoint (that of influence functions and representer points)."""
+        state = self.checkpoints[-1][0]
+        self.model.load_state_dict(state)
+        return state
+
+    def train_features(self, kernel: Kernel, state: StateDict, train: Tensors) -> Tensors:
+        """``kernel.features(self, train)`` at the loaded checkpoint ``state``, from the cache
+        when ``cache_dir`` is set and it holds them (written atomically, read weights-only)."""
+        if self.options.cache_dir is None:
+            return kernel.features(self, train)
+        meta = "|".join([kernel.kind, type(self.model).__name__, str(self.options.dtype),
+                         _state_hash(state), _data_hash(train)])
+        key = hashlib.sha256(meta.encode()).hexdigest()
+        path = Path(self.options.cache_dir) / f"{kernel.kind.split(':')[0]}-{key[:24]}.pt"
+        saved = _load(path)
+        if saved is not None and saved.get("key") == key:
+            return {k: v.to(self.options.device) for k, v in saved["features"].items()}
+        features = kernel.features(self, train)
+        save_torch(path, {"key": key, "meta": meta,
+                          "features": {k: v.cpu() for k, v in features.items()}})
+        return features
+
+
+def tracin(run: Run, kernel: Kernel, train: Tensors, test: Tensors) -> torch.Tensor:
+    """Σ_c η_c kernel(test, train) at each checkpoint c: (n_test, n_train), positive = proponent."""
+    total = None
+    for state, lr in run.each_checkpoint():
+        train_features = run.train_features(kernel, state, train)
+        part = lr * kernel.pairwise(kernel.features(run, test), train_features)
+        total = part if total is None else total + part
+    return total
+
+
+def tracin_diagonal(run: Run, kernel: Kernel, data: Tensors) -> torch.Tensor:
+    """Σ_c η_c kernel(z, z) for each example z of ``data``, (n,); ``data`` is a training set, so
+    its features are cached as in ``tracin``."""
+    total = None
+    for state, lr in run.each_checkpoint():
+        part = lr * kernel.diagonal(run.train_features(kernel, state, data))
+        total = part if total is None else total + part
+    return total
+
+
+@contextmanager
+def prepared(model: nn.Module, options: Options) -> Iterator[nn.Module]:
+    """``model`` in eval mode on ``options.device`` in ``options.dtype``; on exit its original
+    weights, device, dtype and train/eval mode are restored."""
+    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    reference = next(model.parameters())
+    device, dtype, training = reference.device, reference.dtype, model.training
+    model.to(device=options.device, dtype=options.dtype).eval()
+    try:
+        yield model
+    finally:
+        model.to(device=device, dtype=dtype)
+        model.load_state_dict(snapshot)
+        model.train(training)
+
+
+def _load(path: Path) -> dict | None:
+    """A cache file's content, or None when it is missing or unreadable (then rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors have many types; all mean "recompute"
+        log.warning("cache file %s is unreadable (%s); recomputing it", path, err)
+        return None
+
+
+def _state_hash(state: StateDict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _data_hash(data: Tensors) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(data):
+        digest.update(name.encode())
+        digest.update(data[name].to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()

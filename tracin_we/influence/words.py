@@ -1,0 +1,123 @@
+"""Word-level decomposition of a TracIn-WE score (PAPER §3: the term of each shared token).
+
+    score(z, z') = Σ_c η_c Σ_{w shared} g_w(z) · g_w(z')
+                 = Σ_c η_c Σ_{positions i of z} ∂ℓ/∂e_i · g_{x_i}(z')    (c = checkpoint),
+
+so the score splits exactly over shared token ids and over the training text's positions, hence
+over its whole words (what targeted fixing edits, §6). Positive = proponent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from tracin_we.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.influence.context import Run, prepared
+from tracin_we.influence.embedding import embedding_rows, kept_positions
+from tracin_we.influence.gradients import batches, embedding_grads
+from tracin_we.influence.options import Options, Tensors, model_sizes, prepare_data
+
+
+@dataclass(frozen=True)
+class WordScores:
+    """One (train, test) pair's TracIn-WE score and its exact split (positive = proponent).
+
+    ``tokens``: a row per token id present in both texts — ``token_id``, ``token`` (None without
+    a tokenizer), ``contribution`` = Σ_c η_c g_w(z) · g_w(z').
+    ``words``: the training text's whole words (WordPiece ``##`` pieces joined onto the piece
+    before) holding a shared token — ``word``, ``start``, ``end`` (positions [start, end) in the
+    training text), ``contribution`` = the sum over its positions.
+    Each ``contribution`` column sums to ``score`` (up to rounding).
+    """
+
+    score: float
+    tokens: pd.DataFrame
+    words: pd.DataFrame
+
+
+def word_scores(model: nn.Module,
+                checkpoints: Sequence[tuple[StateDict | str | os.PathLike, float]],
+                train_example: dict, test_example: dict, tokenizer=None, k: int | None = None,
+                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+                ) -> WordScores:
+    """Split the TracIn-WE score of ``train_example`` (z) on ``test_example`` (z') by shared token
+    and by whole word of z. With ``k``, TracIn-WE-Topk's score (the k positions of each text with
+    the largest ‖∂ℓ/∂e_i‖). ``tokenizer`` (optional) names the tokens and finds word pieces."""
+    options = Options(device=device, dtype=dtype, k=k if k is not None else Options.k)
+    num_classes, vocab_size = model_sizes(model, "tracin-we", options)
+    train = prepare_data("train_example", [train_example], num_classes, vocab_size)
+    test = prepare_data("test_example", [test_example], num_classes, vocab_size)
+    run = Run(model, resolve_checkpoints(checkpoints), options)
+    ids = train["input_ids"][0]
+    contribution = torch.zeros(len(ids), dtype=torch.float64)
+    shared = torch.zeros(len(ids), dtype=torch.bool)
+    with prepared(model, options):
+        for _, lr in run.each_checkpoint():
+            part, part_shared = _position_contributions(run, train, test, k)
+            contribution += lr * part.double().cpu()
+            shared |= part_shared.cpu()
+    pieces = (tokenizer.convert_ids_to_tokens(ids.tolist()) if tokenizer is not None
+              else [None] * len(ids))
+    return WordScores(float(contribution.sum()),
+                      _token_table(ids, contribution, shared, pieces),
+                      _word_table(train["attention_mask"][0].bool(), contribution, shared, pieces,
+                                  ids))
+
+
+def _position_contributions(run: Run, train: Tensors, test: Tensors, k: int | None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """At the loaded checkpoint, for each position i of the training text: ∂ℓ/∂e_i · g_{x_i}(z')
+    (T,) and whether x_i is a (kept) token of the test text (T,) bool."""
+    batch = next(batches(train, 1, run.options.device))
+    grads = embedding_grads(run.model, batch)
+    keep = kept_positions(batch, grads, k, ())[0]
+    test_rows = embedding_rows(run, test, k)
+    ids = batch["input_ids"][0]
+    if not len(test_rows.ids):
+        return grads.new_zeros(len(ids)), torch.zeros_like(keep)
+    slot = torch.searchsorted(test_rows.ids, ids).clamp_max(len(test_rows.ids) - 1)
+    shared = keep & (test_rows.ids[slot] == ids)
+    dots = (grads[0] * test_rows.rows[slot]).sum(-1)
+    return torch.where(shared, dots, torch.zeros_like(dots)), shared
+
+
+def _token_table(ids: torch.Tensor, contribution: torch.Tensor, shared: torch.Tensor,
+                 pieces: list[str | None]) -> pd.DataFrame:
+    token_ids, inverse = torch.unique(ids[shared], return_inverse=True)
+    totals = torch.zeros(len(token_ids), dtype=torch.float64).index_add_(
+        0, inverse, contribution[shared])
+    token_of = dict(zip(ids.tolist(), pieces, strict=True))
+    return pd.DataFrame({"token_id": token_ids.tolist(),
+                         "token": [token_of[i] for i in token_ids.tolist()],
+                         "contribution": totals.tolist()})
+
+
+def _word_table(valid: torch.Tensor, contribution: torch.Tensor, shared: torch.Tensor,
+                pieces: list[str | None], ids: torch.Tensor) -> pd.DataFrame:
+    """Whole words of the training text: a piece starting with ``##`` continues the word before;
+    without token strings every position is its own word, named by its id."""
+    spans: list[list[int]] = []  # [start, end) per word
+    for i in valid.nonzero().flatten().tolist():
+        piece = pieces[i]
+        if piece is not None and piece.startswith("##") and spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    rows = []
+    for start, end in spans:
+        if shared[start:end].any():
+            text = "".join(_strip(pieces[i], int(ids[i])) for i in range(start, end))
+            rows.append((text, start, end, float(contribution[start:end].sum())))
+    return pd.DataFrame(rows, columns=["word", "start", "end", "contribution"])
+
+
+def _strip(piece: str | None, token_id: int) -> str:
+    if piece is None:
+        return str(token_id)
+    return piece[2:] if piece.startswith("##") else piece
