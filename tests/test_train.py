@@ -257,3 +257,13 @@ def test_trainer_checkpoint_folders_give_state_dicts_and_learning_rates(tmp_path
     wrapped = HFClassifier(transformers.BertForSequenceClassification(config))
     wrapped.load_state_dict(state_dict)
     assert torch.equal(wrapped.model.classifier.weight, hf.classifier.weight.detach())
+
+
+def test_additive_mask_gives_the_hf_models_own_logits():
+    model = build_model("bert-tiny", 3, seed=0, pretrained=False)[0].eval()
+    ids = torch.randint(1, 30522, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    ids[mask == 0] = 0
+    own = model.model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(model(ids, mask), own, atol=1e-6)

@@ -83,6 +83,18 @@ class CNNClassifier(nn.Module):
         return self.classifier
 
 
+# BERT-family models take a ready (B, 1, 1, T) additive mask as they would build it themselves;
+# unlike a 0/1 mask, it involves no data-dependent check, so torch.func.vmap can batch
+# per-example gradients through the model.
+ADDITIVE_MASK_MODELS = ("bert", "roberta", "electra")
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 0/1 → (B, 1, 1, T): 0 where attended, the dtype's minimum where masked."""
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
+
+
 class HFClassifier(nn.Module):
     """A Hugging Face sequence classifier returning plain logits.
 
@@ -100,6 +112,8 @@ class HFClassifier(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if attention_mask is not None and self.model.config.model_type in ADDITIVE_MASK_MODELS:
+            attention_mask = additive_mask(attention_mask, self.model.dtype)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and getattr(self.model.config, "type_vocab_size", 0) > 1:
             kwargs["token_type_ids"] = token_type_ids
@@ -171,7 +185,9 @@ def build_model(
     if name == "bert-tiny":
         if pretrained and hub_reachable(BERT_TINY_HUB):
             log.info("bert-tiny: pretrained weights from %s", BERT_TINY_HUB)
-            return _from_pretrained(BERT_TINY_HUB, num_labels), f"hub:{BERT_TINY_HUB}"
+            model = _from_pretrained(BERT_TINY_HUB, num_labels)
+            model.model.set_attn_implementation("eager")
+            return model, f"hub:{BERT_TINY_HUB}"
         log.warning(
             "bert-tiny: hub unreachable or pretrained=False; random init of the "
             "BERT-tiny architecture (2 layers, hidden 128, 2 heads, vocab %d)",
@@ -185,7 +201,9 @@ def build_model(
             intermediate_size=512,
             num_labels=num_labels,
         )
-        return HFClassifier(BertForSequenceClassification(config)), f"random(seed={seed})"
+        model = BertForSequenceClassification(config)
+        model.set_attn_implementation("eager")  # vmap has batching rules for it, not for SDPA
+        return HFClassifier(model), f"random(seed={seed})"
     if os.path.isdir(name) or "/" in name:
         return _from_pretrained(name, num_labels), f"pretrained:{name}"
     raise ValueError(
