@@ -13,7 +13,9 @@ def tiny_bert() -> HFClassifier:
     torch.manual_seed(0)
     config = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=16, max_position_embeddings=16, num_labels=3)
-    return HFClassifier(BertForSequenceClassification(config)).eval()
+    model = BertForSequenceClassification(config)
+    model.set_attn_implementation("eager")  # as build_model does: vmap-friendly
+    return HFClassifier(model).eval()
 
 
 def tiny_data(n: int = 6, length: int = 10, vocab: int = 40) -> list[dict]:

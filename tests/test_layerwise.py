@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tracin_we.cancellation import layer_groups
+from tracin_we.influence import scores
+from tracin_we.layerwise import layer_scores
+from tracin_we.models import CNNClassifier
+
+from .test_cancellation import tiny_bert, tiny_data
+
+
+def checkpoints(model, n: int = 2) -> list[tuple[dict, float]]:
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for i in range(n):
+        state = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in
+                 model.state_dict().items()}
+        out.append((state, 0.5 / (i + 1)))
+    return out
+
+
+@pytest.mark.parametrize("make", [tiny_bert, lambda: CNNClassifier(3, vocab_size=40, embed_dim=6,
+                                                                   channels=4)])
+def test_each_column_is_tracin_on_that_layer_summed_over_the_reference_set(make):
+    model = make()
+    ckpts, train, reference = checkpoints(model), tiny_data(6), tiny_data(4)[::-1]
+    table = layer_scores(model, ckpts, train, reference, batch_size=4)
+    groups = layer_groups(model)
+    assert list(table.columns) == list(dict.fromkeys(groups.values()))
+    expected_we = scores("tracin-we", model, ckpts, train, reference).sum(0).double()
+    assert torch.allclose(torch.tensor(table["word_embeddings"].values), expected_we,
+                          rtol=1e-4, atol=1e-7)
+    for group in ("classifier", table.columns[1]):
+        names = [n for n, g in groups.items() if g == group]
+        expected = scores("tracin-layer", model, ckpts, train, reference, params=names).sum(0)
+        assert torch.allclose(torch.tensor(table[group].values), expected.double(),
+                              rtol=1e-4, atol=1e-7), group
+
+
+def test_empty_reference_is_refused():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="reference is empty"):
+        layer_scores(model, checkpoints(model), tiny_data(3), [])
