@@ -75,7 +75,9 @@ def test_ratios_are_at_least_one():
 def test_ratio_is_one_when_all_gradients_are_parallel_with_the_same_sign():
     data = tiny_data(1) * 5  # five copies of one example: identical gradients
     table = cancellation(tiny_bert(), None, data, batch_size=2)
-    moved = table[table.l1_of_sum > 0]
+    # Attention key biases have a zero gradient (softmax ignores a shift): only rounding noise.
+    moved = table[table.sum_l1 > 1e-6 * table.sum_l1.max()]
+    assert len(moved) > 0.8 * len(table)
     assert moved.C_l1.tolist() == pytest.approx([1.0] * len(moved), rel=1e-5)
     assert moved.C_l2.tolist() == pytest.approx([1.0] * len(moved), rel=1e-5)
 
