@@ -1,0 +1,319 @@
+"""The case-deletion loop: validation before any retrain, deletion sets, DEL bookkeeping, the
+retrain cache, and the ensemble and dask backends against plain sequential retraining.
+
+One tiny sweep (CNN, 32 synthetic training texts, 4 test points, TracIn-WE and random, k ∈ {3, 6},
+both directions, seeds {0, 1}: 66 retrains of 4 SGD steps) is shared by the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from tracin_we import influence
+from tracin_we import retrain as retrain_module
+from tracin_we.checkpoints import CheckpointError
+from tracin_we.deletion import (
+    DeletionConfig,
+    DeletionResult,
+    load_deletion,
+    run_deletion,
+    select_test_points,
+)
+from tracin_we.retrain import RetrainJob, retrain_cached
+from tracin_we.train import TrainConfig, model_inputs, predict_proba, train
+
+N_TRAIN, N_TEST, T = 32, 16, 12
+KEYS = ["point", "method", "direction", "k", "seed"]
+TRAIN_CHUNK = retrain_module.train_chunk
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: two OpenMP threads on two shared cores run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def split(n: int, seed: int) -> Dataset:
+    """Token ids with one label-revealing position (class c → ids 2000 + 3c + {0, 1, 2})."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    ids = torch.randint(1000, 1030, (n, T), generator=g)
+    ids[:, 1] = 2000 + 3 * labels + torch.randint(0, 3, (n,), generator=g)
+    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * T] * n,
+                              "label": labels.tolist()})
+
+
+@pytest.fixture(scope="module")
+def splits() -> DatasetDict:
+    return DatasetDict(train=split(N_TRAIN, 0), validation=split(8, 1), test=split(N_TEST, 2))
+
+
+def deletion_config(**changes) -> DeletionConfig:
+    train_config = TrainConfig.from_params(
+        model="cnn", n_train=N_TRAIN, n_val=8, n_test=N_TEST, max_length=T, epochs=1, lr=0.1,
+        batch_size=8, checkpoint_epochs=[1])
+    params = dict(train=train_config, methods=("tracin-we", "random"), ks=(3, 6),
+                  n_test_points=4, seeds=(0, 1), backend="sequential", n_bootstrap=200)
+    return DeletionConfig(**(params | changes))
+
+
+class Interrupted(Exception):
+    """Stands in for a killed process (pytest reserves KeyboardInterrupt for itself)."""
+
+
+class Counter:
+    """Wraps ``retrain.train_chunk`` and counts the jobs it trains."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) -> None:
+        self.jobs: list[RetrainJob] = []
+        self.fail_after = fail_after
+        monkeypatch.setattr(retrain_module, "train_chunk", self)
+
+    def __call__(self, config, jobs, *args, **kwargs):
+        if self.fail_after is not None and len(self.jobs) >= self.fail_after:
+            raise Interrupted
+        self.jobs.extend(jobs)
+        return TRAIN_CHUNK(config, jobs, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def sweep(splits, tmp_path_factory) -> tuple[DeletionResult, str]:
+    cache = str(tmp_path_factory.mktemp("cache"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        counter = Counter(monkeypatch)
+        result = run_deletion(deletion_config(), splits, cache=cache, progress=False)
+    assert len(counter.jobs) == result.n_trained
+    return result, cache
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"ks": (0, 3)}, r"ks=\[0, 3\]: each k must be an integer with 0 < k < n_train=32"),
+    ({"ks": (32,)}, "0 < k < n_train=32"),
+    ({"ks": ()}, "ks="),
+    ({"methods": ("tracin-we", "tracin-foo")}, r"methods=.*among \['tracin-we'.*'random'\]"),
+    ({"n_test_points": 0}, r"n_test_points=0 must be in \[1, n_test=16\]"),
+    ({"n_test_points": 17}, "n_test_points=17"),
+    ({"seeds": ()}, "seeds="),
+    ({"directions": ("up",)}, "directions="),
+    ({"backend": "gpu"}, "backend='gpu'"),
+    ({"method_options": {"tracin-last": {}}}, "method_options has"),
+    ({"method_options": {"tracin-we": {"k": 3}}}, r"options \['k'\]"),
+    ({"ci": 1.0}, "ci=1.0"),
+])
+def test_config_refuses_bad_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        deletion_config(**changes)
+
+
+def test_config_from_flat_parameters():
+    config = DeletionConfig.from_params(model="cnn", n_train=N_TRAIN, n_test=N_TEST, ks=[3, 6],
+                                        methods=["random"], seeds=[0, 1], n_test_points=4)
+    assert config.train.model == "cnn" and config.train.data.n_train == N_TRAIN
+    assert config.ks == (3, 6) and config.methods == ("random",)
+    with pytest.raises(ValueError, match="unknown parameters"):
+        DeletionConfig.from_params(n_trian=10)
+
+
+def test_ensemble_refused_for_a_recipe_it_does_not_implement():
+    adam = replace(deletion_config().train, optimizer="adam")
+    with pytest.raises(ValueError, match="optimizer='adam'"):
+        deletion_config(train=adam, backend="ensemble")
+    deletion_config(train=adam, backend="joblib", worker="plain")
+
+
+def test_bad_input_refused_before_any_retraining(splits, tmp_path, monkeypatch):
+    counter = Counter(monkeypatch)
+    config = deletion_config(methods=("random",))
+    empty_test = DatasetDict(train=splits["train"], test=splits["test"].select([]))
+    with pytest.raises(ValueError, match="needs 1 test points of class 0; the test split has 0"):
+        run_deletion(config, empty_test, cache=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="test points of class"):
+        run_deletion(deletion_config(n_test_points=16), DatasetDict(
+            train=splits["train"], test=splits["test"].select(range(12))), cache=tmp_path)
+    with pytest.raises(ValueError, match="must be < the 4 training examples"):
+        run_deletion(config, DatasetDict(train=splits["train"].select(range(4)),
+                                         test=splits["test"]), cache=tmp_path)
+    with pytest.raises(ValueError, match=r"scores\['random'\] has shape \(4, 32\)"):
+        run_deletion(config, splits, scores={"random": torch.zeros(4, N_TRAIN)}, cache=tmp_path)
+    with pytest.raises(ValueError, match=r"not in config\.methods"):
+        run_deletion(config, splits, scores={"tracin-we": torch.zeros(N_TEST, N_TRAIN)},
+                     cache=tmp_path)
+    assert counter.jobs == []
+
+
+def test_test_points_balanced_and_seeded():
+    labels = torch.arange(40) % 4
+    points = select_test_points(labels, 10, seed=3, num_classes=4)
+    assert np.bincount(labels[points].numpy()).tolist() == [3, 3, 2, 2]
+    assert points == select_test_points(labels, 10, seed=3, num_classes=4)
+    assert points != select_test_points(labels, 10, seed=4, num_classes=4)
+    with pytest.raises(ValueError, match="needs 11 test points of class 0"):
+        select_test_points(labels, 44, seed=0, num_classes=4)
+
+
+def test_deletion_sets_are_top_k(sweep, splits):
+    result, cache = sweep
+    config = deletion_config()
+    original = train(config.train, splits, cache=cache, progress=False)
+    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    points = {k: v[result.points] for k, v in test_t.items()}
+    for method in config.methods:
+        rows = influence.scores(method, original.load_model(), original.checkpoint_pairs(),
+                                train_t, points)
+        for (direction, k), plan in result.plan[result.plan["method"] == method].groupby(
+                ["direction", "k"]):
+            top = influence.top_k(rows, k, proponents=direction == "proponents").indices
+            expected = [tuple(sorted(row.tolist())) for row in top]
+            assert plan.sort_values("position")["removed"].tolist() == expected
+    assert result.plan["removed"].map(len).tolist() == result.plan["k"].tolist()
+
+
+def test_method_as_data_precomputed_matrix_and_options(sweep, splits, monkeypatch):
+    """A precomputed matrix (test split × train split) stands in for the engine; method options
+    reach ``influence.scores``."""
+    _, cache = sweep
+    given = torch.randn(N_TEST, N_TRAIN, generator=torch.Generator().manual_seed(7))
+    monkeypatch.setattr(influence, "scores", lambda *a, **k: pytest.fail("engine called"))
+    config = deletion_config(methods=("tracin-last",), ks=(3,), seeds=(0,))
+    result = run_deletion(config, splits, scores={"tracin-last": given}, cache=cache,
+                          progress=False)
+    opponents = result.plan[result.plan["direction"] == "opponents"].sort_values("position")
+    expected = influence.top_k(given[result.points], 3, proponents=False).indices
+    assert opponents["removed"].tolist() == [tuple(sorted(r.tolist())) for r in expected]
+    monkeypatch.undo()
+    options = deletion_config(methods=("random",), ks=(3,), seeds=(0,),
+                              method_options={"random": {"seed": 5}})
+    seeded = run_deletion(options, splits, cache=cache, progress=False)
+    original = train(options.train, splits, cache=cache, progress=False)
+    points = {k: v[seeded.points] for k, v in model_inputs(splits["test"]).items()}
+    rows = influence.scores("random", original.load_model(), original.checkpoint_pairs(),
+                            model_inputs(splits["train"]), points, seed=5)
+    proponents = seeded.plan[seeded.plan["direction"] == "proponents"].sort_values("position")
+    expected = influence.top_k(rows, 3).indices
+    assert proponents["removed"].tolist() == [tuple(sorted(r.tolist())) for r in expected]
+
+
+def test_table_del_and_auc_bookkeeping(sweep):
+    result, _ = sweep
+    table, config = result.table, deletion_config()
+    assert len(table) == 4 * 2 * 2 * 2 * 2
+    assert np.bincount(table["label"]).tolist() == [16] * 4  # one point per class
+    assert np.allclose(table["DEL"], table["p"] - table["baseline"])
+    base = table.groupby("point")["baseline_seed"].agg(lambda s: s.iloc[:2].mean())
+    assert np.allclose(table["baseline"], table["point"].map(base))
+    per_point = table.groupby(["method", "direction", "point"])["DEL"].mean()
+    summary = result.summary.set_index("method")
+    for method in config.methods:
+        for direction, name in (("proponents", "DEL+"), ("opponents", "DEL-")):
+            expected = per_point[method][direction].mean()
+            assert summary.loc[method, name] == pytest.approx(expected)
+            assert summary.loc[method, f"{name} low"] <= expected <= summary.loc[
+                method, f"{name} high"]
+    assert list(summary.columns[:3]) == ["DEL+", "DEL+ low", "DEL+ high"]
+
+
+def test_crn_variances_follow_their_formulas(sweep):
+    result, _ = sweep
+    table = result.table
+    part = table[(table["method"] == "random") & (table["direction"] == "opponents")]
+    q = part.groupby(["point", "seed"]).agg(q=("p", "mean"), b=("baseline_seed", "first"))
+    q["d"] = q["q"] - q["b"]
+    var = q.groupby("point").var(ddof=1) / 2
+    row = result.crn.set_index(["method", "direction"]).loc[("random", "opponents")]
+    assert row["se_paired"] == pytest.approx(np.sqrt(var["d"].mean()))
+    assert row["se_independent"] == pytest.approx(np.sqrt((var["q"] + var["b"]).mean()))
+    assert row["ci_halfwidth_independent"] >= row["ci_halfwidth"]
+
+
+def test_removing_nothing_reproduces_the_baseline_exactly(sweep, splits):
+    result, cache = sweep
+    config = deletion_config()
+    test_t = model_inputs(splits["test"])
+    original = predict_proba(train(config.train, splits, cache=cache, progress=False)
+                             .load_model(), test_t)  # seed 0, the full set
+    labels = test_t["labels"][result.points]
+    seed0 = result.table[result.table["seed"] == 0].groupby("point")["baseline_seed"].first()
+    assert np.array_equal(seed0.loc[result.points].to_numpy(),
+                          original[result.points, labels].numpy())
+    again = retrain_cached(config.train, [RetrainJob(0, ())], model_inputs(splits["train"]),
+                           test_t, cache=cache, backend="sequential", progress=False)
+    assert again.n_trained == 0 and torch.equal(again.probabilities[0], original)
+
+
+def test_each_retrain_once_and_reused_on_rerun(sweep, splits, monkeypatch):
+    result, cache = sweep
+    distinct = {(removed, s) for removed in result.plan["removed"] for s in (0, 1)}
+    assert result.n_trained == len(distinct | {((), 0), ((), 1)})
+    assert result.n_reused == 2 + len(result.plan) * 2 - result.n_trained
+    counter = Counter(monkeypatch)
+    again = run_deletion(deletion_config(), splits, cache=cache, progress=False)
+    assert counter.jobs == [] and again.n_trained == 0
+    pd.testing.assert_frame_equal(again.table, result.table)
+    # Another method list reuses the retrains of the removal sets it shares.
+    subset = run_deletion(deletion_config(methods=("random",), ks=(3,)), splits, cache=cache,
+                          progress=False)
+    assert counter.jobs == [] and subset.n_trained == 0
+
+
+def test_interrupted_sweep_resumes(splits, tmp_path, monkeypatch):
+    config = deletion_config(methods=("random",), ks=(3,))  # 2 + 16 retrains
+    Counter(monkeypatch, fail_after=5)
+    with pytest.raises(Interrupted):
+        run_deletion(config, splits, cache=tmp_path, progress=False)
+    counter = Counter(monkeypatch)
+    result = run_deletion(config, splits, cache=tmp_path, progress=False)
+    assert result.n_trained == len(counter.jobs) == 18 - 5
+
+
+def test_results_saved_beside_their_config(sweep, splits):
+    result, cache = sweep
+    saved = load_deletion(result.out_dir)
+    assert saved["config"]["ks"] == [3, 6] and "data_fingerprint" in saved["config"]
+    assert np.allclose(saved["deletion"]["DEL"], result.table["DEL"])
+    assert list(saved["auc_del"]["method"]) == ["tracin-we", "random"]
+    other = deletion_config(n_bootstrap=100)
+    with pytest.raises(CheckpointError, match="holds another deletion sweep"):
+        run_deletion(other, splits, cache=cache, out_dir=result.out_dir, progress=False)
+    run_deletion(other, splits, cache=cache, out_dir=result.out_dir, overwrite=True,
+                 progress=False)
+    assert load_deletion(result.out_dir)["config"]["n_bootstrap"] == 100
+
+
+def matching_p(result: DeletionResult, reference: DeletionResult) -> tuple[np.ndarray, ...]:
+    merged = result.table.merge(reference.table, on=KEYS, suffixes=("", "_ref"))
+    assert len(merged) == len(result.table)
+    return merged["p"].to_numpy(), merged["p_ref"].to_numpy()
+
+
+def test_ensemble_backend_equals_plain_retraining(sweep, splits, tmp_path):
+    config = deletion_config(backend="ensemble", methods=("random",))
+    fast = run_deletion(config, splits, cache=tmp_path, progress=False)
+    assert fast.n_trained == 2 + 4 * 2 * 2 * 2
+    p, p_ref = matching_p(fast, sweep[0])
+    assert np.abs(p - p_ref).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_dask_backend_matches_local(sweep, splits, tmp_path):
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    config = deletion_config(backend="dask", worker="plain", methods=("random",))
+    # Forked workers start in a fraction of a second; spawned ones re-import torch and
+    # transformers (~12 s each on two busy cores). Safe here: the tasks run one torch thread.
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        remote = run_deletion(config, splits, cache=tmp_path, client=client, progress=False)
+    assert remote.n_trained == 2 + 4 * 2 * 2 * 2
+    p, p_ref = matching_p(remote, sweep[0])
+    assert np.abs(p - p_ref).max() < 1e-6

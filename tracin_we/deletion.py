@@ -1,0 +1,355 @@
+"""Case deletion (v1 §2.2, §5): one loop for every influence method, the method given as data.
+
+For a test point z' of ground-truth class c, a method I, a size k and a direction, delete the
+top-k proponents (DEL+) or opponents (DEL−) of z' under I (``influence.top_k`` on I's score row),
+retrain with exactly the original recipe for each seed s, and read p_c(z') again:
+
+    DEL(z', k, I) = mean_s p_c(z'; θ_s without the k) − mean_s p_c(z'; θ_s)
+
+with the baseline θ_s trained by the same recipe and seed on the full set (common random
+numbers: a retrain and its baseline share init and batch order, ``train.fit``). Scores follow
+``influence.scores``: positive = proponent. So DEL+ should be negative and DEL− positive for a
+good method. AUC-DEL± = mean over the k grid, then mean over test points, with a bootstrap CI
+over test points. ``random`` (random scores) is the deletion control.
+
+Every retrain goes through ``retrain.retrain_cached``: a model is trained once per (training
+config, removed set, seed) and reused by reruns, other methods and other k; an interrupted sweep
+resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import DatasetDict
+
+from tracin_we import influence
+from tracin_we.checkpoints import CheckpointError, atomic_write, write_json
+from tracin_we.data import fingerprint, make_splits
+from tracin_we.influence.options import parse_options
+from tracin_we.retrain import (
+    BACKENDS,
+    WORKERS,
+    RetrainJob,
+    check_engine,
+    engine_for,
+    retrain_cached,
+)
+from tracin_we.train import TrainConfig, cache_dir, config_key, model_inputs, train
+
+DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
+SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}
+
+
+@dataclass(frozen=True)
+class DeletionConfig:
+    """A case-deletion sweep. Defaults: the paper's AG News protocol (v1 §5)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)  # the original recipe, retrained
+    methods: tuple[str, ...] = ("influence-last", "representer", "tracin-last", "tracin-we",
+                                "tracin-we-topk", "tracin-we-syn", "tracin-tfidf",
+                                "random")  # v1 Table 3's methods; random: the control
+    ks: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # paper: 10, 20, ..., 100
+    n_test_points: int = 100  # balanced over classes; paper, AG News: 100 (25 per class)
+    seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains per k
+    directions: tuple[str, ...] = DIRECTIONS
+    point_seed: int = 0  # which test points are drawn
+    # Options of influence.scores per method, e.g. {"tracin-we-topk": {"k": 10}}.
+    method_options: dict[str, dict] = field(default_factory=dict)
+    backend: str = "joblib"  # retrain.BACKENDS; joblib + plain workers: fastest on a 2-core CPU
+    worker: str = "plain"  # what each joblib/dask task runs: "plain" fit or an "ensemble" chunk
+    chunk_size: int = 16  # ensemble members trained at once
+    n_bootstrap: int = 1000  # resamples of the test points for the CIs
+    ci: float = 0.95
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("methods", "ks", "seeds", "directions"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self._check_choices("methods", self.methods, influence.METHODS)
+        self._check_choices("directions", self.directions, DIRECTIONS)
+        n_train = self.train.data.n_train
+        bad = [k for k in self.ks if not (isinstance(k, int) and 0 < k < n_train)]
+        if not self.ks or bad:
+            raise ValueError(f"ks={list(self.ks)}: each k must be an integer with 0 < k < "
+                             f"n_train={n_train}")
+        if not 0 < self.n_test_points <= self.train.data.n_test:
+            raise ValueError(f"n_test_points={self.n_test_points} must be in [1, n_test="
+                             f"{self.train.data.n_test}]")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={list(self.seeds)} must be a non-empty list of distinct ints")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is unknown; allowed: {list(BACKENDS)}")
+        if self.worker not in WORKERS:
+            raise ValueError(f"worker={self.worker!r} is unknown; allowed: {list(WORKERS)}")
+        check_engine(self.train, engine_for(self.backend, self.worker))
+        for name in ("chunk_size", "n_bootstrap"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if not 0 < self.ci < 1:
+            raise ValueError(f"ci={self.ci} must be in (0, 1)")
+        extra = sorted(set(self.method_options) - set(self.methods))
+        if extra:
+            raise ValueError(f"method_options has {extra}, which are not in methods")
+        for method, options in self.method_options.items():
+            parse_options(method, options)  # unknown options → ValueError naming them
+
+    @classmethod
+    def from_params(cls, **params) -> DeletionConfig:
+        """Build from flat notebook/preset parameters: this class's own fields, the rest going to
+        ``TrainConfig.from_params`` (unknown names are an error there)."""
+        own = set(cls.__dataclass_fields__) - {"train"}
+        train_config = TrainConfig.from_params(**{k: v for k, v in params.items() if k not in own})
+        return cls(train=train_config, **{k: v for k, v in params.items() if k in own})
+
+    @staticmethod
+    def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
+        unknown = [v for v in values if v not in allowed]
+        if not values or unknown or len(set(values)) != len(values):
+            raise ValueError(f"{name}={list(values)}: give distinct values among {list(allowed)}"
+                             + (f"; unknown: {unknown}" if unknown else ""))
+
+
+@dataclass
+class DeletionResult:
+    """``table``: one row per (point, method, direction, k, seed) with ``p`` = p_c(z') retrained,
+    ``baseline`` = mean_s p_c(z') with nothing removed, ``baseline_seed`` = that seed's baseline
+    and ``DEL`` = p − baseline (its mean over seeds is DEL(z', k, I)). ``summary``: AUC-DEL± per
+    method with CIs. ``crn``: how much common random numbers narrow them (``crn_variance``)."""
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    crn: pd.DataFrame
+    points: list[int]  # indices into the test split
+    plan: pd.DataFrame  # (position in points, method, direction, k) → removed training indices
+    out_dir: Path
+    n_trained: int = 0  # retrains run by this call
+    n_reused: int = 0  # retrains read from the cache (or shared with another row)
+
+
+def run_deletion(config: DeletionConfig, splits: DatasetDict | None = None,
+                 scores: Mapping[str, torch.Tensor] | None = None,
+                 cache: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
+                 overwrite: bool = False, device: str = "cpu", client=None,
+                 progress: bool = True) -> DeletionResult:
+    """Run the sweep of ``config`` and save ``deletion.csv``, ``auc_del.csv``, ``crn.csv`` and
+    ``deletion_sets.csv`` beside ``config.json`` in ``out_dir`` (default
+    ``<cache>/deletion/<key>``).
+
+    ``scores``: precomputed score matrices (n_test_split, n_train) by method, rows in test-split
+    order; other methods are computed by ``influence.scores`` on ``train(config.train)``'s
+    checkpoints. Everything is validated before the first retrain.
+    """
+    splits = splits if splits is not None else make_splits(config.train.data)
+    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    n_train = len(train_t["labels"])
+    if max(config.ks) >= n_train:
+        raise ValueError(f"ks={list(config.ks)}: each k must be < the {n_train} training examples")
+    points = select_test_points(test_t["labels"], config.n_test_points, config.point_seed,
+                                config.train.data.task.num_classes)
+    rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
+    out_dir = _claim_out_dir(config, splits, rows, cache, out_dir, overwrite)
+    plan = deletion_plan(config, rows)
+    jobs = [RetrainJob(s, ()) for s in config.seeds] + [
+        RetrainJob(s, removed) for removed in plan["removed"] for s in config.seeds]
+    retrained = retrain_cached(config.train, jobs, train_t, test_t, cache=cache,
+                               backend=config.backend, worker=config.worker,
+                               chunk_size=config.chunk_size, client=client, device=device,
+                               progress=progress)
+    table = tidy_table(config, plan, points, test_t["labels"], retrained.probabilities)
+    result = DeletionResult(table, auc_del(table, config), crn_variance(table, config),
+                            points, plan, out_dir, retrained.n_trained, retrained.n_reused)
+    _save(result)
+    return result
+
+
+def select_test_points(labels: torch.Tensor, n: int, seed: int, num_classes: int) -> list[int]:
+    """``n`` test indices, ``n // C`` per class (the first ``n % C`` classes one more), drawn
+    with ``numpy.random.default_rng(seed)``; class by class, ascending within a class."""
+    if n < 1:
+        raise ValueError(f"n_test_points={n} must be >= 1")
+    rng, chosen = np.random.default_rng(seed), []
+    for c in range(num_classes):
+        quota = n // num_classes + (c < n % num_classes)
+        pool = np.flatnonzero(labels.numpy() == c)
+        if quota > len(pool):
+            raise ValueError(f"n_test_points={n} needs {quota} test points of class {c}; the "
+                             f"test split has {len(pool)}")
+        chosen += sorted(rng.choice(pool, size=quota, replace=False).tolist())
+    return chosen
+
+
+def score_rows(config: DeletionConfig, splits: DatasetDict, train_t: dict, test_t: dict,
+               points: list[int], given: Mapping[str, torch.Tensor],
+               cache: str | os.PathLike | None, device: str) -> dict[str, torch.Tensor]:
+    """Each method's scores (n_points, n_train) for the chosen points: rows of ``given[method]``
+    (n_test_split, n_train), else ``influence.scores`` on the original model's checkpoints."""
+    shape = (len(test_t["labels"]), len(train_t["labels"]))
+    extra = sorted(set(given) - set(config.methods))
+    if extra:
+        raise ValueError(f"scores has methods {extra} that are not in config.methods")
+    for method, matrix in given.items():
+        if tuple(matrix.shape) != shape:
+            raise ValueError(f"scores[{method!r}] has shape {tuple(matrix.shape)}; expected "
+                             f"{shape} (test split × train split)")
+    rows = {m: given[m][points].float() for m in config.methods if m in given}
+    missing = [m for m in config.methods if m not in given]
+    if missing:
+        original = train(config.train, splits, cache=cache, device=device, progress=False)
+        model, checkpoints = original.load_model(), original.checkpoint_pairs()
+        test_points = {k: v[points] for k, v in test_t.items()}
+        for method in missing:
+            rows[method] = influence.scores(method, model, checkpoints, train_t, test_points,
+                                            **config.method_options.get(method, {})).float()
+    return rows
+
+
+def deletion_plan(config: DeletionConfig, rows: Mapping[str, torch.Tensor]) -> pd.DataFrame:
+    """One row per (point position, method, direction, k) with ``removed``: the indices of
+    ``influence.top_k(rows[method], k, proponents=direction == "proponents")``."""
+    records = []
+    for method in config.methods:
+        for direction in config.directions:
+            for k in config.ks:
+                top = influence.top_k(rows[method], k, proponents=direction == "proponents")
+                records += [{"position": i, "method": method, "direction": direction, "k": k,
+                             "removed": tuple(sorted(idx.tolist()))}
+                            for i, idx in enumerate(top.indices)]
+    return pd.DataFrame.from_records(records)
+
+
+def tidy_table(config: DeletionConfig, plan: pd.DataFrame, points: list[int],
+               labels: torch.Tensor, probabilities: torch.Tensor) -> pd.DataFrame:
+    """The per-seed table from the retrained probabilities (n_jobs, n_test_split, C), whose
+    jobs are the baselines (one per seed) then every plan row × seed."""
+    seeds, n_seeds = list(config.seeds), len(config.seeds)
+    point_index = torch.tensor(points)
+    classes = labels[point_index]
+    base = probabilities[:n_seeds][:, point_index, classes].T  # (n_points, n_seeds)
+    deleted = probabilities[n_seeds:].view(len(plan), n_seeds, *probabilities.shape[1:])
+    position = torch.tensor(plan["position"].to_numpy())
+    p = deleted[torch.arange(len(plan)), :, point_index[position], classes[position]]
+    table = plan.drop(columns="removed").loc[plan.index.repeat(n_seeds)].reset_index(drop=True)
+    table.insert(0, "point", [points[i] for i in table.pop("position")])
+    table.insert(1, "label", classes[position].repeat_interleave(n_seeds).numpy())
+    table["seed"] = seeds * len(plan)
+    table["p"] = p.reshape(-1).numpy()
+    table["baseline"] = base.mean(1)[position].repeat_interleave(n_seeds).numpy()
+    table["baseline_seed"] = base[position].reshape(-1).numpy()
+    table["DEL"] = table["p"] - table["baseline"]
+    return table
+
+
+def auc_del(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
+    """AUC-DEL± per method: mean over (k, seed) per point, then mean over points, with a
+    percentile bootstrap CI over points (the same resamples for every method). Columns
+    ``DEL+``, ``DEL+ low``, ``DEL+ high``, ``DEL-``, ...; lower DEL+ and higher DEL− are better."""
+    per_point = table.groupby(["method", "direction", "point"])["DEL"].mean().unstack("point")
+    draws = _bootstrap_index(per_point.shape[1], config)
+    alpha = (1 - config.ci) / 2
+    columns = [SUMMARY_NAMES[d] + end for d in config.directions for end in ("", " low", " high")]
+    summary = pd.DataFrame(index=pd.Index(config.methods, name="method"), columns=columns,
+                           dtype=float)
+    for (method, direction), values in per_point.iterrows():
+        means = values.to_numpy()[draws].mean(1)
+        name = SUMMARY_NAMES[direction]
+        summary.loc[method, name] = values.mean()
+        summary.loc[method, f"{name} low"] = np.quantile(means, alpha)
+        summary.loc[method, f"{name} high"] = np.quantile(means, 1 - alpha)
+    summary["n_points"] = per_point.shape[1]
+    return summary.reset_index()
+
+
+def _bootstrap_index(n: int, config: DeletionConfig) -> np.ndarray:
+    rng = np.random.default_rng(config.bootstrap_seed)
+    return rng.integers(0, n, size=(config.n_bootstrap, n))
+
+
+def crn_variance(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
+    """How much pairing each retrain with the baseline of its own seed narrows the CIs.
+
+    Per point, with q_s = mean_k p_c(θ_s without the k) and b_s = p_c(θ_s), the seed noise of
+    its AUC-DEL estimate mean_s (q_s − b_s) has variance ``var_s(q_s − b_s) / S`` (paired, the
+    design used) and ``(var_s(q_s) + var_s(b_s)) / S`` had retrains and baselines used
+    independent seeds. ``se_*`` are root-mean over points; ``ci_halfwidth`` is the bootstrap
+    one; ``ci_halfwidth_independent`` = sqrt(hw² + z² · mean(var_indep − var_paired) / n_points),
+    the half-width that the extra noise of independent seeds would give. NaN with one seed.
+    """
+    q = table.groupby(["method", "direction", "point", "seed"]).agg(
+        q=("p", "mean"), b=("baseline_seed", "first"))
+    q["d"] = q["q"] - q["b"]
+    per_point = q.groupby(["method", "direction", "point"]).var(ddof=1) / len(config.seeds)
+    per_point["paired"] = per_point["d"]
+    per_point["independent"] = per_point["q"] + per_point["b"]
+    out = per_point.groupby(["method", "direction"])[["paired", "independent"]].mean()
+    summary = auc_del(table, config).set_index("method")
+    z = _normal_quantile(1 - (1 - config.ci) / 2)
+    records = []
+    for method, direction in product(config.methods, config.directions):
+        row, name = out.loc[(method, direction)], SUMMARY_NAMES[direction]
+        half = (summary.loc[method, f"{name} high"] - summary.loc[method, f"{name} low"]) / 2
+        extra = max(row["independent"] - row["paired"], 0.0) / summary.loc[method, "n_points"]
+        records.append({
+            "method": method, "direction": direction,
+            "se_paired": math.sqrt(row["paired"]), "se_independent": math.sqrt(row["independent"]),
+            "se_ratio": math.sqrt(row["paired"] / row["independent"])
+            if row["independent"] > 0 else float("nan"),
+            "ci_halfwidth": half, "ci_halfwidth_independent": math.sqrt(half**2 + z**2 * extra),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def _normal_quantile(q: float) -> float:
+    return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(q, dtype=torch.float64)))
+
+
+def _claim_out_dir(config: DeletionConfig, splits: DatasetDict, rows: Mapping[str, torch.Tensor],
+                   cache: str | os.PathLike | None, out_dir: str | os.PathLike | None,
+                   overwrite: bool) -> Path:
+    """Write ``config.json`` (the resolved config, data fingerprint and a hash of the score
+    rows) to the output folder; a folder holding another sweep is refused unless ``overwrite``."""
+    resolved = json.loads(json.dumps(asdict(config), default=str))
+    resolved["train"]["data"].pop("data_dir")
+    resolved["data_fingerprint"] = fingerprint(splits)
+    resolved["scores_sha256"] = {m: hashlib.sha256(r.numpy().tobytes()).hexdigest()[:16]
+                                 for m, r in rows.items()}
+    path = Path(out_dir) if out_dir else cache_dir(cache) / "deletion" / config_key(resolved)
+    config_path = path / "config.json"
+    saved = json.loads(config_path.read_text()) if config_path.is_file() else resolved
+    if saved != resolved and not overwrite:
+        raise CheckpointError(f"out_dir={str(path)!r} holds another deletion sweep; choose "
+                              "another out_dir or pass overwrite=True")
+    write_json(config_path, resolved)
+    return path
+
+
+def _save(result: DeletionResult) -> None:
+    sets = result.plan.assign(point=[result.points[i] for i in result.plan["position"]],
+                              removed=result.plan["removed"].map(lambda r: " ".join(map(str, r))))
+    for name, frame in (("deletion", result.table), ("auc_del", result.summary),
+                        ("crn", result.crn), ("deletion_sets", sets.drop(columns="position"))):
+        atomic_write(result.out_dir / f"{name}.csv",
+                     lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+
+
+def load_deletion(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
+    """A saved sweep, for plotting without retraining: ``config`` and the tables ``deletion``,
+    ``auc_del``, ``crn`` and ``deletion_sets`` (``removed``: space-separated training indices)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.json").is_file():
+        raise ValueError(f"out_dir={str(out_dir)!r} holds no deletion sweep (no config.json)")
+    loaded: dict[str, pd.DataFrame | dict] = {
+        "config": json.loads((out_dir / "config.json").read_text())}
+    for name in ("deletion", "auc_del", "crn", "deletion_sets"):
+        loaded[name] = pd.read_csv(out_dir / f"{name}.csv")
+    return loaded
