@@ -43,3 +43,31 @@ def test_empty_reference_is_refused():
     model = tiny_bert()
     with pytest.raises(ValueError, match="reference is empty"):
         layer_scores(model, checkpoints(model), tiny_data(3), [])
+
+
+def test_layer_deletion_runs_one_sweep_per_layer(tiny_data_dir):
+    from tracin_we.deletion import DeletionConfig, run_deletion
+    from tracin_we.layerwise import layer_deletion
+
+    config = DeletionConfig.from_params(
+        model="cnn", n_train=40, n_val=8, n_test=16, max_length=12, epochs=1, lr=0.05,
+        batch_size=8, checkpoint_epochs=[1], data_dir=str(tiny_data_dir), methods=["random"],
+        ks=[3], n_test_points=4, seeds=[0], backend="sequential", n_bootstrap=50)
+    table = layer_deletion(config, groups=["word_embeddings", "classifier"], progress=False)
+    assert table["group"].tolist() == ["word_embeddings", "classifier"]
+    direct = run_deletion(
+        DeletionConfig.from_params(**{**_flat(config), "methods": ["tracin-we"]}),
+        progress=False).summary.iloc[0]
+    assert table.iloc[0]["DEL+"] == pytest.approx(direct["DEL+"])
+    assert table.iloc[0]["DEL-"] == pytest.approx(direct["DEL-"])
+    with pytest.raises(ValueError, match=r"unknown layer names \['layer7'\]"):
+        layer_deletion(config, groups=["layer7"])
+
+
+def _flat(config) -> dict:
+    from dataclasses import asdict
+
+    flat = asdict(config)
+    train = flat.pop("train")
+    return {**train.pop("data"), **train, **{k: v for k, v in flat.items()
+                                            if k not in ("method_options",)}}

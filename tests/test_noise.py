@@ -41,3 +41,14 @@ def test_bad_inputs_are_refused():
         ndr_curve(torch.zeros(3), torch.zeros(3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"fraction=0 must be in \(0, 1\]"):
         ndr_at(torch.zeros(3), torch.tensor([True, False, False]), 0)
+
+
+def test_ndr_table_has_each_column_and_each_aggregation():
+    from tracin_we.noise import ndr_table
+
+    noisy = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0, 0, 0], dtype=torch.bool)
+    columns = {"a": torch.arange(10.0), "b": -torch.arange(10.0)}
+    table = ndr_table(columns, noisy, fraction=0.3).set_index("column")
+    assert list(table.index) == ["a", "b", "agg:mean", "agg:rank", "agg:vote"]
+    assert table.loc["a", "NDR@30%"] == ndr_at(columns["a"], noisy, 0.3) == 0.5
+    assert table.loc["b", "AUC-NDR"] == pytest.approx(auc_ndr(columns["b"], noisy))

@@ -12,6 +12,8 @@ embedding uses the sparse rows of the influence engine.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -19,9 +21,11 @@ from torch import nn
 
 from tracin_we.cancellation import layer_groups
 from tracin_we.checkpoints import resolve_checkpoints
+from tracin_we.data import make_splits
+from tracin_we.deletion import DeletionConfig, run_deletion
 from tracin_we.influence.gradients import batches, embedding_grads, param_grads, sparse_rows
 from tracin_we.models import word_embeddings
-from tracin_we.train import forward, model_inputs
+from tracin_we.train import forward, model_inputs, new_model
 
 
 def layer_scores(model: nn.Module, checkpoints, train, reference, batch_size: int = 64,
@@ -93,3 +97,32 @@ def _embedding_dots(model: nn.Module, batch: dict, target: torch.Tensor) -> torc
     dots = (rows.rows * target[rows.ids]).sum(1).double()
     out = torch.zeros(rows.n, dtype=torch.float64, device=dots.device)
     return out.index_add_(0, rows.example_index(), dots)
+
+
+def layer_deletion(config: DeletionConfig, groups: list[str] | None = None, splits=None,
+                   device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """AUC-DEL± of TracIn restricted to each layer group (rows in first-to-last order).
+
+    One case-deletion sweep per group through ``deletion.run_deletion``: ``tracin-we`` for the
+    word embedding (equal to ``tracin-layer`` on it, and sparse), ``tracin-layer`` with the
+    group's parameter names otherwise. ``config`` is a ``DeletionConfig`` whose ``methods`` are
+    ignored; retrains are shared with every other sweep of the same recipe through the cache.
+    """
+    splits = splits if splits is not None else make_splits(config.train.data)
+    mapping = layer_groups(new_model(config.train)[0])
+    chosen = list(dict.fromkeys(mapping.values())) if groups is None else groups
+    unknown = sorted(set(chosen) - set(mapping.values()))
+    if unknown:
+        raise ValueError(f"groups: unknown layer names {unknown}; allowed: "
+                         f"{list(dict.fromkeys(mapping.values()))}")
+    rows = []
+    for group in chosen:
+        if group == "word_embeddings":
+            sweep = replace(config, methods=("tracin-we",), method_options={})
+        else:
+            names = [n for n, g in mapping.items() if g == group]
+            sweep = replace(config, methods=("tracin-layer",),
+                            method_options={"tracin-layer": {"params": names}})
+        summary = run_deletion(sweep, splits, device=device, progress=progress).summary
+        rows.append(summary.drop(columns="method").iloc[0].to_dict() | {"group": group})
+    return pd.DataFrame(rows)[["group", *[c for c in rows[0] if c != "group"]]]

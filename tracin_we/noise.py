@@ -15,6 +15,7 @@ example across columns); ``vote`` (−Σ_columns max(0, T − rank), T = round(0
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 AGGREGATIONS = ("mean", "rank", "vote")
@@ -69,3 +70,14 @@ def auc_ndr(score: torch.Tensor, is_noisy: torch.Tensor) -> float:
     n = len(curve)
     ideal = np.minimum(np.arange(1, n + 1) / int(torch.as_tensor(is_noisy).sum()), 1.0)
     return float(curve.sum() / ideal.sum())
+
+
+def ndr_table(columns: dict[str, torch.Tensor], is_noisy: torch.Tensor,
+              fraction: float = 0.3) -> pd.DataFrame:
+    """NDR@``fraction`` and AUC-NDR of every score column (e.g. one per layer) and of the
+    ``mean``, ``rank`` and ``vote`` aggregations of all of them (rows ``agg:<how>``)."""
+    stacked = torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in columns.values()], 1)
+    named = dict(columns) | {f"agg:{how}": aggregate(stacked, how) for how in AGGREGATIONS}
+    return pd.DataFrame([{"column": name, f"NDR@{fraction:.0%}": ndr_at(score, is_noisy, fraction),
+                          "AUC-NDR": auc_ndr(score, is_noisy)}
+                         for name, score in ((n, torch.as_tensor(s)) for n, s in named.items())])

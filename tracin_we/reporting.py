@@ -47,3 +47,18 @@ def training_curves(history: list[dict]) -> plt.Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
+
+
+def deletion_curves(table: pd.DataFrame) -> plt.Figure:
+    """DEL against k for each method, proponents (DEL+, should fall) and opponents (DEL−, should
+    rise) side by side, with 95% bootstrap bands over test points (v1 Figures 1–3)."""
+    per_point = (table.groupby(["method", "direction", "k", "point"], as_index=False)["DEL"]
+                 .mean())
+    sns.set_theme(style="whitegrid")
+    grid = sns.relplot(data=per_point, x="k", y="DEL", hue="method", col="direction",
+                       kind="line", marker="o", errorbar=("ci", 95), n_boot=1000, seed=0,
+                       height=3.4, aspect=1.2, facet_kws={"sharey": False})
+    for ax in grid.axes.flat:
+        ax.axhline(0, color="black", linewidth=0.8)
+    grid.set_axis_labels("k (training examples deleted)", "DEL = Δ p(true class)")
+    return grid.figure

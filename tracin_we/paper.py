@@ -1,0 +1,46 @@
+"""The paper's published numbers (v1, arXiv 2202.11844, via PAPER.md), to print beside ours."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# Table 3 column → this package's method name.
+TABLE3_METHODS = {
+    "Inf-Last": "influence-last", "Rep": "representer", "TR-Last": "tracin-last",
+    "TR-WE": "tracin-we", "TR-WE-Topk": "tracin-we-topk", "TR-WE-Syn": "tracin-we-syn",
+    "TR-TFIDF": "tracin-tfidf",
+}
+
+# v1 Table 3: AUC-DEL (BERT-tiny; MNLI bert-base). DEL+ lower is better, DEL- higher.
+TABLE3 = {
+    ("toxicity", "DEL+"): [-0.022, -0.021, -0.025, -0.105, -0.104, -0.103, -0.067],
+    ("toxicity", "DEL-"): [-0.001, 0.006, 0.007, 0.122, 0.125, 0.125, 0.044],
+    ("ag_news", "DEL+"): [-0.025, -0.021, -0.032, -0.148, -0.152, -0.142, -0.083],
+    ("ag_news", "DEL-"): [0.023, 0.021, 0.017, 0.100, 0.100, 0.096, 0.054],
+    ("mnli", "DEL+"): [None, None, 0.006, None, -0.198, None, -0.004],
+    ("mnli", "DEL-"): [None, None, 0.026, None, 0.169, None, 0.005],
+}
+
+# v1 no-word-overlap experiment (Toxicity, word embeddings frozen).
+NO_OVERLAP = {
+    "DEL+": {"tracin-last": -0.007, "tracin-we": -0.033, "tracin-we-noc": 0.005},
+    "DEL-": {"tracin-last": 0.013, "tracin-we": 0.043, "tracin-we-noc": -0.002},
+}
+
+
+def table3(dataset: str) -> pd.DataFrame:
+    """The paper's AUC-DEL± for ``dataset`` by method: columns ``paper DEL+``, ``paper DEL-``."""
+    if (dataset, "DEL+") not in TABLE3:
+        raise ValueError(f"dataset={dataset!r}; the paper reports {sorted({d for d, _ in TABLE3})}")
+    methods = list(TABLE3_METHODS.values())
+    return pd.DataFrame({f"paper {metric}": TABLE3[(dataset, metric)]
+                         for metric in ("DEL+", "DEL-")}, index=pd.Index(methods, name="method"))
+
+
+def beside_paper(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Our AUC-DEL summary (``deletion.auc_del``) with the paper's numbers in extra columns, in
+    the paper's method order (methods the paper lacks, such as ``random``, last)."""
+    ours = summary.set_index("method")
+    joined = ours.join(table3(dataset), how="left")
+    order = [m for m in TABLE3_METHODS.values() if m in joined.index]
+    return joined.loc[order + [m for m in joined.index if m not in order]].reset_index()
