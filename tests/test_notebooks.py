@@ -64,3 +64,24 @@ def test_02_influence(ag_news_dir, tmp_path):
     assert 0.0 <= metrics["we_zero_share"] < 1.0
     assert 1 <= metrics["last_most_common_count"] <= metrics["n_test_points"]
     assert figures == ["02_score_distributions.png"]
+
+
+def test_03_case_deletion(ag_news_dir, tmp_path):
+    metrics, figures = run_smoke("03", tmp_path)
+    assert metrics["n_points"] == 4
+    assert set(metrics["auc_del_plus"]) == {"tracin-last", "tracin-we", "random"}
+    assert all(-1.0 <= v <= 1.0 for v in metrics["auc_del_minus"].values())
+    assert metrics["crn_se_ratio_median"] is None or metrics["crn_se_ratio_median"] >= 0
+    assert figures == ["03_deletion_curves.png"]
+
+
+def test_06_cancellation(ag_news_dir, tmp_path):
+    metrics, figures = run_smoke("06", tmp_path)
+    assert metrics["variant"] == "C_l1"
+    assert metrics["min_ratio"] >= 1.0 - 1e-6
+    assert list(metrics["ratio_by_layer"]) == ["word_embeddings", "conv1", "conv2", "conv3",
+                                               "classifier"]
+    assert set(metrics["median_cancellation"]) == {"tracin-we", "tracin-last"}
+    assert set(metrics["layer_auc_del_plus"]) == set(metrics["ratio_by_layer"])
+    assert figures == ["06_cancellation_by_layer.png", "06_cancellation_vs_deletion.png",
+                       "06_influence_cancellation.png"]

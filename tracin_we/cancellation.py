@@ -152,3 +152,17 @@ def _ratios(level: str, group: str, name: str, n_params: int, sum_l1: float, l1_
             "C_l1": sum_l1 / l1_of_sum if l1_of_sum > 0 else float("inf"),
             "C_l1_l2": sum_l1 / l2_of_sum if l2_of_sum > 0 else float("inf"),
             "C_l2": sum_l2 / l2_of_sum if l2_of_sum > 0 else float("inf")}
+
+
+def influence_sums(scores_by_method: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Per method and test point j (rows of a (n_test, n_train) score matrix): Σ_i |s_ij| (the
+    magnitude of the influences), |Σ_i s_ij| (what survives their cancellation) and the ratio."""
+    frames = []
+    for method, matrix in scores_by_method.items():
+        m = matrix.double()
+        frames.append(pd.DataFrame({"method": method, "point": range(len(m)),
+                                    "sum |influence|": m.abs().sum(1).numpy(),
+                                    "|sum influence|": m.sum(1).abs().numpy()}))
+    frame = pd.concat(frames, ignore_index=True)
+    frame["cancellation"] = frame["sum |influence|"] / frame["|sum influence|"]
+    return frame

@@ -62,3 +62,47 @@ def deletion_curves(table: pd.DataFrame) -> plt.Figure:
         ax.axhline(0, color="black", linewidth=0.8)
     grid.set_axis_labels("k (training examples deleted)", "DEL = Δ p(true class)")
     return grid.figure
+
+
+def layer_profile(frame: pd.DataFrame, y: str, hue: str | None = None,
+                  title: str = "") -> plt.Figure:
+    """``y`` per layer group from first to last (the order of ``frame``), one line per ``hue``."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    sns.lineplot(data=frame, x="group", y=y, hue=hue, marker="o", sort=False, ax=ax)
+    ax.set(xlabel="layer (first → last)", title=title, yscale="log")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def cancellation_bars(sums: pd.DataFrame) -> plt.Figure:
+    """Per test point and method: Σ|influence| next to |Σ influence| (log scale)."""
+    long = sums.melt(id_vars=["method", "point"], value_vars=["sum |influence|",
+                                                              "|sum influence|"],
+                     var_name="quantity", value_name="value")
+    sns.set_theme(style="whitegrid")
+    grid = sns.catplot(data=long, x="point", y="value", hue="quantity", col="method",
+                       kind="bar", height=3.2, aspect=1.3, sharey=False)
+    grid.set(yscale="log")
+    return grid.figure
+
+
+def layer_scatter(frame: pd.DataFrame, x: str, ys: list[str]) -> tuple[plt.Figure, dict]:
+    """``x`` against each of ``ys`` across layer groups, points labelled by group; returns the
+    figure and the Spearman correlation of each pair (NaN with fewer than 3 groups)."""
+    from scipy.stats import spearmanr
+
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.4), squeeze=False)
+    correlations = {}
+    for ax, y in zip(axes[0], ys, strict=True):
+        rho = spearmanr(frame[x], frame[y]).statistic if len(frame) >= 3 else float("nan")
+        correlations[y] = float(rho)
+        sns.scatterplot(data=frame, x=x, y=y, ax=ax)
+        for _, row in frame.iterrows():
+            ax.annotate(row["group"], (row[x], row[y]), fontsize=8, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set(title=f"Spearman ρ = {rho:.2f}")
+    fig.tight_layout()
+    return fig, correlations

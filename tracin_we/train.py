@@ -52,7 +52,7 @@ class TrainConfig:
     epochs: int = 10  # paper, AG News: 10
     lr: float = 2e-2  # paper, AG News: 2e-2 (Toxicity: 2e-4)
     momentum: float = 0.9  # paper: 0.9
-    optimizer: str = "sgd"  # "sgd" (the paper's) or "adam" (for models SGD cannot train from scratch)
+    optimizer: str = "sgd"  # "sgd" (the paper's) or "adam" (trains BERT-tiny from scratch)
     batch_size: int = 32
     checkpoint_epochs: tuple[int, ...] = (5, 10)  # save after these epochs (1-based)
     seed: int = 0  # model init, batch order and dropout
