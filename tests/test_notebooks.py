@@ -85,3 +85,13 @@ def test_06_cancellation(ag_news_dir, tmp_path):
     assert set(metrics["layer_auc_del_plus"]) == set(metrics["ratio_by_layer"])
     assert figures == ["06_cancellation_by_layer.png", "06_cancellation_vs_deletion.png",
                        "06_influence_cancellation.png"]
+
+
+def test_07_layers_and_aggregation(ag_news_dir, tmp_path):
+    metrics, figures = run_smoke("07", tmp_path)
+    assert metrics["n_flipped"] == round(0.2 * 120)
+    assert {"word_embeddings", "classifier", "agg:mean", "agg:rank", "agg:vote"} <= set(
+        metrics["ndr"])
+    assert all(0.0 <= v <= 1.0 for v in metrics["ndr"].values())
+    assert set(metrics["spearman_c"]) == set(metrics["spearman_ndr"]) == {"DEL+", "DEL-"}
+    assert figures == ["07_ndr_vs_deletion.png", "07_noise_detection.png"]

@@ -106,3 +106,15 @@ def layer_scatter(frame: pd.DataFrame, x: str, ys: list[str]) -> tuple[plt.Figur
         ax.set(title=f"Spearman ρ = {rho:.2f}")
     fig.tight_layout()
     return fig, correlations
+
+
+def ndr_bars(table: pd.DataFrame) -> plt.Figure:
+    """NDR@p and AUC-NDR per score column (layers, then aggregations) as grouped bars."""
+    long = table.melt(id_vars="column", var_name="metric", value_name="value")
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    sns.barplot(data=long, x="column", y="value", hue="metric", ax=ax)
+    ax.set(xlabel="layer or aggregation", ylabel="share of flipped labels found", ylim=(0, 1))
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
