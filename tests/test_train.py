@@ -44,9 +44,10 @@ def assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("model", ["cnn", "bert-tiny"])
-def test_same_seed_gives_identical_checkpoints(tiny_data_dir, tmp_path, model):
-    config = tiny_config(tiny_data_dir, model=model, pretrained=False)
+@pytest.mark.parametrize(("model", "optimizer"), [("cnn", "sgd"), ("cnn", "adam"),
+                                                  ("bert-tiny", "sgd")])
+def test_same_seed_gives_identical_checkpoints(tiny_data_dir, tmp_path, model, optimizer):
+    config = tiny_config(tiny_data_dir, model=model, pretrained=False, optimizer=optimizer)
     first = train(config, cache=tmp_path / "a", progress=False)
     second = train(config, cache=tmp_path / "b", progress=False)
     for c1, c2 in zip(
