@@ -76,6 +76,30 @@ def test_03_case_deletion(ag_news_dir, tmp_path):
     assert figures == ["03_deletion_curves.png"]
 
 
+def test_04_no_overlap(ag_news_dir, tmp_path):
+    metrics, figures = run_smoke("04", tmp_path)
+    assert metrics["n_points"] == 4
+    assert metrics["n_candidates"] == 30  # candidate_fraction 0.25 of 120
+    assert metrics["candidate_max_cosine"] < 0.2
+    methods = {"tracin-we", "tracin-we-noc", "tracin-last", "influence-last", "representer",
+               "random"}
+    assert set(metrics["auc_del_plus"]) == set(metrics["auc_del_minus"]) == methods
+    assert all(-1.0 <= v <= 1.0 for v in metrics["auc_del_plus"].values())
+    assert figures == ["04_no_overlap_auc_del.png"]
+
+
+def test_05_fixing(ag_news_dir, tmp_path):
+    metrics, figures = run_smoke("05", tmp_path)
+    assert metrics["n_mistakes"] == 2
+    assert set(metrics["share_fixed"]) == {
+        "control none", "tracin-we-topk remove", "tracin-we-topk replace",
+        "influence-last remove", "influence-last replace"}
+    assert all(0.0 <= v <= 1.0 for v in metrics["share_fixed"].values())
+    assert metrics["newly_fixed"]["control none"] == 0.0
+    assert metrics["control_share_fixed"] <= 0.5  # seed 0 reproduces the mistakes themselves
+    assert figures == ["05_fixing.png"]
+
+
 def test_06_cancellation(ag_news_dir, tmp_path):
     metrics, figures = run_smoke("06", tmp_path)
     assert metrics["variant"] == "C_l1"

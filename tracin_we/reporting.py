@@ -56,8 +56,11 @@ def deletion_curves(table: pd.DataFrame) -> plt.Figure:
                  .mean())
     sns.set_theme(style="whitegrid")
     grid = sns.relplot(data=per_point, x="k", y="DEL", hue="method", col="direction",
+                       col_order=[d for d in ("proponents", "opponents")
+                                  if d in set(per_point["direction"])],
                        kind="line", marker="o", errorbar=("ci", 95), n_boot=1000, seed=0,
-                       height=3.4, aspect=1.2, facet_kws={"sharey": False})
+                       height=3.4, aspect=1.2, facet_kws={"sharey": False},
+                       err_kws={"alpha": 0.08})
     for ax in grid.axes.flat:
         ax.axhline(0, color="black", linewidth=0.8)
     grid.set_axis_labels("k (training examples deleted)", "DEL = Δ p(true class)")

@@ -1,0 +1,370 @@
+"""Targeted fixing: mistake selection, word influence, training-set edits, cached retrains and
+the end-to-end run on synthetic token data (CNN, 48 training texts of 12 tokens, 2 epochs)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from tracin_we import influence
+from tracin_we import retrain as retrain_module
+from tracin_we.fixing import (
+    Edit,
+    FixingConfig,
+    apply_edit,
+    fixed_share,
+    fixing_plan,
+    influence_last_positions,
+    influence_last_vectors,
+    most_negative_word,
+    retrain_edits,
+    run_fixing,
+    select_mistakes,
+    word_spans,
+    worst_words,
+)
+from tracin_we.influence.options import CLS_ID, SEP_ID
+from tracin_we.tokenizer import load_tokenizer
+from tracin_we.train import TrainConfig, model_inputs, predict_proba, train
+
+N, T = 48, 12
+TRAIN_CHUNK = retrain_module.train_chunk
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: two OpenMP threads on two shared cores run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def split(n: int, seed: int) -> Dataset:
+    """[CLS] + 9 noise tokens + [SEP] + padding, one noisy label-revealing position (ids
+    2000 + 3c + {0, 1, 2}, right class 3 times in 4), so a short training leaves mistakes."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    ids = torch.randint(1000, 1030, (n, T), generator=g)
+    shown = torch.where(torch.rand(n, generator=g) < 0.75, labels, (labels + 1) % 4)
+    ids[:, 1] = 2000 + 3 * shown + torch.randint(0, 3, (n,), generator=g)
+    ids[:, 0], ids[:, -2], ids[:, -1] = CLS_ID, SEP_ID, 0
+    mask = (ids != 0).long()
+    return Dataset.from_dict(
+        {
+            "input_ids": ids.tolist(),
+            "attention_mask": mask.tolist(),
+            "token_type_ids": [[0] * T] * n,
+            "label": labels.tolist(),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def splits() -> DatasetDict:
+    return DatasetDict(train=split(N, 0), validation=split(8, 1), test=split(32, 2))
+
+
+def train_config(**changes) -> TrainConfig:
+    params = dict(
+        model="cnn",
+        n_train=N,
+        n_val=8,
+        n_test=32,
+        max_length=T,
+        epochs=2,
+        lr=0.05,
+        batch_size=8,
+        checkpoint_epochs=[1, 2],
+    )
+    return TrainConfig.from_params(**(params | changes))
+
+
+@pytest.fixture(scope="module")
+def trained(splits, tmp_path_factory):
+    result = train(train_config(), splits, cache=tmp_path_factory.mktemp("cache"), progress=False)
+    return result.load_model(), result.checkpoint_pairs()
+
+
+def tensors(splits: DatasetDict, name: str) -> dict[str, torch.Tensor]:
+    return model_inputs(splits[name])
+
+
+# ---- selection and validation ------------------------------------------------------------
+
+
+def test_select_mistakes_by_hand():
+    probs = torch.tensor(
+        [
+            [0.6, 0.4],  # label 1: wrong, p 0.4 → a mistake
+            [0.2, 0.8],  # label 1: right
+            [0.9, 0.1],  # label 1: wrong, p 0.1 < 0.3
+            [0.65, 0.35],  # label 1: wrong, p 0.35 → a mistake
+            [0.3, 0.7],  # label 0: wrong, p 0.3 (the bound) → a mistake
+            [0.5, 0.5],  # label 0: argmax picks 0 → right
+        ]
+    )
+    labels = torch.tensor([1, 1, 1, 1, 0, 0])
+    assert select_mistakes(probs, labels, 10) == [0, 3, 4]
+    assert select_mistakes(probs, labels, 2) == [0, 3]
+    assert select_mistakes(probs, labels, 10, p_range=(0.36, 0.7)) == [0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n_mistakes": 0}, "n_mistakes=0 must be a positive integer"),
+        ({"p_range": (0.7, 0.3)}, r"p_range=\[0.7, 0.3\] must be \[low, high\]"),
+        ({"p_range": (0.45, 0.5)}, r"p_range=\[0.45, 0.5\]: no test point is a mistake"),
+    ],
+)
+def test_select_mistakes_refuses(kwargs, message):
+    probs, labels = torch.tensor([[0.6, 0.4], [0.2, 0.8]]), torch.tensor([1, 1])
+    with pytest.raises(ValueError, match=message):
+        select_mistakes(probs, labels, **({"n_mistakes": 3} | kwargs))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"k": 0}, r"k=0 must be an integer with 0 < k < n_train=48"),
+        ({"k": -3}, "k=-3"),
+        ({"k": 48}, "k=48"),
+        ({"n_mistakes": 0}, "n_mistakes=0"),
+        ({"topk": 0}, "topk=0"),
+        ({"p_range": (0.3, 1.5)}, "p_range="),
+        ({"methods": ("tracin-last",)}, r"methods=\['tracin-last'\]"),
+        ({"fixes": ()}, "fixes="),
+        ({"seeds": (1, 1)}, "seeds="),
+        ({"damping": -1.0}, "damping="),
+    ],
+)
+def test_config_refuses_bad_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        FixingConfig(**({"train": train_config(), "k": 5} | changes))
+
+
+def test_config_from_flat_parameters():
+    config = FixingConfig.from_params(model="cnn", n_train=N, k=5, seeds=[0, 1], p_range=[0.2, 0.8])
+    assert config.train.model == "cnn" and config.k == 5 and config.seeds == (0, 1)
+    assert config.p_range == (0.2, 0.8)
+    with pytest.raises(ValueError, match="unknown parameters"):
+        FixingConfig.from_params(n_opponents=5)
+
+
+# ---- word influence ----------------------------------------------------------------------
+
+
+def test_influence_last_vectors_reproduce_influence_last_scores(splits, trained):
+    model, checkpoints = trained
+    train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
+    test_t = {k: v[:3] for k, v in test_t.items()}
+    expected = influence.scores("influence-last", model, checkpoints, train_t, test_t)
+    vectors = influence_last_vectors(model, checkpoints, train_t, test_t)
+    for j in range(3):
+        got = influence_last_positions(model, checkpoints, train_t, vectors[j]).score
+        torch.testing.assert_close(got, expected[j], rtol=1e-3, atol=1e-5)
+
+
+def test_position_influence_is_gradient_times_input(splits, trained):
+    """Σ_i (∂I/∂e_i)·e_i = d/dt I(t·e) at t = 1 (central difference), and 0 where masked."""
+    model, checkpoints = trained
+    train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
+    vector = influence_last_vectors(
+        model, checkpoints, train_t, {k: v[:1] for k, v in test_t.items()}
+    )[0]
+    examples = {k: v[:4] for k, v in train_t.items()}
+    split_up = influence_last_positions(model, checkpoints, examples, vector)
+    eps, scaled = 1e-3, []
+    for t in (1 + eps, 1 - eps):
+        handle = model.embeddings.register_forward_hook(lambda _m, _i, out, t=t: out * t)
+        try:
+            scaled.append(influence_last_positions(model, checkpoints, examples, vector).score)
+        finally:
+            handle.remove()
+    derivative = (scaled[0] - scaled[1]).double() / (2 * eps)
+    torch.testing.assert_close(split_up.positions.sum(1).double(), derivative, rtol=2e-2, atol=1e-4)
+    assert (split_up.positions[examples["attention_mask"] == 0] == 0).all()
+    assert split_up.positions.abs().sum() > 0
+
+
+def test_word_spans_join_word_pieces_and_skip_specials():
+    tokenizer = load_tokenizer()
+    encoded = tokenizer("the unaffordable cat", padding="max_length", max_length=10)
+    ids = torch.tensor(encoded["input_ids"])
+    mask = torch.tensor(encoded["attention_mask"])
+    spans = word_spans(ids, mask, tokenizer)
+    assert [tokenizer.decode(ids[s:e].tolist()) for s, e in spans] == ["the", "unaffordable", "cat"]
+    assert spans[0] == (1, 2) and spans[1][1] - spans[1][0] > 1
+    assert word_spans(ids, mask) == [(i, i + 1) for i in range(1, int(mask.sum()) - 1)]
+
+
+def test_most_negative_word():
+    ids = torch.tensor([CLS_ID, 5, 6, 7, SEP_ID])
+    words = pd.DataFrame(
+        {"start": [0, 1, 2, 4], "end": [1, 2, 4, 5], "contribution": [-9.0, 0.5, -0.2, -5.0]}
+    )
+    worst = most_negative_word(words, ids)
+    assert (worst["start"], worst["end"]) == (2, 4)  # [CLS] and [SEP] are never chosen
+    assert most_negative_word(words.assign(contribution=[-1.0, 0.5, 0.1, -1.0]), ids) is None
+
+
+@pytest.mark.parametrize("method", ["tracin-we-topk", "influence-last"])
+def test_worst_words_pick_the_most_negative_word(splits, trained, method):
+    model, checkpoints = trained
+    train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
+    test_t = {k: v[:2] for k, v in test_t.items()}
+    opponents = torch.tensor([[3, 7], [0, 11]])
+    table = worst_words(method, model, checkpoints, train_t, test_t, opponents, topk=4)
+    assert list(table["train_index"]) == [3, 7, 0, 11]
+    chosen = table[table["start"] >= 0]
+    assert len(chosen) and (chosen["contribution"] < 0).all()
+    assert (chosen["end"] - chosen["start"] == 1).all()  # no tokenizer: a word is a position
+    row = chosen.iloc[0]
+    i, j = int(row["train_index"]), int(row["test_row"])
+    if method == "influence-last":
+        vector = influence_last_vectors(model, checkpoints, train_t, test_t)[j]
+        positions = influence_last_positions(
+            model, checkpoints, {k: v[i : i + 1] for k, v in train_t.items()}, vector
+        ).positions[0]
+    else:
+        example = {k: v[i].tolist() for k, v in train_t.items()}
+        words = influence.word_scores(
+            model, checkpoints, example, {k: v[j].tolist() for k, v in test_t.items()}, k=4
+        ).words
+        positions = torch.zeros(T).index_put_(
+            (torch.tensor(words["start"].values),),
+            torch.tensor(words["contribution"].values).float(),
+        )
+    ids = train_t["input_ids"][i]
+    allowed = (ids != CLS_ID) & (ids != SEP_ID) & (train_t["attention_mask"][i] == 1)
+    assert int(row["start"]) == int(positions.masked_fill(~allowed, float("inf")).argmin())
+
+
+# ---- edits and retrains -------------------------------------------------------------------
+
+
+def test_edit_replaces_exactly_the_chosen_positions(splits):
+    train_t = tensors(splits, "train")
+    edit = Edit(masked=((5, 2, 4), (9, 1, 2)))
+    edited = apply_edit(train_t, edit)
+    changed = torch.zeros(N, T, dtype=torch.bool)
+    changed[5, 2:4] = changed[9, 1] = True
+    assert (edited["input_ids"][changed] == 0).all()
+    assert (edited["attention_mask"][changed] == 0).all()
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(edited[key][~changed], train_t[key][~changed])
+    assert (train_t["input_ids"][changed] != 0).all()  # the input is left as it was
+    assert torch.equal(edited["labels"], train_t["labels"])
+    assert apply_edit(train_t, Edit(removed=(1, 2))) is train_t  # removal is the job's keep mask
+    with pytest.raises(ValueError, match="outside the training tensors"):
+        apply_edit(train_t, Edit(masked=((N, 0, 1),)))
+    with pytest.raises(ValueError, match="0 <= start < end"):
+        Edit(masked=((1, 3, 3),))
+
+
+class Counter:
+    """Wraps ``retrain.train_chunk`` and counts the jobs it trains."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.jobs = []
+        monkeypatch.setattr(retrain_module, "train_chunk", self)
+
+    def __call__(self, config, jobs, *args, **kwargs):
+        self.jobs.extend(jobs)
+        return TRAIN_CHUNK(config, jobs, *args, **kwargs)
+
+
+def test_no_edit_reproduces_the_baseline_and_retrains_are_cached(splits, tmp_path, monkeypatch):
+    config = train_config()
+    train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
+    original = predict_proba(
+        train(config, splits, cache=tmp_path, progress=False).load_model(), test_t
+    )
+    counter = Counter(monkeypatch)
+    edits = [Edit(), Edit(removed=(0, 1, 2)), Edit(masked=((0, 1, 3),))]
+    first = retrain_edits(
+        config, edits, [config.seed, 1], train_t, test_t, tmp_path, n_workers=1, progress=False
+    )
+    assert first.shape == (3, 2, 32, 4) and len(counter.jobs) == 6
+    torch.testing.assert_close(first[0, 0], original, rtol=0, atol=0)
+    assert not torch.equal(first[1, 0], first[0, 0])
+    assert not torch.equal(first[2, 0], first[0, 0])
+    again = retrain_edits(
+        config,
+        edits[::-1],
+        [1, config.seed],
+        train_t,
+        test_t,
+        tmp_path,
+        n_workers=1,
+        progress=False,
+    )
+    assert len(counter.jobs) == 6  # all read back
+    torch.testing.assert_close(again, first.flip(0, 1), rtol=0, atol=0)
+
+
+def test_plan_and_share(splits):
+    opponents = {"influence-last": torch.tensor([[4, 2], [7, 8]])}
+    words = {
+        "influence-last": pd.DataFrame(
+            {
+                "test_row": [0, 0, 1, 1],
+                "rank": [0, 1, 0, 1],
+                "train_index": [4, 2, 7, 8],
+                "start": [3, -1, 1, 5],
+                "end": [5, -1, 2, 6],
+                "word": ["a", None, "b", "c"],
+                "contribution": [-1.0, float("nan"), -0.5, -0.1],
+            }
+        )
+    }
+    plan = fixing_plan([10, 20], opponents, words, ("remove", "replace"))
+    by_key = {(r.point, r.method, r.fix): r for r in plan.itertuples()}
+    assert by_key[(10, "control", "none")].edit == Edit()
+    assert by_key[(10, "influence-last", "remove")].edit == Edit(removed=(2, 4))
+    assert by_key[(10, "influence-last", "replace")].edit == Edit(masked=((4, 3, 5),))
+    assert by_key[(20, "influence-last", "replace")].n_edited == 2
+    table = pd.DataFrame(
+        {
+            "method": ["m"] * 4,
+            "fix": ["f"] * 4,
+            "point": [1, 1, 2, 2],
+            "fixed": [True, True, True, False],
+            "p_true": [0.6, 0.7, 0.5, 0.2],
+            "p_control": [0.4, 0.4, 0.4, 0.4],
+            "n_edited": [3] * 4,
+            "fixed_control": [False, True, False, False],
+        }
+    )
+    share = fixed_share(table).iloc[0]
+    assert share["share_fixed"] == 0.75 and share["mistakes_fixed"] == 0.5
+    assert share["newly_fixed"] == 0.5
+    assert share["mean_dp"] == pytest.approx(0.1) and share["n_retrains"] == 4
+
+
+def test_run_fixing_end_to_end(splits, tmp_path, monkeypatch):
+    config = FixingConfig(
+        train=train_config(), n_mistakes=2, p_range=(0.0, 1.0), k=3, seeds=(0, 1), n_workers=1
+    )
+    counter = Counter(monkeypatch)
+    result = run_fixing(config, splits, cache=tmp_path, progress=False)
+    assert len(result.mistakes) == 2
+    probs = predict_proba(
+        train(config.train, splits, cache=tmp_path).load_model(), tensors(splits, "test")
+    )
+    labels = tensors(splits, "test")["labels"]
+    assert all(probs[m].argmax() != labels[m] for m in result.mistakes)
+    # 2 mistakes × (control + 2 methods × 2 fixes) × 2 seeds; the control is one set per seed.
+    assert len(result.table) == 2 * 5 * 2
+    assert set(result.summary["method"]) == {"control", "tracin-we-topk", "influence-last"}
+    control = result.table[(result.table["method"] == "control") & (result.table["seed"] == 0)]
+    assert not control["fixed"].any()  # seed 0 is the trained model itself
+    assert (result.summary.loc[result.summary["method"] == "control", "newly_fixed"] == 0).all()
+    assert (result.summary["newly_fixed"] <= result.summary["share_fixed"]).all()
+    assert len(counter.jobs) == len(
+        {(r.edit, s) for r in result.plan.itertuples() for s in config.seeds}
+    )
+    assert (result.out_dir / "fixing.csv").is_file()

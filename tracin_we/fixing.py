@@ -1,0 +1,706 @@
+"""Targeted fixing (v1 §6): correct a model's mistakes by editing their top opponents.
+
+A *mistake* is a test point z' the trained model gets wrong with p(true class) in ``p_range``
+(paper: 40 mistakes, [0.3, 0.7]). For each mistake and method I (TracIn-WE-Topk or
+Influence-Last), take the top-k opponents of z' under I (``influence.top_k(..., proponents=False)``;
+positive score = proponent) and either
+
+- ``"remove"``: delete them from the training set, or
+- ``"replace"``: in each of them, replace its most negatively influential word on z' by [PAD]
+  (id 0, attention mask 0), leaving the rest of the text where it was;
+
+then retrain with the same recipe for each seed (same init and batch order, ``train.fit``) and
+count the mistake *fixed* when the retrained model predicts its true class. The control retrains
+with nothing changed: what seeds alone fix. Each mistake is fixed on its own (one retrain per
+mistake, method, fix and seed).
+
+Word influence (which word to replace), positive = proponent, summed over a word's positions i:
+
+- TracIn-WE-Topk: the word's term of the score, ``influence.word_scores(..., k=topk)``:
+  Σ_c η_c Σ_{i in the word} ∂ℓ(z)/∂e_i · g_{x_i}(z') (eq. 2–4, top-k positions only);
+- Influence-Last: gradient × input of the Influence-Last score I(z) = v(z') · ∇_θ ℓ(z), with θ the
+  final layer (W, b) and v(z') = (H + λI)⁻¹ ∇_θ ℓ(z') (``influence_last_vectors``): position i gets
+  (∂I/∂e_i) · e_i, e_i the word-embedding output. Its sum over all positions is
+  d/dt I(t·e)|_{t=1}: to first order, −(the change of I when the word's embeddings are zeroed),
+  which is what [PAD] with attention mask 0 does in the CNN. So the most negative word is the one
+  whose removal raises I the most (makes z the least of an opponent).
+
+[CLS], [SEP] and [PAD] are never replaced. Retrains go through ``retrain.retrain_cached``: an edited
+training set has its own ``RetrainStore`` (keyed by a digest of the edited tensors), one file per
+(edit, seed), written atomically, so nothing is trained twice and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from datasets import DatasetDict
+from torch import nn
+from torch.func import grad, hessian, vmap
+
+from tracin_we import influence
+from tracin_we.checkpoints import StateDict, atomic_write, resolve_checkpoints, write_json
+from tracin_we.data import fingerprint, make_splits
+from tracin_we.influence.context import prepared
+from tracin_we.influence.gradients import frozen, last_layer_features
+from tracin_we.influence.options import CLS_ID, PAD_ID, SEP_ID, Options
+from tracin_we.models import classifier_layer, word_embeddings
+from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached
+from tracin_we.tokenizer import load_tokenizer
+from tracin_we.train import (
+    TrainConfig,
+    cache_dir,
+    config_key,
+    forward,
+    model_inputs,
+    predict_proba,
+    train,
+)
+
+log = logging.getLogger(__name__)
+
+Tensors = dict[str, torch.Tensor]
+Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
+FIX_METHODS = ("tracin-we-topk", "influence-last")
+FIXES = ("remove", "replace")
+SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID)  # never replaced
+# v1 §6: share of 40 mistakes fixed over 10 retrains, k = 50 (BERT-tiny).
+PAPER_FIXED_SHARE = {"tracin-we-topk": 0.73, "influence-last": 0.33}
+
+
+@dataclass(frozen=True)
+class FixingConfig:
+    """A targeted-fixing run. Defaults: the paper's protocol (v1 §6)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)  # the recipe, retrained per fix
+    n_mistakes: int = 40  # paper: 40 (fewer are used when fewer exist)
+    p_range: tuple[float, float] = (0.3, 0.7)  # paper: wrong with p(true class) in [0.3, 0.7]
+    k: int = 50  # opponents removed or edited per mistake (paper: 50)
+    methods: tuple[str, ...] = FIX_METHODS
+    fixes: tuple[str, ...] = FIXES
+    topk: int = 10  # TracIn-WE-Topk: positions kept per text (paper: 10)
+    damping: float = 1e-3  # Influence-Last: H + damping·I (influence.scores' default)
+    seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains
+    n_workers: int | None = None  # retrain processes; None: one per core
+
+    def __post_init__(self) -> None:
+        for name in ("p_range", "methods", "fixes", "seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        n_train = self.train.data.n_train
+        if not (isinstance(self.k, int) and 0 < self.k < n_train):
+            raise ValueError(f"k={self.k} must be an integer with 0 < k < n_train={n_train}")
+        for name in ("n_mistakes", "topk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_p_range(self.p_range)
+        for name, allowed in (("methods", FIX_METHODS), ("fixes", FIXES)):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values) or set(values) - set(allowed):
+                raise ValueError(
+                    f"{name}={list(values)}: give distinct values among {list(allowed)}"
+                )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={list(self.seeds)} must be a non-empty list of distinct ints")
+        if self.damping < 0:
+            raise ValueError(f"damping={self.damping} must be >= 0")
+        if self.n_workers is not None and self.n_workers < 1:
+            raise ValueError(f"n_workers={self.n_workers} must be a positive integer or None")
+
+    @classmethod
+    def from_params(cls, **params) -> FixingConfig:
+        """Build from flat notebook/preset parameters: this class's own fields, the rest going to
+        ``TrainConfig.from_params`` (unknown names are an error there)."""
+        own = set(cls.__dataclass_fields__) - {"train"}
+        train_config = TrainConfig.from_params(**{k: v for k, v in params.items() if k not in own})
+        return cls(train=train_config, **{k: v for k, v in params.items() if k in own})
+
+
+def check_p_range(p_range: Sequence[float]) -> None:
+    if len(p_range) != 2 or not 0 <= p_range[0] < p_range[1] <= 1:
+        raise ValueError(f"p_range={list(p_range)} must be [low, high] with 0 <= low < high <= 1")
+
+
+def select_mistakes(
+    probabilities: torch.Tensor,
+    labels: torch.Tensor,
+    n_mistakes: int,
+    p_range: Sequence[float] = (0.3, 0.7),
+) -> list[int]:
+    """Indices of the first ``n_mistakes`` rows (in order) that are wrong (argmax ≠ label) with
+    low ≤ p(label) ≤ high; fewer when fewer exist. ``probabilities`` (n, C), ``labels`` (n,)."""
+    if n_mistakes < 1:
+        raise ValueError(f"n_mistakes={n_mistakes} must be a positive integer")
+    check_p_range(p_range)
+    p_true = probabilities.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    wrong = probabilities.argmax(1) != labels
+    chosen = torch.nonzero(wrong & (p_true >= p_range[0]) & (p_true <= p_range[1])).flatten()
+    if not len(chosen):
+        raise ValueError(
+            f"p_range={list(p_range)}: no test point is a mistake with p(true "
+            f"class) in this range ({int(wrong.sum())} of {len(labels)} are "
+            "wrong); widen p_range or use more test points"
+        )
+    if len(chosen) < n_mistakes:
+        log.warning(
+            "only %d mistakes with p(true class) in %s; n_mistakes=%d asked",
+            len(chosen),
+            list(p_range),
+            n_mistakes,
+        )
+    return chosen[:n_mistakes].tolist()
+
+
+def _last_layer_loss(
+    theta: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, bias: bool
+) -> torch.Tensor:
+    """Mean cross-entropy of the final layer θ = [W | b] flattened from (C, h + bias), given its
+    inputs a (n, h)."""
+    if bias:
+        a = torch.cat([a, a.new_ones(len(a), 1)], 1)
+    logits = a @ theta.view(-1, a.shape[1]).T
+    return F.cross_entropy(logits, labels)
+
+
+def influence_last_vectors(
+    model: nn.Module,
+    checkpoints: Checkpoints,
+    train: Tensors,
+    test: Tensors,
+    damping: float = 1e-3,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """v(z') = (H + damping·I)⁻¹ ∇_θ ℓ(z') per test example, (n_test, C, h + bias), float64.
+
+    θ = the final layer (W, b) at the last checkpoint, H = the Hessian of the mean training loss
+    over θ (``torch.func.hessian``). Influence-Last's score of z on z' is v(z') · ∇_θ ℓ(z)
+    (positive = proponent; equal to ``influence.scores("influence-last")``)."""
+    with prepared(model, Options(device=device)):
+        model.load_state_dict(resolve_checkpoints(checkpoints)[-1][0])
+        layer = classifier_layer(model)
+        bias = layer.bias is not None
+        theta = layer.weight.detach().double()
+        if bias:
+            theta = torch.cat([theta, layer.bias.detach().double().unsqueeze(1)], 1)
+        features = last_layer_features(model, train, batch_size, device)
+        test_features = last_layer_features(model, test, batch_size, device)
+    a, labels = features["a"].detach().double(), train["labels"].to(device)
+    curvature = hessian(_last_layer_loss)(theta.flatten(), a, labels, bias)
+    curvature += damping * torch.eye(len(curvature), dtype=curvature.dtype, device=device)
+    one = vmap(grad(_last_layer_loss), in_dims=(None, 0, 0, None))
+    test_grads = one(
+        theta.flatten(),
+        test_features["a"].detach().double().unsqueeze(1),
+        test["labels"].to(device).unsqueeze(1),
+        bias,
+    )  # (n_test, P)
+    solved = torch.linalg.solve(curvature, test_grads.T).T
+    return solved.reshape(len(solved), *theta.shape).cpu()
+
+
+class PositionInfluence(NamedTuple):
+    score: torch.Tensor  # (B,) Influence-Last score of each example on its test point
+    positions: torch.Tensor  # (B, T) gradient × input per position; 0 where masked
+
+
+def influence_last_positions(
+    model: nn.Module,
+    checkpoints: Checkpoints,
+    examples: Tensors,
+    vectors: torch.Tensor,
+    device: str = "cpu",
+) -> PositionInfluence:
+    """Influence-Last score I = v · ∇_θ ℓ(z) = Σ_c δ_c (v_c · [a, 1]) of each training example
+    (rows of ``examples``, (B, T)) on the test point of its ``vectors`` row ((B, C, h + bias) or
+    one (C, h + bias) for all), and its split over positions: (∂I/∂e_i) · e_i, e_i the
+    word-embedding output, δ = softmax − onehot(label), a the final layer's input."""
+    vectors = vectors.expand(len(examples["input_ids"]), *vectors.shape[-2:])
+    captured: dict[str, torch.Tensor] = {}
+
+    def leaf(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        captured["e"] = output.detach().requires_grad_()
+        return captured["e"]
+
+    with prepared(model, Options(device=device)):
+        model.load_state_dict(resolve_checkpoints(checkpoints)[-1][0])
+        layer = classifier_layer(model)
+        hooks = [
+            word_embeddings(model).register_forward_hook(leaf),
+            layer.register_forward_hook(
+                lambda _m, inputs, _out: captured.__setitem__("a", inputs[0])
+            ),
+        ]
+        batch = {k: v.to(device) for k, v in examples.items()}
+        try:
+            with torch.enable_grad(), frozen(model):
+                logits = forward(model, batch)
+                delta = logits.softmax(-1) - F.one_hot(batch["labels"], logits.shape[1])
+                a = captured["a"].flatten(1)
+                if layer.bias is not None:
+                    a = torch.cat([a, a.new_ones(len(a), 1)], 1)
+                score = torch.einsum("bc,bh,bch->b", delta, a, vectors.to(a))
+                (gradient,) = torch.autograd.grad(score.sum(), captured["e"])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        positions = (gradient * captured["e"]).sum(-1) * batch["attention_mask"]
+    return PositionInfluence(score.detach().cpu(), positions.detach().cpu())
+
+
+def word_spans(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None
+) -> list[tuple[int, int]]:
+    """Whole words of one text as [start, end) position ranges: a WordPiece piece starting with
+    ``##`` continues the word before it; unmasked [CLS]/[SEP]/[PAD] and masked positions are no
+    word. Without a tokenizer every position is its own word."""
+    ids = input_ids.tolist()
+    pieces = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [None] * len(ids)
+    spans: list[list[int]] = []
+    for i, (token, piece) in enumerate(zip(ids, pieces, strict=True)):
+        if not attention_mask[i] or token in SPECIAL_IDS:
+            continue
+        if piece is not None and piece.startswith("##") and spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    return [(s, e) for s, e in spans]
+
+
+def most_negative_word(words: pd.DataFrame, input_ids: torch.Tensor) -> pd.Series | None:
+    """The row of ``words`` (columns ``start``, ``end``, ``contribution``) with the most negative
+    contribution, words made only of [CLS]/[SEP]/[PAD] left out; None when none is negative."""
+    special = torch.isin(input_ids, torch.tensor(SPECIAL_IDS))
+    usable = words[
+        [not bool(special[s:e].all()) for s, e in zip(words["start"], words["end"], strict=True)]
+    ]
+    if not len(usable) or usable["contribution"].min() >= 0:
+        return None
+    return usable.loc[usable["contribution"].idxmin()]
+
+
+def worst_words(
+    method: str,
+    model: nn.Module,
+    checkpoints: Checkpoints,
+    train: Tensors,
+    test: Tensors,
+    opponents: torch.Tensor,
+    tokenizer=None,
+    topk: int = 10,
+    damping: float = 1e-3,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """For each test row j and each of its opponents ``opponents[j]`` ((n_test, k) training
+    indices), the opponent's most negatively influential word on test j under ``method``: one row
+    per (``test_row``, ``rank``) with ``train_index``, ``start``, ``end``, ``word``,
+    ``contribution`` (NaN/−1 where the opponent has no negative word)."""
+    if method not in FIX_METHODS:
+        raise ValueError(f"method={method!r}; allowed: {list(FIX_METHODS)}")
+    vectors = (
+        influence_last_vectors(model, checkpoints, train, test, damping, device=device)
+        if method == "influence-last"
+        else None
+    )
+    rows = []
+    for j, indices in enumerate(opponents.tolist()):
+        if vectors is not None:
+            chosen = {k: v[indices] for k, v in train.items()}
+            positions = influence_last_positions(
+                model, checkpoints, chosen, vectors[j], device
+            ).positions
+        for rank, i in enumerate(indices):
+            ids = train["input_ids"][i]
+            if vectors is None:
+                words = influence.word_scores(
+                    model,
+                    checkpoints,
+                    _example(train, i),
+                    _example(test, j),
+                    tokenizer,
+                    k=topk,
+                    device=device,
+                ).words
+            else:
+                words = _span_table(
+                    positions[rank], word_spans(ids, train["attention_mask"][i], tokenizer)
+                )
+            worst = most_negative_word(words, ids)
+            rows.append(_word_row(j, rank, i, worst, ids, tokenizer))
+    return pd.DataFrame.from_records(rows)
+
+
+def _example(data: Tensors, i: int) -> dict:
+    return {k: v[i].tolist() for k, v in data.items()}
+
+
+def _span_table(positions: torch.Tensor, spans: list[tuple[int, int]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [(s, e, float(positions[s:e].sum())) for s, e in spans],
+        columns=["start", "end", "contribution"],
+    )
+
+
+def _word_row(
+    test_row: int,
+    rank: int,
+    train_index: int,
+    worst: pd.Series | None,
+    ids: torch.Tensor,
+    tokenizer,
+) -> dict:
+    row = {"test_row": test_row, "rank": rank, "train_index": train_index}
+    if worst is None:
+        return row | {"start": -1, "end": -1, "word": None, "contribution": float("nan")}
+    start, end = int(worst["start"]), int(worst["end"])
+    piece_ids = ids[start:end].tolist()
+    word = tokenizer.decode(piece_ids) if tokenizer is not None else " ".join(map(str, piece_ids))
+    return row | {
+        "start": start,
+        "end": end,
+        "word": word,
+        "contribution": float(worst["contribution"]),
+    }
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A change of the training set: examples ``removed`` (sorted training indices) and
+    ``masked`` spans (training index, start, end): positions [start, end) become [PAD] with
+    attention mask 0 (and token type 0)."""
+
+    removed: tuple[int, ...] = ()
+    masked: tuple[tuple[int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "removed", tuple(sorted({int(i) for i in self.removed})))
+        masked = tuple(sorted({tuple(int(x) for x in span) for span in self.masked}))
+        bad = [s for s in masked if len(s) != 3 or min(s) < 0 or s[1] >= s[2]]
+        if bad:
+            raise ValueError(
+                f"masked={bad[:3]}: give (train index, start, end) with 0 <= start < end"
+            )
+        object.__setattr__(self, "masked", masked)
+
+
+def apply_edit(train: Tensors, edit: Edit) -> Tensors:
+    """``train`` with ``edit.masked`` applied (a copy; unchanged tensors are shared).
+    ``edit.removed`` is not applied here: it becomes the retrain job's keep mask."""
+    if not edit.masked:
+        return train
+    out = dict(train)
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        if key in out:
+            out[key] = out[key].clone()
+    n, length = out["input_ids"].shape
+    for i, start, end in edit.masked:
+        if i >= n or end > length:
+            raise ValueError(
+                f"masked span {(i, start, end)} is outside the training tensors ({n} × {length})"
+            )
+        out["input_ids"][i, start:end] = PAD_ID
+        out["attention_mask"][i, start:end] = 0
+        if "token_type_ids" in out:
+            out["token_type_ids"][i, start:end] = 0
+    return out
+
+
+def _job(edit: Edit, seed: int) -> RetrainJob:
+    return RetrainJob(seed, edit.removed)
+
+
+def _retrain_one(
+    config: TrainConfig, edit: Edit, seed: int, train: Tensors, test: Tensors, cache: Path
+) -> tuple[Edit, int, torch.Tensor]:
+    """One (edit, seed) retrain through the edited set's store (a worker-process task)."""
+    edited = apply_edit(train, edit)
+    done = retrain_cached(
+        config,
+        [_job(edit, seed)],
+        edited,
+        test,
+        cache=cache,
+        backend="sequential",
+        threads=1,
+        progress=False,
+    )
+    return edit, seed, done.probabilities[0]
+
+
+def retrain_edits(
+    config: TrainConfig,
+    edits: Sequence[Edit],
+    seeds: Sequence[int],
+    train: Tensors,
+    test: Tensors,
+    cache: str | os.PathLike | None = None,
+    n_workers: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Softmax probabilities (len(edits), len(seeds), n_test, C) of the model of each seed
+    retrained with ``config``'s recipe on each edited training set (``Edit()``: the baseline).
+
+    Each distinct (edit, seed) is read from, or trained into, the ``RetrainStore`` of its edited
+    tensors; the missing ones run in ``n_workers`` processes (default: one per core) of one
+    torch thread each."""
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    root = cache_dir(cache).resolve()  # workers may not see this process's environment
+    tasks = list(dict.fromkeys((edit, int(seed)) for edit in edits for seed in seeds))
+    found = {
+        (e, s): RetrainStore(config, apply_edit(train, e), test, root).load(_job(e, s))
+        for e, s in tasks
+    }
+    missing = [task for task, probs in found.items() if probs is None]
+    if missing:
+        run = Parallel(n_jobs=n_workers or os.cpu_count() or 1, return_as="generator_unordered")
+        done = run(delayed(_retrain_one)(config, e, s, train, test, root) for e, s in missing)
+        for edit, seed, probs in tqdm(
+            done, total=len(missing), desc="retrain (fixing)", disable=not progress
+        ):
+            found[(edit, seed)] = probs
+    return torch.stack([torch.stack([found[(e, int(s))] for s in seeds]) for e in edits])
+
+
+def fixing_plan(
+    mistakes: Sequence[int],
+    opponents: dict[str, torch.Tensor],
+    words: dict[str, pd.DataFrame],
+    fixes: Sequence[str],
+) -> pd.DataFrame:
+    """One row per (mistake, method, fix) with its ``edit`` and ``n_edited`` (training texts
+    removed or changed), plus a ``control`` row per mistake (``Edit()``, nothing changed).
+    ``opponents[method]``: (n_mistakes, k) indices; ``words[method]``: ``worst_words``' table."""
+    rows = [
+        {"point": p, "method": "control", "fix": "none", "edit": Edit(), "n_edited": 0}
+        for p in mistakes
+    ]
+    for method, top in opponents.items():
+        for j, point in enumerate(mistakes):
+            if "remove" in fixes:
+                edit = Edit(removed=tuple(top[j].tolist()))
+                rows.append(
+                    {
+                        "point": point,
+                        "method": method,
+                        "fix": "remove",
+                        "edit": edit,
+                        "n_edited": len(edit.removed),
+                    }
+                )
+            if "replace" in fixes:
+                table = words[method]
+                chosen = table[(table["test_row"] == j) & (table["start"] >= 0)]
+                edit = Edit(
+                    masked=tuple(
+                        zip(chosen["train_index"], chosen["start"], chosen["end"], strict=True)
+                    )
+                )
+                rows.append(
+                    {
+                        "point": point,
+                        "method": method,
+                        "fix": "replace",
+                        "edit": edit,
+                        "n_edited": len(chosen),
+                    }
+                )
+    return pd.DataFrame.from_records(rows)
+
+
+def fixing_table(
+    plan: pd.DataFrame, labels: torch.Tensor, probabilities: torch.Tensor, seeds: Sequence[int]
+) -> pd.DataFrame:
+    """One row per (plan row, seed): ``p_true`` = the retrained p(true class) of the mistake,
+    ``fixed`` = its argmax is the true class; ``p_control``/``fixed_control``: the same for that
+    seed's unedited retrain. ``probabilities``: (len(plan), len(seeds), n_test, C), plan order."""
+    control = {row.point: i for i, row in enumerate(plan.itertuples()) if row.method == "control"}
+    records = []
+    for i, row in enumerate(plan.itertuples()):
+        label = int(labels[row.point])
+        for s, seed in enumerate(seeds):
+            probs = probabilities[i, s, row.point]
+            base = probabilities[control[row.point], s, row.point]
+            records.append(
+                {
+                    "point": row.point,
+                    "label": label,
+                    "method": row.method,
+                    "fix": row.fix,
+                    "n_edited": row.n_edited,
+                    "seed": seed,
+                    "p_true": float(probs[label]),
+                    "fixed": int(probs.argmax()) == label,
+                    "p_control": float(base[label]),
+                    "fixed_control": int(base.argmax()) == label,
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def fixed_share(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, fix): ``share_fixed`` over (mistake, seed) pairs; ``newly_fixed``: share of
+    pairs fixed whose unedited retrain of the same seed is not (what the edit, not the seed,
+    fixed); ``mistakes_fixed``: share of mistakes fixed by more than half of the seeds;
+    ``mean_dp``: mean p_true − p_control; counts and ``mean_edited`` (texts changed per fix)."""
+    table = table.assign(
+        dp=table["p_true"] - table["p_control"], new=table["fixed"] & ~table["fixed_control"]
+    )
+    per_point = table.groupby(["method", "fix", "point"])["fixed"].mean()
+    out = table.groupby(["method", "fix"]).agg(
+        share_fixed=("fixed", "mean"),
+        newly_fixed=("new", "mean"),
+        mean_dp=("dp", "mean"),
+        n_points=("point", "nunique"),
+        n_retrains=("fixed", "size"),
+        mean_edited=("n_edited", "mean"),
+    )
+    out["mistakes_fixed"] = (per_point > 0.5).groupby(["method", "fix"]).mean()
+    return out.reset_index()
+
+
+@dataclass
+class FixingResult:
+    """``table``: per (mistake, method, fix, seed), ``fixing_table``; ``summary``: ``fixed_share``;
+    ``mistakes``: test indices; ``p_original``: the trained model's p(true class) of each;
+    ``words``: per method, the replaced words (``worst_words``); ``plan``: the edits."""
+
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    mistakes: list[int]
+    p_original: list[float]
+    words: dict[str, pd.DataFrame]
+    plan: pd.DataFrame
+    out_dir: Path
+
+
+def run_fixing(
+    config: FixingConfig,
+    splits: DatasetDict | None = None,
+    cache: str | os.PathLike | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> FixingResult:
+    """Train (or reuse) the model of ``config.train``, pick its mistakes, fix each by every
+    method and fix, retrain over ``config.seeds`` and tabulate what got fixed. Tables are saved
+    beside the resolved config in ``<cache>/fixing/<key>``."""
+    splits = splits if splits is not None else make_splits(config.train.data)
+    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    original = train(config.train, splits, cache=cache, device=device, progress=False)
+    model, checkpoints = original.load_model(), original.checkpoint_pairs()
+    probabilities = predict_proba(model, test_t, device=device)
+    mistakes = select_mistakes(probabilities, test_t["labels"], config.n_mistakes, config.p_range)
+    mistakes_t = {k: v[mistakes] for k, v in test_t.items()}
+    options = {"tracin-we-topk": {"k": config.topk}, "influence-last": {"damping": config.damping}}
+    opponents = {
+        m: influence.top_k(
+            influence.scores(
+                m, model, checkpoints, train_t, mistakes_t, device=device, **options[m]
+            ),
+            config.k,
+            proponents=False,
+        ).indices
+        for m in config.methods
+    }
+    tokenizer = load_tokenizer(config.train.data.tokenizer)
+    words = (
+        {
+            m: worst_words(
+                m,
+                model,
+                checkpoints,
+                train_t,
+                mistakes_t,
+                opponents[m],
+                tokenizer,
+                config.topk,
+                config.damping,
+                device,
+            )
+            for m in config.methods
+        }
+        if "replace" in config.fixes
+        else {}
+    )
+    plan = fixing_plan(mistakes, opponents, words, config.fixes)
+    retrained = retrain_edits(
+        config.train,
+        list(plan["edit"]),
+        config.seeds,
+        train_t,
+        test_t,
+        cache,
+        config.n_workers,
+        progress,
+    )
+    table = fixing_table(plan, test_t["labels"], retrained, config.seeds)
+    p_original = probabilities[mistakes, test_t["labels"][mistakes]].tolist()
+    resolved = _resolved(config, splits)
+    result = FixingResult(
+        table,
+        fixed_share(table),
+        mistakes,
+        p_original,
+        words,
+        plan,
+        cache_dir(cache) / "fixing" / config_key(resolved),
+    )
+    _save(result, resolved)
+    return result
+
+
+def _resolved(config: FixingConfig, splits: DatasetDict) -> dict:
+    """The config as saved beside the results: without where data lives or how many workers."""
+    resolved = json.loads(json.dumps(asdict(replace(config, n_workers=None)), default=str))
+    resolved["train"]["data"].pop("data_dir")
+    return resolved | {"data_fingerprint": fingerprint(splits)}
+
+
+def _save(result: FixingResult, resolved: dict) -> None:
+    write_json(
+        result.out_dir / "config.json",
+        resolved | {"mistakes": result.mistakes, "p_original": result.p_original},
+    )
+    words = pd.concat([w.assign(method=m) for m, w in result.words.items()] or [pd.DataFrame()])
+    for name, frame in (
+        ("fixing", result.table),
+        ("fixed_share", result.summary),
+        ("words", words),
+    ):
+        atomic_write(
+            result.out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False)
+        )
+
+
+def fixing_figure(summary: pd.DataFrame) -> plt.Figure:
+    """Per method and fix: the share of (mistake, seed) retrains predicting the true class, and
+    inside it the share the edit fixed where the same seed's unedited retrain did not; the
+    unedited control as a dashed line."""
+    edited = summary[summary["method"] != "control"]
+    control = summary.loc[summary["method"] == "control", "share_fixed"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    labels = [f"{m}\n{f}" for m, f in zip(edited["method"], edited["fix"], strict=True)]
+    ax.bar(labels, edited["share_fixed"], color="tab:blue", alpha=0.45, label="fixed")
+    ax.bar(
+        labels,
+        edited["newly_fixed"],
+        width=0.5,
+        color="tab:blue",
+        label="fixed, same seed unedited still wrong",
+    )
+    if len(control):
+        ax.axhline(float(control.iloc[0]), color="k", ls="--", label="control (no edit)")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set(ylabel="share of (mistake, seed) retrains", ylim=(0, 1.15), title="targeted fixing")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,264 @@
+"""The no-word-overlap experiment (v1 §5): case deletion among the training texts that share the
+fewest words with the test point.
+
+For each test point z', only the ``candidate_fraction`` of training texts with the least TF-IDF
+overlap with z' may be deleted (paper: 5,000 of 50,000, fraction 0.1), and the model is trained
+with its word embeddings frozen (``TrainConfig(freeze_embeddings=True)``). Overlap is the cosine
+of TF-IDF vectors of token ids, [PAD]/[CLS]/[SEP] left out (``least_overlap_candidates``).
+
+The deletion itself is ``deletion.run_deletion``, run once per direction with precomputed score
+matrices in which the non-candidates are pushed to the end of that direction's ranking
+(``restrict_to_candidates``: −inf for DEL+, +inf for DEL−), so ``influence.top_k`` picks the top-k
+*within* the candidates; the two sweeps share their baseline retrains through the retrain cache
+and their tables are pooled into one AUC-DEL± summary (``deletion.auc_del``). Scores follow
+``influence.scores``: positive = proponent; lower AUC-DEL+ and higher AUC-DEL− are better.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from datasets import DatasetDict
+
+from tracin_we.checkpoints import atomic_write, write_json
+from tracin_we.data import make_splits
+from tracin_we.deletion import (
+    SUMMARY_NAMES,
+    DeletionConfig,
+    DeletionResult,
+    auc_del,
+    crn_variance,
+    run_deletion,
+    score_rows,
+    select_test_points,
+)
+from tracin_we.influence.last_layer import tfidf_cosine
+from tracin_we.influence.options import CLS_ID, PAD_ID, SEP_ID
+from tracin_we.paper import NO_OVERLAP
+from tracin_we.train import cache_dir, model_inputs
+
+Tensors = dict[str, torch.Tensor]
+IGNORED_IDS = (PAD_ID, CLS_ID, SEP_ID)  # shared by every text: not "overlap"
+
+
+def least_overlap_candidates(
+    train: Tensors, test: Tensors, fraction: float, ignore: tuple[int, ...] = IGNORED_IDS
+) -> torch.Tensor:
+    """Bool mask (n_test, n_train): per test text, the ``round(fraction · n_train)`` training texts
+    with the lowest TF-IDF cosine to it (ties: lower training index first).
+
+    ``train``/``test``: tensors with ``input_ids`` and ``attention_mask`` (N, T). The TF-IDF
+    vectors count token ids of unmasked positions outside ``ignore``, idf fitted on ``train``
+    (``influence.last_layer.tfidf_cosine``, the TracIn-TFIDF control's).
+    """
+    n_train = len(train["input_ids"])
+    count = round(fraction * n_train)
+    if not 0 < fraction <= 1 or count < 1:
+        raise ValueError(
+            f"candidate_fraction={fraction} must be in (0, 1] and keep at least one "
+            f"of the {n_train} training texts"
+        )
+    cosine = tfidf_cosine(train, test, tuple(ignore))
+    order = torch.sort(cosine, dim=1, stable=True).indices[:, :count]
+    mask = torch.zeros(cosine.shape, dtype=torch.bool)
+    return mask.scatter_(1, order, True)
+
+
+def overlap_summary(
+    train: Tensors, test: Tensors, candidates: torch.Tensor, ignore: tuple[int, ...] = IGNORED_IDS
+) -> pd.DataFrame:
+    """Per test text: the largest TF-IDF cosine among its candidates and the median over all
+    training texts, and how many candidates share no token (outside ``ignore``) at all."""
+    cosine = tfidf_cosine(train, test, tuple(ignore)).float()
+    inside = cosine.masked_fill(~candidates, float("-inf"))
+    return pd.DataFrame(
+        {
+            "candidate_max_cosine": inside.max(1).values.numpy(),
+            "all_median_cosine": cosine.median(1).values.numpy(),
+            "candidates_sharing_no_word": ((cosine == 0) & candidates).sum(1).numpy(),
+            "n_candidates": candidates.sum(1).numpy(),
+        }
+    )
+
+
+def restrict_to_candidates(
+    scores: torch.Tensor, candidates: torch.Tensor, direction: str
+) -> torch.Tensor:
+    """``scores`` (n, n_train) with the non-candidates set to −inf (``"proponents"``) or +inf
+    (``"opponents"``): ``influence.top_k`` in that direction then ranks every candidate before any
+    non-candidate, i.e. returns the top-k within the candidates for k ≤ the number of candidates."""
+    if direction not in SUMMARY_NAMES:
+        raise ValueError(f"direction={direction!r}; allowed: {list(SUMMARY_NAMES)}")
+    if scores.shape != candidates.shape:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and candidates "
+            f"{tuple(candidates.shape)} must have the same shape"
+        )
+    fill = float("-inf") if direction == "proponents" else float("inf")
+    return scores.float().masked_fill(~candidates, fill)
+
+
+@dataclass
+class NoOverlapResult:
+    """The pooled sweep (``deletion``: its ``table``/``summary``/``crn`` cover both directions,
+    ``out_dir`` holds the pooled tables) and the candidate masks (n_points, n_train) of its
+    ``points``; ``sweeps``: the per-direction ``run_deletion`` folders."""
+
+    deletion: DeletionResult
+    candidates: torch.Tensor
+    sweeps: dict[str, Path]
+
+
+def run_no_overlap(
+    config: DeletionConfig,
+    splits: DatasetDict | None = None,
+    candidate_fraction: float = 0.1,
+    scores: Mapping[str, torch.Tensor] | None = None,
+    cache: str | os.PathLike | None = None,
+    device: str = "cpu",
+    client=None,
+    progress: bool = True,
+) -> NoOverlapResult:
+    """Case deletion restricted, per test point, to its least-overlap candidates.
+
+    ``config.train`` should have ``freeze_embeddings=True`` (the paper's setting; not enforced, so
+    that the effect of freezing can be measured). ``scores``: as in ``run_deletion``
+    ((n_test_split, n_train) by method); the rest are computed on the original model. Each k must
+    be ≤ the number of candidates. Sweeps are saved by ``run_deletion`` under
+    ``<cache>/deletion/<key>`` (the key covers the masked scores), the pooled tables under
+    ``<cache>/no_overlap/<key of both>``.
+    """
+    splits = splits if splits is not None else make_splits(config.train.data)
+    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    points = select_test_points(
+        test_t["labels"],
+        config.n_test_points,
+        config.point_seed,
+        config.train.data.task.num_classes,
+    )
+    candidates = least_overlap_candidates(
+        train_t, {k: v[points] for k, v in test_t.items()}, candidate_fraction
+    )
+    n_candidates = int(candidates.sum(1).min())
+    if max(config.ks) > n_candidates:
+        raise ValueError(
+            f"ks={list(config.ks)}: each k must be <= the {n_candidates} candidates "
+            f"per test point (candidate_fraction={candidate_fraction})"
+        )
+    rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
+    sweeps: dict[str, DeletionResult] = {}
+    for direction in config.directions:
+        matrices = {
+            m: _full_matrix(
+                restrict_to_candidates(r, candidates, direction), points, len(test_t["labels"])
+            )
+            for m, r in rows.items()
+        }
+        sweeps[direction] = run_deletion(
+            replace(config, directions=(direction,)),
+            splits,
+            scores=matrices,
+            cache=cache,
+            device=device,
+            client=client,
+            progress=progress,
+        )
+    pooled = _pool(config, list(sweeps.values()), cache)
+    return NoOverlapResult(pooled, candidates, {d: r.out_dir for d, r in sweeps.items()})
+
+
+def _full_matrix(rows: torch.Tensor, points: list[int], n_test: int) -> torch.Tensor:
+    """(n_test, n_train) with ``rows`` at ``points``: ``run_deletion`` takes whole-split matrices
+    and reads only the rows of its points (the same ``select_test_points`` draw); others are 0."""
+    full = torch.zeros(n_test, rows.shape[1])
+    full[points] = rows
+    return full
+
+
+def _pool(
+    config: DeletionConfig, parts: list[DeletionResult], cache: str | os.PathLike | None
+) -> DeletionResult:
+    """One result from per-direction sweeps: their tables and plans concatenated, AUC-DEL± and the
+    CRN table recomputed over both (same bootstrap draws as a single sweep)."""
+    table = pd.concat([p.table for p in parts], ignore_index=True)
+    plan = pd.concat([p.plan for p in parts], ignore_index=True)
+    names = sorted(p.out_dir.name for p in parts)
+    out_dir = (
+        cache_dir(cache)
+        / "no_overlap"
+        / hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12]
+    )
+    result = DeletionResult(
+        table,
+        auc_del(table, config),
+        crn_variance(table, config),
+        parts[0].points,
+        plan,
+        out_dir,
+        sum(p.n_trained for p in parts),
+        sum(p.n_reused for p in parts),
+    )
+    write_json(
+        out_dir / "sweeps.json", {p.table["direction"].iloc[0]: str(p.out_dir) for p in parts}
+    )
+    for name, frame in (
+        ("deletion", result.table),
+        ("auc_del", result.summary),
+        ("crn", result.crn),
+    ):
+        atomic_write(
+            out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False)
+        )
+    return result
+
+
+def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """The AUC-DEL± summary (``deletion.auc_del``) beside v1's no-overlap numbers (Toxicity,
+    BERT-tiny; NaN where the paper has none): columns DEL+, DEL-, paper DEL+, paper DEL-."""
+    out = summary.set_index("method")[["DEL+", "DEL-"]].copy()
+    for name in ("DEL+", "DEL-"):
+        out[f"paper {name}"] = [NO_OVERLAP[name].get(m, float("nan")) for m in out.index]
+    return out
+
+
+def auc_del_figure(summary: pd.DataFrame) -> plt.Figure:
+    """AUC-DEL+ and AUC-DEL− per method with their bootstrap CIs, paper values as black ticks."""
+    comparison = paper_comparison(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    positions = range(len(comparison))
+    for ax, name in zip(axes, ("DEL+", "DEL-"), strict=True):
+        frame = summary.set_index("method").loc[comparison.index]
+        errors = [frame[name] - frame[f"{name} low"], frame[f"{name} high"] - frame[name]]
+        ax.barh(
+            list(positions),
+            frame[name],
+            xerr=errors,
+            color="tab:blue",
+            alpha=0.7,
+            label="this run (95% CI)",
+        )
+        ax.scatter(
+            comparison[f"paper {name}"],
+            list(positions),
+            marker="|",
+            s=300,
+            color="k",
+            label="paper (Toxicity)",
+        )
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set(
+            title=f"AUC-{name} ({'lower' if name == 'DEL+' else 'higher'} is better)",
+            yticks=list(positions),
+            yticklabels=list(comparison.index),
+        )
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
