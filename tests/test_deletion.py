@@ -33,14 +33,6 @@ KEYS = ["point", "method", "direction", "k", "seed"]
 TRAIN_CHUNK = retrain_module.train_chunk
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: two OpenMP threads on two shared cores run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def split(n: int, seed: int) -> Dataset:
     """Token ids with one label-revealing position (class c → ids 2000 + 3c + {0, 1, 2})."""

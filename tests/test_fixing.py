@@ -33,14 +33,6 @@ N, T = 48, 12
 TRAIN_CHUNK = retrain_module.train_chunk
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two OpenMP threads on two shared cores run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def split(n: int, seed: int) -> Dataset:
     """[CLS] + 9 noise tokens + [SEP] + padding, one noisy label-revealing position (ids

@@ -32,14 +32,6 @@ F64 = {"dtype": torch.float64}
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def bert() -> nn.Module:
     torch.manual_seed(0)

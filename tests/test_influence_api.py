@@ -16,14 +16,6 @@ VOCAB, LENGTH, CLASSES = 120, 12, 3
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and spinning threads stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def model() -> CNNClassifier:
     torch.manual_seed(0)

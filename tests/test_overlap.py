@@ -27,14 +27,6 @@ N_TRAIN, N_TEST, T = 32, 16, 12
 TRAIN_CHUNK = retrain_module.train_chunk
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two OpenMP threads on two shared cores run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def texts(rows: list[list[int]], length: int = 6) -> dict[str, torch.Tensor]:
     """[CLS] + ids + [SEP], padded with [PAD] to ``length``."""

@@ -20,14 +20,6 @@ from tracin_we.train import TrainConfig, epoch_order, fit, new_model, predict_pr
 N, T, BATCH = 48, 12, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two OpenMP threads on two shared cores run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tensors(n: int = N, seed: int = 0) -> dict[str, torch.Tensor]:
     """Token ids with one label-revealing position, so training moves the probabilities."""
