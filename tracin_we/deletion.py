@@ -45,7 +45,14 @@ from tracin_we.retrain import (
     engine_for,
     retrain_cached,
 )
-from tracin_we.train import TrainConfig, cache_dir, config_key, model_inputs, train
+from tracin_we.train import (
+    TrainConfig,
+    cache_dir,
+    config_key,
+    from_flat_params,
+    model_inputs,
+    train,
+)
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
 SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}
@@ -108,9 +115,7 @@ class DeletionConfig:
     def from_params(cls, **params) -> DeletionConfig:
         """Build from flat notebook/preset parameters: this class's own fields, the rest going to
         ``TrainConfig.from_params`` (unknown names are an error there)."""
-        own = set(cls.__dataclass_fields__) - {"train"}
-        train_config = TrainConfig.from_params(**{k: v for k, v in params.items() if k not in own})
-        return cls(train=train_config, **{k: v for k, v in params.items() if k in own})
+        return from_flat_params(cls, params)
 
     @staticmethod
     def _check_choices(name: str, values: tuple, allowed: tuple) -> None:

@@ -62,6 +62,7 @@ from tracin_we.train import (
     cache_dir,
     config_key,
     forward,
+    from_flat_params,
     model_inputs,
     predict_proba,
     train,
@@ -120,9 +121,7 @@ class FixingConfig:
     def from_params(cls, **params) -> FixingConfig:
         """Build from flat notebook/preset parameters: this class's own fields, the rest going to
         ``TrainConfig.from_params`` (unknown names are an error there)."""
-        own = set(cls.__dataclass_fields__) - {"train"}
-        train_config = TrainConfig.from_params(**{k: v for k, v in params.items() if k not in own})
-        return cls(train=train_config, **{k: v for k, v in params.items() if k in own})
+        return from_flat_params(cls, params)
 
 
 def check_p_range(p_range: Sequence[float]) -> None:

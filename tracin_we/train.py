@@ -107,6 +107,15 @@ class TrainConfig:
         return cls(data=data, **{k: v for k, v in params.items() if k in train_fields})
 
 
+def from_flat_params(cls: type, params: dict):
+    """Build ``cls``, a config dataclass with a ``train: TrainConfig`` field, from the flat
+    parameters of a notebook or preset: its own fields go to ``cls``, the rest to
+    ``TrainConfig.from_params`` (where unknown names are an error)."""
+    own = set(cls.__dataclass_fields__) - {"train"}
+    train_config = TrainConfig.from_params(**{k: v for k, v in params.items() if k not in own})
+    return cls(train=train_config, **{k: v for k, v in params.items() if k in own})
+
+
 @dataclass
 class Checkpoint:
     path: Path
