@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tracin_we.influence.gradients import batches, embedding_grads, param_grads, sparse_rows
+from tracin_we.influence.gradients import batch_rows, batches, param_grads
 from tracin_we.models import word_embeddings
 from tracin_we.train import model_inputs
 
@@ -117,10 +117,7 @@ def _chosen(model: nn.Module, groups: list[str] | None) -> list[str]:
 
 def _add_embedding(model: nn.Module, batch: dict[str, torch.Tensor], acc: _Accumulator) -> None:
     """The word-embedding gradient of each example is non-zero only in its tokens' rows."""
-    grads = embedding_grads(model, batch)
-    keep = batch["attention_mask"].bool() if "attention_mask" in batch else \
-        torch.ones_like(batch["input_ids"], dtype=torch.bool)
-    rows = sparse_rows(batch["input_ids"], grads, keep, word_embeddings(model).num_embeddings)
+    rows = batch_rows(model, batch)
     d = rows.rows.shape[1]
     acc.sum_l1 += rows.rows.abs().sum().item()
     acc.total.view(-1, d).index_add_(0, rows.ids, rows.rows)

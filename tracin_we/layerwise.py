@@ -23,7 +23,7 @@ from tracin_we.cancellation import layer_groups
 from tracin_we.checkpoints import resolve_checkpoints
 from tracin_we.data import make_splits
 from tracin_we.deletion import DeletionConfig, run_deletion
-from tracin_we.influence.gradients import batches, embedding_grads, param_grads, sparse_rows
+from tracin_we.influence.gradients import batch_rows, batches, param_grads
 from tracin_we.models import word_embeddings
 from tracin_we.train import forward, model_inputs, new_model
 
@@ -90,10 +90,7 @@ def _summed_gradient(model: nn.Module, data: dict, batch_size: int, device: str
 
 def _embedding_dots(model: nn.Module, batch: dict, target: torch.Tensor) -> torch.Tensor:
     """(B,): Σ_w g_w(z_i) · target[w] from each example's sparse word-embedding rows."""
-    grads = embedding_grads(model, batch)
-    keep = batch["attention_mask"].bool() if "attention_mask" in batch else \
-        torch.ones_like(batch["input_ids"], dtype=torch.bool)
-    rows = sparse_rows(batch["input_ids"], grads, keep, target.shape[0])
+    rows = batch_rows(model, batch)
     dots = (rows.rows * target[rows.ids]).sum(1).double()
     out = torch.zeros(rows.n, dtype=torch.float64, device=dots.device)
     return out.index_add_(0, rows.example_index(), dots)

@@ -133,6 +133,16 @@ def sparse_rows(input_ids: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor
     return SparseRows(keys % vocab_size, rows, offsets)
 
 
+def batch_rows(model: nn.Module, batch: Tensors) -> SparseRows:
+    """Each example's word-embedding gradient rows for a whole ``batch``, [PAD] positions dropped
+    (all positions kept when the batch has no attention mask)."""
+    grads = embedding_grads(model, batch)
+    ids = batch["input_ids"]
+    keep = batch["attention_mask"].bool() if "attention_mask" in batch else \
+        torch.ones_like(ids, dtype=torch.bool)
+    return sparse_rows(ids, grads, keep, word_embeddings(model).num_embeddings)
+
+
 @torch.no_grad()
 def last_layer_features(model: nn.Module, data: Tensors, batch_size: int,
                         device: str | torch.device) -> Tensors:
