@@ -23,7 +23,9 @@ from tracin_we.cancellation import layer_groups
 from tracin_we.checkpoints import resolve_checkpoints
 from tracin_we.data import make_splits
 from tracin_we.deletion import DeletionConfig, run_deletion
+from tracin_we.influence.context import prepared
 from tracin_we.influence.gradients import batch_rows, batches, param_grads
+from tracin_we.influence.options import Options
 from tracin_we.models import word_embeddings
 from tracin_we.train import forward, model_inputs, new_model
 
@@ -37,19 +39,13 @@ def layer_scores(model: nn.Module, checkpoints, train, reference, batch_size: in
         if not len(data.get("labels", [])):
             raise ValueError(f"{name} is empty; give at least one labelled example")
     groups = layer_groups(model)
-    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    was_training = model.training
-    model.eval().to(device)
     total = {g: torch.zeros(len(train_t["labels"]), dtype=torch.float64) for g in groups.values()}
-    try:
+    with prepared(model, Options(device=device)):  # weights, device and mode restored on exit
         for state_dict, lr in pairs:
             model.load_state_dict(state_dict)
             for group, column in _one_checkpoint(model, groups, train_t, reference_t,
                                                  batch_size, device).items():
                 total[group] += lr * column
-    finally:
-        model.load_state_dict(original)
-        model.train(was_training)
     return pd.DataFrame({g: t.numpy() for g, t in total.items()})
 
 
