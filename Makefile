@@ -31,6 +31,7 @@ reproduce: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check tracin_we tests benchmarks
+	$(PY) -m ruff format --check tracin_we tests benchmarks
 	$(PY) -m pytest
 
 benchmark: $(VENV)/.installed

@@ -66,13 +66,29 @@ def paths(cores: int, n_jobs: int) -> list[tuple[str, str, int, dict]]:
     per_worker = -(-n_jobs // cores)
     return [
         ("sequential fit", "1 proc × 1 thread", 1, {"backend": "sequential"}),
-        (f"ensemble (vmap, {n_jobs} members)", "1 proc × 1 thread", 1,
-         {"backend": "ensemble", "chunk_size": n_jobs}),
-        ("joblib, plain fit workers", f"{cores} procs × 1 thread", 1,
-         {"backend": "joblib", "worker": "plain", "n_workers": cores}),
-        (f"joblib, ensemble workers ({per_worker})", f"{cores} procs × 1 thread", 1,
-         {"backend": "joblib", "worker": "ensemble", "chunk_size": per_worker,
-          "n_workers": cores}),
+        (
+            f"ensemble (vmap, {n_jobs} members)",
+            "1 proc × 1 thread",
+            1,
+            {"backend": "ensemble", "chunk_size": n_jobs},
+        ),
+        (
+            "joblib, plain fit workers",
+            f"{cores} procs × 1 thread",
+            1,
+            {"backend": "joblib", "worker": "plain", "n_workers": cores},
+        ),
+        (
+            f"joblib, ensemble workers ({per_worker})",
+            f"{cores} procs × 1 thread",
+            1,
+            {
+                "backend": "joblib",
+                "worker": "ensemble",
+                "chunk_size": per_worker,
+                "n_workers": cores,
+            },
+        ),
     ]
 
 
@@ -82,21 +98,33 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=8, help="retrains per path")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="timings per path, the fastest kept (other jobs share the cores)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="timings per path, the fastest kept (other jobs share the cores)",
+    )
     args = parser.parse_args()
     if not os.environ.get("TRACIN_WE_DATA_DIR") and (SHARED_DATA / "ag_news").is_dir():
         os.environ["TRACIN_WE_DATA_DIR"] = str(SHARED_DATA)
     cores = os.cpu_count() or 1
-    config = TrainConfig.from_params(model="cnn", n_train=args.n_train, n_val=0, n_test=200,
-                                     max_length=args.max_length, epochs=args.epochs,
-                                     batch_size=32, checkpoint_epochs=[args.epochs])
+    config = TrainConfig.from_params(
+        model="cnn",
+        n_train=args.n_train,
+        n_val=0,
+        n_test=200,
+        max_length=args.max_length,
+        epochs=args.epochs,
+        batch_size=32,
+        checkpoint_epochs=[args.epochs],
+    )
     splits = make_splits(config.data)
     train, test = model_inputs(splits["train"]), model_inputs(splits["test"])
     g = torch.Generator().manual_seed(0)
     jobs = [RetrainJob(0, ())] + [
         RetrainJob(0, torch.randperm(args.n_train, generator=g)[:10].tolist())
-        for _ in range(args.jobs - 1)]
+        for _ in range(args.jobs - 1)
+    ]
     load = os.getloadavg()[0]
     peak = {t: matmul_peak(t) for t in sorted({1, cores})}
     flops = training_flops(config, train)
@@ -113,32 +141,44 @@ def main() -> None:
     two_threads = time_path(config, jobs[:1], train, test, cores, backend="sequential")
     peak = {t: max(p, matmul_peak(t)) for t, p in peak.items()}
 
-    print(f"CNN on AG News: {args.n_train} texts × {args.max_length} tokens, batch 32, "
-          f"{args.epochs} epoch(s); {cores} cores, load average {load:.1f} at start")
-    print("float32 matmul peak (2048², best of the run): " + ", ".join(
-        f"{t} thread(s) {p / 1e9:.1f} GFLOP/s" for t, p in peak.items()))
+    print(
+        f"CNN on AG News: {args.n_train} texts × {args.max_length} tokens, batch 32, "
+        f"{args.epochs} epoch(s); {cores} cores, load average {load:.1f} at start"
+    )
+    print(
+        "float32 matmul peak (2048², best of the run): "
+        + ", ".join(f"{t} thread(s) {p / 1e9:.1f} GFLOP/s" for t, p in peak.items())
+    )
     print(f"training FLOPs per retrain (fwd + bwd, FlopCounterMode): {flops / 1e9:.1f} GFLOP")
-    print(f"joblib pool start-up (excluded below): {pool_start:.1f} s; "
-          f"times: best of {args.repeats}\n")
-    header = (f"{'path':<32} {'layout':<18} {'jobs':>4} {'s/retrain':>9} {'per min':>7} "
-              f"{'speed-up':>8} {'mean|Δp|':>8} {'max|Δp|':>8} {'GFLOP/s':>7} {'% peak':>6}")
+    print(
+        f"joblib pool start-up (excluded below): {pool_start:.1f} s; "
+        f"times: best of {args.repeats}\n"
+    )
+    header = (
+        f"{'path':<32} {'layout':<18} {'jobs':>4} {'s/retrain':>9} {'per min':>7} "
+        f"{'speed-up':>8} {'mean|Δp|':>8} {'max|Δp|':>8} {'GFLOP/s':>7} {'% peak':>6}"
+    )
     print(header)
     print("-" * len(header))
     reference_time, reference = best["sequential fit"]
     rows = [(name, layout, *best[name]) for name, layout, _, _ in paths(cores, len(jobs))]
     rows.append(("sequential fit (torch default)", f"1 proc × {cores} threads", *two_threads))
     for name, layout, seconds, out in rows:
-        rate, delta = len(out) / seconds, (out - reference[:len(out)]).abs()
+        rate, delta = len(out) / seconds, (out - reference[: len(out)]).abs()
         achieved = flops * rate
-        print(f"{name:<32} {layout:<18} {len(out):>4} {seconds / len(out):>9.2f} "
-              f"{60 * rate:>7.1f} {rate * reference_time / len(jobs):>7.2f}× "
-              f"{delta.mean():>8.1e} {delta.max():>8.1e} {achieved / 1e9:>7.1f} "
-              f"{100 * achieved / peak[cores]:>5.1f}%")
+        print(
+            f"{name:<32} {layout:<18} {len(out):>4} {seconds / len(out):>9.2f} "
+            f"{60 * rate:>7.1f} {rate * reference_time / len(jobs):>7.2f}× "
+            f"{delta.mean():>8.1e} {delta.max():>8.1e} {achieved / 1e9:>7.1f} "
+            f"{100 * achieved / peak[cores]:>5.1f}%"
+        )
     effect = (reference[1:] - reference[0]).abs()
-    print(f"\n|Δp|: against sequential fit, over jobs × {len(test['labels'])} test texts × "
-          f"classes. For scale, removing 10 random texts moves p by {effect.mean():.1e} on "
-          f"average, {effect.max():.1e} at most.\n% peak: of the {cores}-thread matmul peak. "
-          "Speed-up: against sequential fit on 1 thread.")
+    print(
+        f"\n|Δp|: against sequential fit, over jobs × {len(test['labels'])} test texts × "
+        f"classes. For scale, removing 10 random texts moves p by {effect.mean():.1e} on "
+        f"average, {effect.max():.1e} at most.\n% peak: of the {cores}-thread matmul peak. "
+        "Speed-up: against sequential fit on 1 thread."
+    )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,9 @@ class Positional(nn.Module):
         super().__init__()
         self.inner = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> torch.Tensor:
         return self.inner(input_ids, attention_mask, token_type_ids)
 
 
@@ -119,8 +120,12 @@ def texts(n: int, seq_len: int, generator: torch.Generator) -> Tensors:
         ids[i, :length] = torch.cat([torch.tensor([CLS]), FIRST_WORD + words, torch.tensor([SEP])])
         mask[i, :length] = 1
     labels = torch.randint(0, NUM_LABELS, (n,), generator=generator)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
-            "labels": labels}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": labels,
+    }
 
 
 def perturbed_checkpoints(model: nn.Module, count: int) -> list[tuple[dict, float]]:
@@ -129,8 +134,12 @@ def perturbed_checkpoints(model: nn.Module, count: int) -> list[tuple[dict, floa
     generator = torch.Generator().manual_seed(1)
     out = []
     for c in range(count):
-        state = {k: v + 0.01 * torch.randn(v.shape, generator=generator, dtype=v.dtype)
-                 if v.is_floating_point() else v.clone() for k, v in model.state_dict().items()}
+        state = {
+            k: v + 0.01 * torch.randn(v.shape, generator=generator, dtype=v.dtype)
+            if v.is_floating_point()
+            else v.clone()
+            for k, v in model.state_dict().items()
+        }
         out.append((state, 0.01 / (c + 1)))
     return out
 
@@ -142,13 +151,21 @@ def make_setup(args: argparse.Namespace) -> Setup:
     train = texts(args.n_train, args.seq_len, generator)
     test = texts(args.n_test, args.seq_len, generator)
     captum_model = Positional(copy.deepcopy(model)).to(args.device).eval()
-    return Setup(model, captum_model, perturbed_checkpoints(model, args.checkpoints), train, test,
-                 args)
+    return Setup(
+        model, captum_model, perturbed_checkpoints(model, args.checkpoints), train, test, args
+    )
 
 
 def run_tracin_we(setup: Setup) -> torch.Tensor:
-    return influence.scores("tracin-we", setup.model, setup.checkpoints, setup.train, setup.test,
-                            batch_size=setup.args.batch_size, device=setup.args.device)
+    return influence.scores(
+        "tracin-we",
+        setup.model,
+        setup.checkpoints,
+        setup.train,
+        setup.test,
+        batch_size=setup.args.batch_size,
+        device=setup.args.device,
+    )
 
 
 def load_for_captum(model: Positional, checkpoint: tuple[dict, float]) -> float:
@@ -162,11 +179,20 @@ def run_captum(setup: Setup) -> torch.Tensor:
     device, batch_size = setup.args.device, setup.args.captum_batch_size
     model = setup.captum_model
     layer = next(name for name, m in model.named_modules() if m is word_embeddings(model.inner))
-    train, test = (TensorDataset(*(data[k].to(device) for k in CAPTUM_COLUMNS))
-                   for data in (setup.train, setup.test))
-    tracin = TracInCP(model, train, setup.checkpoints, load_for_captum, layers=[layer],
-                      loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=batch_size,
-                      sample_wise_grads_per_batch=False)
+    train, test = (
+        TensorDataset(*(data[k].to(device) for k in CAPTUM_COLUMNS))
+        for data in (setup.train, setup.test)
+    )
+    tracin = TracInCP(
+        model,
+        train,
+        setup.checkpoints,
+        load_for_captum,
+        layers=[layer],
+        loss_fn=nn.CrossEntropyLoss(reduction="none"),
+        batch_size=batch_size,
+        sample_wise_grads_per_batch=False,
+    )
     return tracin.influence(DataLoader(test, batch_size=batch_size)).cpu()
 
 
@@ -241,8 +267,10 @@ def reset_peak(device: str) -> int:
     try:  # "5" resets VmHWM to the current resident set (Linux ≥ 4.0)
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
-        print("warning: cannot reset the peak RSS; the baseline may hide part of the peak",
-              file=sys.stderr)
+        print(
+            "warning: cannot reset the peak RSS; the baseline may hide part of the peak",
+            file=sys.stderr,
+        )
     return rss_bytes("VmRSS") or 0
 
 
@@ -285,23 +313,32 @@ def verdict(value: float, target: float, higher_is_better: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def report(setup: Setup, seconds: dict[str, float], mib: dict[str, float], error: float,
-           load: float) -> None:
+def report(
+    setup: Setup, seconds: dict[str, float], mib: dict[str, float], error: float, load: float
+) -> None:
     args = setup.args
     n_params = sum(p.numel() for p in setup.model.parameters())
     mean_len = float(setup.train["attention_mask"].float().sum(1).mean())
-    print(f"BERT-tiny (random init, {n_params / 1e6:.1f}M parameters, word embedding "
-          f"{VOCAB_SIZE:,} × 128): {args.n_train} train × {args.n_test} test = "
-          f"{args.n_train * args.n_test} pairs, seq len {args.seq_len} (mean {mean_len:.0f} "
-          f"unpadded), {args.checkpoints} checkpoints")
-    print(f"device {args.device}, {args.threads} torch threads on {os.cpu_count()} cores, load "
-          f"average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end; batch size: tracin-we "
-          f"{args.batch_size}, captum {args.captum_batch_size}")
-    print(f"times: best of {args.repeats} (tracin-we, bare: of {FAST_REPEATS * args.repeats}); "
-          "peak memory: each in its own process, above the setup's\n")
-    rows = [("captum TracInCP(layers=[word emb.])", seconds["captum"], f"{mib['captum']:.1f}"),
-            ("tracin-we", seconds["tracin-we"], f"{mib['tracin-we']:.1f}"),
-            ("  of which bare backward passes", seconds["bare"], f"{mib['bare']:.1f}")]
+    print(
+        f"BERT-tiny (random init, {n_params / 1e6:.1f}M parameters, word embedding "
+        f"{VOCAB_SIZE:,} × 128): {args.n_train} train × {args.n_test} test = "
+        f"{args.n_train * args.n_test} pairs, seq len {args.seq_len} (mean {mean_len:.0f} "
+        f"unpadded), {args.checkpoints} checkpoints"
+    )
+    print(
+        f"device {args.device}, {args.threads} torch threads on {os.cpu_count()} cores, load "
+        f"average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end; batch size: tracin-we "
+        f"{args.batch_size}, captum {args.captum_batch_size}"
+    )
+    print(
+        f"times: best of {args.repeats} (tracin-we, bare: of {FAST_REPEATS * args.repeats}); "
+        "peak memory: each in its own process, above the setup's\n"
+    )
+    rows = [
+        ("captum TracInCP(layers=[word emb.])", seconds["captum"], f"{mib['captum']:.1f}"),
+        ("tracin-we", seconds["tracin-we"], f"{mib['tracin-we']:.1f}"),
+        ("  of which bare backward passes", seconds["bare"], f"{mib['bare']:.1f}"),
+    ]
     print(f"{'method':<38} {'seconds':>8} {'peak MiB':>9}")
     for name, sec, memory in rows:
         print(f"{name:<38} {sec:>8.3f} {memory:>9}")
@@ -310,15 +347,23 @@ def report(setup: Setup, seconds: dict[str, float], mib: dict[str, float], error
     share = seconds["bare"] / seconds["tracin-we"]
     overhead = (seconds["tracin-we"] - seconds["bare"]) / seconds["bare"]
     print(f"\n{'':<38} {'measured':>9} {'target':>8}")
-    print(f"{'speed-up (captum s / tracin-we s)':<38} {speed:>8.1f}× {'≥ 100×':>8}  "
-          f"{verdict(speed, TARGETS['speed'], True)}")
-    print(f"{'memory ratio (captum / tracin-we)':<38} {memory:>8.1f}× {'≥ 50×':>8}  "
-          f"{verdict(memory, TARGETS['memory'], True)}")
+    print(
+        f"{'speed-up (captum s / tracin-we s)':<38} {speed:>8.1f}× {'≥ 100×':>8}  "
+        f"{verdict(speed, TARGETS['speed'], True)}"
+    )
+    print(
+        f"{'memory ratio (captum / tracin-we)':<38} {memory:>8.1f}× {'≥ 50×':>8}  "
+        f"{verdict(memory, TARGETS['memory'], True)}"
+    )
     print(f"{'backward passes share of tracin-we':<38} {100 * share:>8.0f}%")
-    print(f"{'scoring overhead over bare backward':<38} {100 * overhead:>8.0f}% {'≤ 50%':>8}  "
-          f"{verdict(overhead, TARGETS['overhead'], False)}")
-    print(f"{'agreement max|Δ| / max|captum|':<38} {error:>9.1e} {args.rtol:>8.0e}  "
-          f"{verdict(error, args.rtol, False)}")
+    print(
+        f"{'scoring overhead over bare backward':<38} {100 * overhead:>8.0f}% {'≤ 50%':>8}  "
+        f"{verdict(overhead, TARGETS['overhead'], False)}"
+    )
+    print(
+        f"{'agreement max|Δ| / max|captum|':<38} {error:>9.1e} {args.rtol:>8.0e}  "
+        f"{verdict(error, args.rtol, False)}"
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -328,15 +373,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--checkpoints", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32, help="tracin-we's batch size")
-    parser.add_argument("--captum-batch-size", type=int, default=1,
-                        help="captum's (each of its per-example backward passes runs over the "
-                             "whole batch's graph; 1 and 4 ran about as fast here)")
+    parser.add_argument(
+        "--captum-batch-size",
+        type=int,
+        default=1,
+        help="captum's (each of its per-example backward passes runs over the "
+        "whole batch's graph; 1 and 4 ran about as fast here)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timings per method, the fastest kept (other jobs share the cores)")
-    parser.add_argument("--rtol", type=float, default=1e-4,
-                        help="largest allowed max|Δ| / max|captum| (exit 1 above it)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timings per method, the fastest kept (other jobs share the cores)",
+    )
+    parser.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-4,
+        help="largest allowed max|Δ| / max|captum| (exit 1 above it)",
+    )
     return parser.parse_args()
 
 
@@ -347,12 +404,15 @@ def main() -> int:
     setup = make_setup(args)
     mib = {method: peak_mib(method, args) for method in RUNNERS}
     seconds, scores = best_times(setup)
-    error = float((scores["tracin-we"] - scores["captum"]).abs().max()
-                  / scores["captum"].abs().max())
+    error = float(
+        (scores["tracin-we"] - scores["captum"]).abs().max() / scores["captum"].abs().max()
+    )
     report(setup, seconds, mib, error, load)
     if not error <= args.rtol:
-        print(f"\nFAIL: tracin-we and captum disagree (relative error {error:.1e} > "
-              f"{args.rtol:.0e})", file=sys.stderr)
+        print(
+            f"\nFAIL: tracin-we and captum disagree (relative error {error:.1e} > {args.rtol:.0e})",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

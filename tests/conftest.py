@@ -12,7 +12,6 @@ import torch
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """One torch thread: the test models are tiny, and two OpenMP threads stall each other

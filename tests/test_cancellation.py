@@ -11,8 +11,15 @@ from tracin_we.models import CNNClassifier, HFClassifier
 
 def tiny_bert() -> HFClassifier:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=16, max_position_embeddings=16, num_labels=3)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        num_labels=3,
+    )
     model = BertForSequenceClassification(config)
     model.set_attn_implementation("eager")  # as build_model does: vmap-friendly
     return HFClassifier(model).eval()
@@ -25,10 +32,16 @@ def tiny_data(n: int = 6, length: int = 10, vocab: int = 40) -> list[dict]:
         ids = torch.randint(1, vocab, (length,), generator=g)
         ids[0], ids[1] = 5, 5  # a repeated token
         mask = torch.ones(length, dtype=torch.long)
-        mask[length - 1 - i % 3:] = 0  # padding of varying length
+        mask[length - 1 - i % 3 :] = 0  # padding of varying length
         ids[mask == 0] = 0
-        rows.append({"input_ids": ids.tolist(), "attention_mask": mask.tolist(),
-                     "token_type_ids": [0] * length, "label": i % 3})
+        rows.append(
+            {
+                "input_ids": ids.tolist(),
+                "attention_mask": mask.tolist(),
+                "token_type_ids": [0] * length,
+                "label": i % 3,
+            }
+        )
     return rows
 
 
@@ -44,13 +57,18 @@ def brute_force(model, data) -> dict[str, tuple[float, float, float, float]]:
     out = {}
     for n, gs in grads.items():
         g = torch.stack(gs).double()
-        out[n] = (g.abs().sum().item(), g.sum(0).abs().sum().item(),
-                  g.norm(dim=1).sum().item(), g.sum(0).norm().item())
+        out[n] = (
+            g.abs().sum().item(),
+            g.sum(0).abs().sum().item(),
+            g.norm(dim=1).sum().item(),
+            g.sum(0).norm().item(),
+        )
     return out
 
 
-@pytest.mark.parametrize("make", [tiny_bert, lambda: CNNClassifier(3, vocab_size=40, embed_dim=6,
-                                                                   channels=4).eval()])
+@pytest.mark.parametrize(
+    "make", [tiny_bert, lambda: CNNClassifier(3, vocab_size=40, embed_dim=6, channels=4).eval()]
+)
 def test_matches_brute_force_per_tensor_including_sparse_embedding(make):
     model, data = make(), tiny_data()
     table = cancellation(model, None, data, batch_size=4)

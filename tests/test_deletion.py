@@ -33,15 +33,15 @@ KEYS = ["point", "method", "direction", "k", "seed"]
 TRAIN_CHUNK = retrain_module.train_chunk
 
 
-
 def split(n: int, seed: int) -> Dataset:
     """Token ids with one label-revealing position (class c → ids 2000 + 3c + {0, 1, 2})."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 4
     ids = torch.randint(1000, 1030, (n, T), generator=g)
     ids[:, 1] = 2000 + 3 * labels + torch.randint(0, 3, (n,), generator=g)
-    return Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * T] * n,
-                              "label": labels.tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": [[1] * T] * n, "label": labels.tolist()}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,25 @@ def splits() -> DatasetDict:
 
 def deletion_config(**changes) -> DeletionConfig:
     train_config = TrainConfig.from_params(
-        model="cnn", n_train=N_TRAIN, n_val=8, n_test=N_TEST, max_length=T, epochs=1, lr=0.1,
-        batch_size=8, checkpoint_epochs=[1])
-    params = dict(train=train_config, methods=("tracin-we", "random"), ks=(3, 6),
-                  n_test_points=4, seeds=(0, 1), backend="sequential", n_bootstrap=200)
+        model="cnn",
+        n_train=N_TRAIN,
+        n_val=8,
+        n_test=N_TEST,
+        max_length=T,
+        epochs=1,
+        lr=0.1,
+        batch_size=8,
+        checkpoint_epochs=[1],
+    )
+    params = dict(
+        train=train_config,
+        methods=("tracin-we", "random"),
+        ks=(3, 6),
+        n_test_points=4,
+        seeds=(0, 1),
+        backend="sequential",
+        n_bootstrap=200,
+    )
     return DeletionConfig(**(params | changes))
 
 
@@ -87,28 +102,38 @@ def sweep(splits, tmp_path_factory) -> tuple[DeletionResult, str]:
     return result, cache
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"ks": (0, 3)}, r"ks=\[0, 3\]: each k must be an integer with 0 < k < n_train=32"),
-    ({"ks": (32,)}, "0 < k < n_train=32"),
-    ({"ks": ()}, "ks="),
-    ({"methods": ("tracin-we", "tracin-foo")}, r"methods=.*among \['tracin-we'.*'random'\]"),
-    ({"n_test_points": 0}, r"n_test_points=0 must be in \[1, n_test=16\]"),
-    ({"n_test_points": 17}, "n_test_points=17"),
-    ({"seeds": ()}, "seeds="),
-    ({"directions": ("up",)}, "directions="),
-    ({"backend": "gpu"}, "backend='gpu'"),
-    ({"method_options": {"tracin-last": {}}}, "method_options has"),
-    ({"method_options": {"tracin-we": {"k": 3}}}, r"options \['k'\]"),
-    ({"ci": 1.0}, "ci=1.0"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ks": (0, 3)}, r"ks=\[0, 3\]: each k must be an integer with 0 < k < n_train=32"),
+        ({"ks": (32,)}, "0 < k < n_train=32"),
+        ({"ks": ()}, "ks="),
+        ({"methods": ("tracin-we", "tracin-foo")}, r"methods=.*among \['tracin-we'.*'random'\]"),
+        ({"n_test_points": 0}, r"n_test_points=0 must be in \[1, n_test=16\]"),
+        ({"n_test_points": 17}, "n_test_points=17"),
+        ({"seeds": ()}, "seeds="),
+        ({"directions": ("up",)}, "directions="),
+        ({"backend": "gpu"}, "backend='gpu'"),
+        ({"method_options": {"tracin-last": {}}}, "method_options has"),
+        ({"method_options": {"tracin-we": {"k": 3}}}, r"options \['k'\]"),
+        ({"ci": 1.0}, "ci=1.0"),
+    ],
+)
 def test_config_refuses_bad_values(changes, message):
     with pytest.raises(ValueError, match=message):
         deletion_config(**changes)
 
 
 def test_config_from_flat_parameters():
-    config = DeletionConfig.from_params(model="cnn", n_train=N_TRAIN, n_test=N_TEST, ks=[3, 6],
-                                        methods=["random"], seeds=[0, 1], n_test_points=4)
+    config = DeletionConfig.from_params(
+        model="cnn",
+        n_train=N_TRAIN,
+        n_test=N_TEST,
+        ks=[3, 6],
+        methods=["random"],
+        seeds=[0, 1],
+        n_test_points=4,
+    )
     assert config.train.model == "cnn" and config.train.data.n_train == N_TRAIN
     assert config.ks == (3, 6) and config.methods == ("random",)
     with pytest.raises(ValueError, match="unknown parameters"):
@@ -129,16 +154,23 @@ def test_bad_input_refused_before_any_retraining(splits, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="needs 1 test points of class 0; the test split has 0"):
         run_deletion(config, empty_test, cache=tmp_path, progress=False)
     with pytest.raises(ValueError, match="test points of class"):
-        run_deletion(deletion_config(n_test_points=16), DatasetDict(
-            train=splits["train"], test=splits["test"].select(range(12))), cache=tmp_path)
+        run_deletion(
+            deletion_config(n_test_points=16),
+            DatasetDict(train=splits["train"], test=splits["test"].select(range(12))),
+            cache=tmp_path,
+        )
     with pytest.raises(ValueError, match="must be < the 4 training examples"):
-        run_deletion(config, DatasetDict(train=splits["train"].select(range(4)),
-                                         test=splits["test"]), cache=tmp_path)
+        run_deletion(
+            config,
+            DatasetDict(train=splits["train"].select(range(4)), test=splits["test"]),
+            cache=tmp_path,
+        )
     with pytest.raises(ValueError, match=r"scores\['random'\] has shape \(4, 32\)"):
         run_deletion(config, splits, scores={"random": torch.zeros(4, N_TRAIN)}, cache=tmp_path)
     with pytest.raises(ValueError, match=r"not in config\.methods"):
-        run_deletion(config, splits, scores={"tracin-we": torch.zeros(N_TEST, N_TRAIN)},
-                     cache=tmp_path)
+        run_deletion(
+            config, splits, scores={"tracin-we": torch.zeros(N_TEST, N_TRAIN)}, cache=tmp_path
+        )
     assert counter.jobs == []
 
 
@@ -159,10 +191,12 @@ def test_deletion_sets_are_top_k(sweep, splits):
     train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
     points = {k: v[result.points] for k, v in test_t.items()}
     for method in config.methods:
-        rows = influence.scores(method, original.load_model(), original.checkpoint_pairs(),
-                                train_t, points)
+        rows = influence.scores(
+            method, original.load_model(), original.checkpoint_pairs(), train_t, points
+        )
         for (direction, k), plan in result.plan[result.plan["method"] == method].groupby(
-                ["direction", "k"]):
+            ["direction", "k"]
+        ):
             top = influence.top_k(rows, k, proponents=direction == "proponents").indices
             expected = [tuple(sorted(row.tolist())) for row in top]
             assert plan.sort_values("position")["removed"].tolist() == expected
@@ -176,19 +210,27 @@ def test_method_as_data_precomputed_matrix_and_options(sweep, splits, monkeypatc
     given = torch.randn(N_TEST, N_TRAIN, generator=torch.Generator().manual_seed(7))
     monkeypatch.setattr(influence, "scores", lambda *a, **k: pytest.fail("engine called"))
     config = deletion_config(methods=("tracin-last",), ks=(3,), seeds=(0,))
-    result = run_deletion(config, splits, scores={"tracin-last": given}, cache=cache,
-                          progress=False)
+    result = run_deletion(
+        config, splits, scores={"tracin-last": given}, cache=cache, progress=False
+    )
     opponents = result.plan[result.plan["direction"] == "opponents"].sort_values("position")
     expected = influence.top_k(given[result.points], 3, proponents=False).indices
     assert opponents["removed"].tolist() == [tuple(sorted(r.tolist())) for r in expected]
     monkeypatch.undo()
-    options = deletion_config(methods=("random",), ks=(3,), seeds=(0,),
-                              method_options={"random": {"seed": 5}})
+    options = deletion_config(
+        methods=("random",), ks=(3,), seeds=(0,), method_options={"random": {"seed": 5}}
+    )
     seeded = run_deletion(options, splits, cache=cache, progress=False)
     original = train(options.train, splits, cache=cache, progress=False)
     points = {k: v[seeded.points] for k, v in model_inputs(splits["test"]).items()}
-    rows = influence.scores("random", original.load_model(), original.checkpoint_pairs(),
-                            model_inputs(splits["train"]), points, seed=5)
+    rows = influence.scores(
+        "random",
+        original.load_model(),
+        original.checkpoint_pairs(),
+        model_inputs(splits["train"]),
+        points,
+        seed=5,
+    )
     proponents = seeded.plan[seeded.plan["direction"] == "proponents"].sort_values("position")
     expected = influence.top_k(rows, 3).indices
     assert proponents["removed"].tolist() == [tuple(sorted(r.tolist())) for r in expected]
@@ -208,8 +250,11 @@ def test_table_del_and_auc_bookkeeping(sweep):
         for direction, name in (("proponents", "DEL+"), ("opponents", "DEL-")):
             expected = per_point[method][direction].mean()
             assert summary.loc[method, name] == pytest.approx(expected)
-            assert summary.loc[method, f"{name} low"] <= expected <= summary.loc[
-                method, f"{name} high"]
+            assert (
+                summary.loc[method, f"{name} low"]
+                <= expected
+                <= summary.loc[method, f"{name} high"]
+            )
     assert list(summary.columns[:3]) == ["DEL+", "DEL+ low", "DEL+ high"]
 
 
@@ -230,14 +275,23 @@ def test_removing_nothing_reproduces_the_baseline_exactly(sweep, splits):
     result, cache = sweep
     config = deletion_config()
     test_t = model_inputs(splits["test"])
-    original = predict_proba(train(config.train, splits, cache=cache, progress=False)
-                             .load_model(), test_t)  # seed 0, the full set
+    original = predict_proba(
+        train(config.train, splits, cache=cache, progress=False).load_model(), test_t
+    )  # seed 0, the full set
     labels = test_t["labels"][result.points]
     seed0 = result.table[result.table["seed"] == 0].groupby("point")["baseline_seed"].first()
-    assert np.array_equal(seed0.loc[result.points].to_numpy(),
-                          original[result.points, labels].numpy())
-    again = retrain_cached(config.train, [RetrainJob(0, ())], model_inputs(splits["train"]),
-                           test_t, cache=cache, backend="sequential", progress=False)
+    assert np.array_equal(
+        seed0.loc[result.points].to_numpy(), original[result.points, labels].numpy()
+    )
+    again = retrain_cached(
+        config.train,
+        [RetrainJob(0, ())],
+        model_inputs(splits["train"]),
+        test_t,
+        cache=cache,
+        backend="sequential",
+        progress=False,
+    )
     assert again.n_trained == 0 and torch.equal(again.probabilities[0], original)
 
 
@@ -251,8 +305,9 @@ def test_each_retrain_once_and_reused_on_rerun(sweep, splits, monkeypatch):
     assert counter.jobs == [] and again.n_trained == 0
     pd.testing.assert_frame_equal(again.table, result.table)
     # Another method list reuses the retrains of the removal sets it shares.
-    subset = run_deletion(deletion_config(methods=("random",), ks=(3,)), splits, cache=cache,
-                          progress=False)
+    subset = run_deletion(
+        deletion_config(methods=("random",), ks=(3,)), splits, cache=cache, progress=False
+    )
     assert counter.jobs == [] and subset.n_trained == 0
 
 
@@ -275,8 +330,7 @@ def test_results_saved_beside_their_config(sweep, splits):
     other = deletion_config(n_bootstrap=100)
     with pytest.raises(CheckpointError, match="holds another deletion sweep"):
         run_deletion(other, splits, cache=cache, out_dir=result.out_dir, progress=False)
-    run_deletion(other, splits, cache=cache, out_dir=result.out_dir, overwrite=True,
-                 progress=False)
+    run_deletion(other, splits, cache=cache, out_dir=result.out_dir, overwrite=True, progress=False)
     assert load_deletion(result.out_dir)["config"]["n_bootstrap"] == 100
 
 
@@ -301,10 +355,13 @@ def test_dask_backend_matches_local(sweep, splits, tmp_path):
     config = deletion_config(backend="dask", worker="plain", methods=("random",))
     # Forked workers start in a fraction of a second; spawned ones re-import torch and
     # transformers (~12 s each on two busy cores). Safe here: the tasks run one torch thread.
-    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                     dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        dask.config.set({"distributed.worker.multiprocessing-method": "fork"}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         remote = run_deletion(config, splits, cache=tmp_path, client=client, progress=False)
     assert remote.n_trained == 2 + 4 * 2 * 2 * 2
     p, p_ref = matching_p(remote, sweep[0])

@@ -33,7 +33,6 @@ N, T = 48, 12
 TRAIN_CHUNK = retrain_module.train_chunk
 
 
-
 def split(n: int, seed: int) -> Dataset:
     """[CLS] + 9 noise tokens + [SEP] + padding, one noisy label-revealing position (ids
     2000 + 3c + {0, 1, 2}, right class 3 times in 4), so a short training leaves mistakes."""

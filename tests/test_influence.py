@@ -31,13 +31,17 @@ CLS, SEP, PAD = 101, 102, 0
 F64 = {"dtype": torch.float64}
 
 
-
-
 def bert() -> nn.Module:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
-                        num_labels=CLASSES)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=CLASSES,
+    )
     return HFClassifier(BertForSequenceClassification(config)).double()
 
 
@@ -51,8 +55,12 @@ MODELS = {"bert": bert, "cnn": cnn}
 
 def example(tokens: list[int], label: int) -> dict:
     pad = LENGTH - len(tokens)
-    return {"input_ids": tokens + [PAD] * pad, "attention_mask": [1] * len(tokens) + [0] * pad,
-            "token_type_ids": [0] * LENGTH, "label": label}
+    return {
+        "input_ids": tokens + [PAD] * pad,
+        "attention_mask": [1] * len(tokens) + [0] * pad,
+        "token_type_ids": [0] * LENGTH,
+        "label": label,
+    }
 
 
 def texts(n: int, seed: int) -> list[dict]:
@@ -60,8 +68,9 @@ def texts(n: int, seed: int) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
-        words = torch.randint(103, 115, (int(torch.randint(4, 10, (1,), generator=g)),),
-                              generator=g).tolist()
+        words = torch.randint(
+            103, 115, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g
+        ).tolist()
         out.append(example([CLS, *words, SEP], i % CLASSES))
     return out
 
@@ -70,8 +79,12 @@ def checkpoints(model: nn.Module) -> list[tuple[dict, float]]:
     """Two different checkpoints: the model's weights and a perturbed copy."""
     g = torch.Generator().manual_seed(1)
     first = {k: v.clone() for k, v in model.state_dict().items()}
-    second = {k: v + 0.1 * torch.randn(v.shape, generator=g, dtype=v.dtype)
-              if v.is_floating_point() else v.clone() for k, v in first.items()}
+    second = {
+        k: v + 0.1 * torch.randn(v.shape, generator=g, dtype=v.dtype)
+        if v.is_floating_point()
+        else v.clone()
+        for k, v in first.items()
+    }
     return [(first, 0.3), (second, 0.05)]
 
 
@@ -82,19 +95,24 @@ def setup(request: pytest.FixtureRequest):
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
-    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol,
-                               atol=rtol * float(expected.abs().max()))
+    torch.testing.assert_close(
+        actual, expected.to(actual.dtype), rtol=rtol, atol=rtol * float(expected.abs().max())
+    )
 
 
-def per_example_grads(model: nn.Module, data: list[dict], params: list[nn.Parameter]
-                      ) -> torch.Tensor:
+def per_example_grads(
+    model: nn.Module, data: list[dict], params: list[nn.Parameter]
+) -> torch.Tensor:
     """(n, P): flattened ∇ℓ of each example w.r.t. ``params``, one backward pass each."""
     tensors = model_inputs(data)
     rows = []
     for i in range(len(data)):
-        logits = model(tensors["input_ids"][i:i + 1], tensors["attention_mask"][i:i + 1],
-                       tensors["token_type_ids"][i:i + 1])
-        grads = torch.autograd.grad(F.cross_entropy(logits, tensors["labels"][i:i + 1]), params)
+        logits = model(
+            tensors["input_ids"][i : i + 1],
+            tensors["attention_mask"][i : i + 1],
+            tensors["token_type_ids"][i : i + 1],
+        )
+        grads = torch.autograd.grad(F.cross_entropy(logits, tensors["labels"][i : i + 1]), params)
         rows.append(torch.cat([g.flatten() for g in grads]))
     return torch.stack(rows)
 
@@ -106,8 +124,12 @@ def brute_force(model: nn.Module, ckpts, train, test, pick) -> torch.Tensor:
     for state, lr in ckpts:
         model.load_state_dict(state)
         params = pick(model)
-        total = total + lr * per_example_grads(model, test, params) @ per_example_grads(
-            model, train, params).T
+        total = (
+            total
+            + lr
+            * per_example_grads(model, test, params)
+            @ per_example_grads(model, train, params).T
+        )
     return total
 
 
@@ -152,10 +174,16 @@ def test_tracin_we_equals_brute_force_and_captum(setup) -> None:
     assert ours.shape == (len(test), len(train)) and ours.dtype == torch.float64
     assert_close(ours, brute_force(model, ckpts, train, test, embedding_matrix))
     wrapped = Positional(copy.deepcopy(model))
-    tracin = TracInCP(wrapped, TensorDataset(*captum_inputs(train)), ckpts, load_for_captum,
-                      layers=[module_name(wrapped, word_embeddings(wrapped.inner))],
-                      loss_fn=nn.CrossEntropyLoss(reduction="none"), batch_size=4,
-                      sample_wise_grads_per_batch=False)
+    tracin = TracInCP(
+        wrapped,
+        TensorDataset(*captum_inputs(train)),
+        ckpts,
+        load_for_captum,
+        layers=[module_name(wrapped, word_embeddings(wrapped.inner))],
+        loss_fn=nn.CrossEntropyLoss(reduction="none"),
+        batch_size=4,
+        sample_wise_grads_per_batch=False,
+    )
     assert_close(ours, tracin.influence(captum_inputs(test)))
 
 
@@ -173,9 +201,15 @@ def test_tracin_last_equals_autograd_and_captum_fast(setup) -> None:
     ours = influence.scores("tracin-last", model, ckpts, train, test, **F64)
     assert_close(ours, brute_force(model, ckpts, train, test, last_layer))
     wrapped = Positional(copy.deepcopy(model))
-    fast = TracInCPFast(wrapped, classifier_layer(wrapped.inner),
-                        TensorDataset(*captum_inputs(train)), ckpts, load_for_captum,
-                        loss_fn=nn.CrossEntropyLoss(reduction="sum"), batch_size=4)
+    fast = TracInCPFast(
+        wrapped,
+        classifier_layer(wrapped.inner),
+        TensorDataset(*captum_inputs(train)),
+        ckpts,
+        load_for_captum,
+        loss_fn=nn.CrossEntropyLoss(reduction="sum"),
+        batch_size=4,
+    )
     # captum's TracInCPFast leaves out the bias: its gradient is ∂ℓ/∂f, the +1 term.
     bias_part = brute_force(model, ckpts, train, test, lambda m: [classifier_layer(m).bias])
     assert_close(ours, fast.influence(captum_inputs(test)) + bias_part)
@@ -206,10 +240,13 @@ def test_influence_last_equals_explicit_inverse_hessian(setup) -> None:
     t = model_inputs(train)
 
     def mean_loss(flat: torch.Tensor) -> torch.Tensor:
-        weight = flat[:layer.weight.numel()].view_as(layer.weight)
-        bias = flat[layer.weight.numel():]
-        logits = functional_call(model, dict(zip(names, (weight, bias), strict=True)),
-                                 (t["input_ids"], t["attention_mask"], t["token_type_ids"]))
+        weight = flat[: layer.weight.numel()].view_as(layer.weight)
+        bias = flat[layer.weight.numel() :]
+        logits = functional_call(
+            model,
+            dict(zip(names, (weight, bias), strict=True)),
+            (t["input_ids"], t["attention_mask"], t["token_type_ids"]),
+        )
         return F.cross_entropy(logits, t["labels"])
 
     flat = torch.cat([layer.weight.detach().flatten(), layer.bias.detach()])
@@ -230,7 +267,8 @@ def test_representer_equals_formula(setup) -> None:
     def activations_and_logit_grads(data: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         seen = []
         handle = classifier_layer(model).register_forward_hook(
-            lambda _m, inputs, _out: seen.append(inputs[0]))
+            lambda _m, inputs, _out: seen.append(inputs[0])
+        )
         t = model_inputs(data)
         logits = model(t["input_ids"], t["attention_mask"], t["token_type_ids"])
         handle.remove()
@@ -252,12 +290,17 @@ def test_tracin_tfidf_equals_sklearn_cosine_times_logit_gradients(setup) -> None
     ours = influence.scores("tracin-tfidf", model, ckpts, train, test, **F64)
 
     def words(ex: dict) -> str:
-        return " ".join(str(i) for i, m in zip(ex["input_ids"], ex["attention_mask"], strict=True)
-                        if m and i not in (PAD, CLS, SEP))
+        return " ".join(
+            str(i)
+            for i, m in zip(ex["input_ids"], ex["attention_mask"], strict=True)
+            if m and i not in (PAD, CLS, SEP)
+        )
 
     vectorizer = TfidfVectorizer(token_pattern=r"\S+").fit([words(ex) for ex in train])
-    cosine = (vectorizer.transform([words(ex) for ex in test])
-              @ vectorizer.transform([words(ex) for ex in train]).T).toarray()
+    cosine = (
+        vectorizer.transform([words(ex) for ex in test])
+        @ vectorizer.transform([words(ex) for ex in train]).T
+    ).toarray()
     bias_part = brute_force(model, ckpts, train, test, lambda m: [classifier_layer(m).bias])
     assert_close(ours, torch.as_tensor(cosine) * bias_part)
 
@@ -307,8 +350,9 @@ def test_topk_equals_brute_force_and_full_when_k_covers_text(setup) -> None:
     topk = influence.scores("tracin-we-topk", model, ckpts, train, test, k=3, **F64)
     assert_close(topk, topk_brute_force(model, ckpts, train, test, k=3))
     full = influence.scores("tracin-we", model, ckpts, train, test, **F64)
-    assert torch.equal(influence.scores("tracin-we-topk", model, ckpts, train, test, k=LENGTH,
-                                        **F64), full)
+    assert torch.equal(
+        influence.scores("tracin-we-topk", model, ckpts, train, test, k=LENGTH, **F64), full
+    )
 
 
 def test_syn_with_identical_words_only_equals_topk(setup) -> None:
@@ -325,8 +369,10 @@ def test_syn_matches_synonyms_one_to_one() -> None:
     ckpts = checkpoints(model)
     for state, _ in ckpts:
         state["embeddings.weight"][104] = state["embeddings.weight"][103]
-    train = [example([103, 104, 103, 105, 106, 107, 108, 109, 110], 0),
-             example([104, 111, 112, 113, 114, 105, 106, 107, 108, 109], 1)]
+    train = [
+        example([103, 104, 103, 105, 106, 107, 108, 109, 110], 0),
+        example([104, 111, 112, 113, 114, 105, 106, 107, 108, 109], 1),
+    ]
     test = [example([104, 103, 115, 116, 117, 105, 118, 119, 111], 2)]
     k, threshold = 4, 0.7
     ours = influence.scores("tracin-we-syn", model, ckpts, train, test, k=k, **F64)
@@ -337,8 +383,9 @@ def test_syn_matches_synonyms_one_to_one() -> None:
         unit = F.normalize(word_embeddings(model).weight.detach(), dim=-1)
         test_rows = _top_rows(model, test[0], k)
         for i, ex in enumerate(train):
-            expected[0, i] += lr * _best_matching(_top_rows(model, ex, k), test_rows, unit,
-                                                  threshold)
+            expected[0, i] += lr * _best_matching(
+                _top_rows(model, ex, k), test_rows, unit, threshold
+            )
     assert_close(ours, expected)
 
 
@@ -356,8 +403,11 @@ def _best_matching(a: dict, b: dict, unit: torch.Tensor, threshold: float) -> fl
     wa, wb = list(a), list(b) + [None] * len(a)
     best, best_abs = 0.0, -1.0
     for perm in itertools.permutations(wb, len(wa)):
-        pairs = [(x, y) for x, y in zip(wa, perm, strict=True)
-                 if y is not None and float(unit[x] @ unit[y]) > threshold]
+        pairs = [
+            (x, y)
+            for x, y in zip(wa, perm, strict=True)
+            if y is not None and float(unit[x] @ unit[y]) > threshold
+        ]
         value = sum(float(a[x] @ b[y]) for x, y in pairs)
         magnitude = sum(abs(float(a[x] @ b[y])) for x, y in pairs)
         if magnitude > best_abs + 1e-12:
@@ -369,10 +419,12 @@ def test_noc_drops_cls_and_sep_word_scores(setup) -> None:
     model, ckpts, train, test = setup
     full = influence.scores("tracin-we", model, ckpts, train, test, **F64)
     noc = influence.scores("tracin-we-noc", model, ckpts, train, test, **F64)
-    explicit = influence.scores("tracin-we-noc", model, ckpts, train, test,
-                                special_token_ids=[CLS, SEP], **F64)
-    common = set.intersection(*(set(ex["input_ids"][:sum(ex["attention_mask"])])
-                                for ex in train + test))
+    explicit = influence.scores(
+        "tracin-we-noc", model, ckpts, train, test, special_token_ids=[CLS, SEP], **F64
+    )
+    common = set.intersection(
+        *(set(ex["input_ids"][: sum(ex["attention_mask"])]) for ex in train + test)
+    )
     assert common == {CLS, SEP}  # so the default drops exactly these
     assert torch.equal(noc, explicit)
     for j, i in [(0, 0), (1, 3), (3, 5)]:
@@ -387,8 +439,9 @@ def test_no_shared_token_scores_exactly_zero(setup) -> None:
     test = [example(list(range(30, 40)), 2)]
     for method in ("tracin-we", "tracin-we-topk", "tracin-we-noc", "tracin-we-syn"):
         options = {"threshold": 0.999} if method == "tracin-we-syn" else {}
-        assert torch.equal(influence.scores(method, model, ckpts, train, test, **options),
-                           torch.zeros(1, 2)), method
+        assert torch.equal(
+            influence.scores(method, model, ckpts, train, test, **options), torch.zeros(1, 2)
+        ), method
     assert influence.scores("tracin-we", model, ckpts, train, [train[1]])[0, 1] != 0
 
 
@@ -401,8 +454,9 @@ def test_self_influence_is_the_diagonal(method: str) -> None:
     ckpts, data = checkpoints(model), texts(5, seed=2)
     options = SELF_OPTIONS.get(method, {}) | F64
     pairwise = influence.scores(method, model, ckpts, data, data, **options)
-    assert_close(influence.self_influence(method, model, ckpts, data, **options),
-                 pairwise.diagonal())
+    assert_close(
+        influence.self_influence(method, model, ckpts, data, **options), pairwise.diagonal()
+    )
 
 
 def test_bert_self_influence_is_the_diagonal() -> None:
@@ -410,16 +464,20 @@ def test_bert_self_influence_is_the_diagonal() -> None:
     ckpts, data = checkpoints(model), texts(4, seed=2)
     for method in ("tracin-we", "tracin-last"):
         pairwise = influence.scores(method, model, ckpts, data, data, **F64)
-        assert_close(influence.self_influence(method, model, ckpts, data, **F64),
-                     pairwise.diagonal())
+        assert_close(
+            influence.self_influence(method, model, ckpts, data, **F64), pairwise.diagonal()
+        )
 
 
 @pytest.mark.parametrize("layer", ["last", "embedding", r"convs\.0\.weight"])
 def test_grad_cos_is_tracin_of_unit_gradients(layer: str) -> None:
     model = cnn()
     ckpts, train, test = checkpoints(model), texts(5, 0), texts(3, 1)
-    pick = {"last": last_layer, "embedding": embedding_matrix,
-            r"convs\.0\.weight": lambda m: [m.convs[0].weight]}[layer]
+    pick = {
+        "last": last_layer,
+        "embedding": embedding_matrix,
+        r"convs\.0\.weight": lambda m: [m.convs[0].weight],
+    }[layer]
     expected = 0
     for ckpt in ckpts:
         copy_ = copy.deepcopy(model).eval()
@@ -427,8 +485,9 @@ def test_grad_cos_is_tracin_of_unit_gradients(layer: str) -> None:
         g_test = F.normalize(per_example_grads(copy_, test, pick(copy_)), dim=-1)
         g_train = F.normalize(per_example_grads(copy_, train, pick(copy_)), dim=-1)
         expected = expected + ckpt[1] * g_test @ g_train.T
-    assert_close(influence.scores("grad-cos", model, ckpts, train, test, layer=layer, **F64),
-                 expected)
+    assert_close(
+        influence.scores("grad-cos", model, ckpts, train, test, layer=layer, **F64), expected
+    )
 
 
 def test_word_scores_sum_to_the_score() -> None:
@@ -485,8 +544,12 @@ def test_pad_positions_never_contribute() -> None:
     pad_part = 0
     for state, lr in ckpts:
         model.load_state_dict(state)
-        test_pad, train_pad = (per_example_grads(model, data, embedding_matrix(model))
-                               .view(len(data), VOCAB, -1)[:, PAD] for data in (test, train))
+        test_pad, train_pad = (
+            per_example_grads(model, data, embedding_matrix(model)).view(len(data), VOCAB, -1)[
+                :, PAD
+            ]
+            for data in (test, train)
+        )
         pad_part = pad_part + lr * test_pad @ train_pad.T
     assert float(pad_part.abs().max()) > 0  # this model does send gradient to the [PAD] row
     assert_close(ours, with_pad - pad_part)
@@ -496,5 +559,8 @@ def test_sparse_dot_chunks_agree(setup, monkeypatch: pytest.MonkeyPatch) -> None
     model, ckpts, train, test = setup
     whole = influence.scores("tracin-we", model, ckpts, train, test, **F64)
     monkeypatch.setattr(embedding, "CHUNK_ELEMENTS", 5)  # one test text and few pairs per step
-    assert_close(influence.scores("tracin-we", model, ckpts, train, test, batch_size=2, **F64),
-                 whole, rtol=1e-12)
+    assert_close(
+        influence.scores("tracin-we", model, ckpts, train, test, batch_size=2, **F64),
+        whole,
+        rtol=1e-12,
+    )

@@ -15,8 +15,6 @@ from tracin_we.models import CNNClassifier
 VOCAB, LENGTH, CLASSES = 120, 12, 3
 
 
-
-
 def model() -> CNNClassifier:
     torch.manual_seed(0)
     return CNNClassifier(CLASSES, vocab_size=VOCAB, embed_dim=8, channels=6)
@@ -26,12 +24,18 @@ def texts(n: int, seed: int) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
-        words = torch.randint(103, 115, (int(torch.randint(4, 10, (1,), generator=g)),),
-                              generator=g).tolist()
+        words = torch.randint(
+            103, 115, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g
+        ).tolist()
         tokens = [101, *words, 102]
         pad = LENGTH - len(tokens)
-        out.append({"input_ids": tokens + [0] * pad,
-                    "attention_mask": [1] * len(tokens) + [0] * pad, "label": i % CLASSES})
+        out.append(
+            {
+                "input_ids": tokens + [0] * pad,
+                "attention_mask": [1] * len(tokens) + [0] * pad,
+                "label": i % CLASSES,
+            }
+        )
     return out
 
 
@@ -50,8 +54,9 @@ def case():
 def test_accepts_datasets_and_lists_alike(case) -> None:
     m, ckpts, train, test = case
     from_lists = influence.scores("tracin-we", m, ckpts, train, test)
-    from_datasets = influence.scores("tracin-we", m, ckpts, Dataset.from_list(train),
-                                     Dataset.from_list(test))
+    from_datasets = influence.scores(
+        "tracin-we", m, ckpts, Dataset.from_list(train), Dataset.from_list(test)
+    )
     assert torch.equal(from_lists, from_datasets)
 
 
@@ -72,8 +77,9 @@ def test_model_is_restored(case) -> None:
     influence.scores("tracin-layer", m, ckpts, train, test, params="classifier")
     assert m.training and all(p.requires_grad for p in m.parameters())
     after = m.state_dict()
-    assert all(torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype
-               for k in before)
+    assert all(
+        torch.equal(before[k], after[k]) and after[k].dtype == before[k].dtype for k in before
+    )
 
 
 def test_top_k_agrees_with_sorting() -> None:
@@ -100,15 +106,18 @@ def test_cache_round_trip(case, tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     m, ckpts, train, test = case
     backward_passes = []
     grads = embedding.embedding_grads
-    monkeypatch.setattr(embedding, "embedding_grads",
-                        lambda *args: backward_passes.append(1) or grads(*args))
+    monkeypatch.setattr(
+        embedding, "embedding_grads", lambda *args: backward_passes.append(1) or grads(*args)
+    )
     plain = influence.scores("tracin-we-topk", m, ckpts, train, test, k=3, batch_size=4)
-    fresh = influence.scores("tracin-we-topk", m, ckpts, train, test, k=3, batch_size=4,
-                             cache_dir=tmp_path)
+    fresh = influence.scores(
+        "tracin-we-topk", m, ckpts, train, test, k=3, batch_size=4, cache_dir=tmp_path
+    )
     assert len(list(tmp_path.glob("*.pt"))) == 2  # one file per checkpoint
     passes = len(backward_passes)
-    cached = influence.scores("tracin-we-topk", m, ckpts, train, test, k=3, batch_size=4,
-                              cache_dir=tmp_path)
+    cached = influence.scores(
+        "tracin-we-topk", m, ckpts, train, test, k=3, batch_size=4, cache_dir=tmp_path
+    )
     assert len(backward_passes) - passes == 2  # the test set's only: 1 batch × 2 checkpoints
     assert torch.equal(plain, fresh) and torch.equal(fresh, cached)
     influence.scores("tracin-we-topk", m, ckpts, train[1:], test, k=3, cache_dir=tmp_path)
@@ -118,43 +127,78 @@ def test_cache_round_trip(case, tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     assert set(saved["features"]) == {"ids", "rows", "offsets"}
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda m, c, tr, te: influence.scores("tracin-xx", m, c, tr, te),
-     r"method='tracin-xx' is unknown; allowed: \['tracin-we'"),
-    (lambda m, c, tr, te: influence.scores("tracin-we", m, c, [], te), "train is empty"),
-    (lambda m, c, tr, te: influence.scores("tracin-last", m, c, tr, Dataset.from_list([])),
-     "test is empty"),
-    (lambda m, c, tr, te: influence.scores("tracin-we", m, c, tr, [te[0] | {"label": 3}]),
-     r"test has labels outside range\(3\)"),
-    (lambda m, c, tr, te: influence.scores("tracin-we", m, c, tr, [te[0] | {"label": -1}]),
-     r"test has labels outside range\(3\)"),
-    (lambda m, c, tr, te: influence.scores(
-        "tracin-we", m, c, {"input_ids": torch.ones(3, LENGTH, dtype=torch.long),
-                            "labels": torch.zeros(2, dtype=torch.long)}, te),
-     "train has .2,. labels for 3 inputs"),
-    (lambda m, c, tr, te: influence.scores("tracin-we", m, [(c[0][0], 0.0)], tr, te),
-     r"checkpoints\[0\] has learning rate 0.0; it must be > 0"),
-    (lambda m, c, tr, te: influence.scores("tracin-we", m, [(c[0][0], -1e-3)], tr, te),
-     "must be > 0"),
-    (lambda m, c, tr, te: influence.scores("tracin-we", m, [], tr, te), "checkpoints is empty"),
-    (lambda m, c, tr, te: influence.scores("tracin-we", m, c, tr,
-                                           [te[0] | {"input_ids": [500] * LENGTH}]),
-     "token ids outside the model's 120-row word embedding"),
-    (lambda m, c, tr, te: influence.scores("tracin-we", m, c, tr, te, damping=1.0),
-     r"options \['damping'\] do not apply to method='tracin-we'"),
-    (lambda m, c, tr, te: influence.scores("tracin-we-topk", m, c, tr, te, k=0),
-     "k=0 must be a positive integer"),
-    (lambda m, c, tr, te: influence.scores("tracin-layer", m, c, tr, te),
-     "params is required"),
-    (lambda m, c, tr, te: influence.scores("tracin-layer", m, c, tr, te, params="nothing"),
-     "params='nothing' matches no parameter"),
-    (lambda m, c, tr, te: influence.scores("grad-cos", m, c, tr, te, layer=["x"]),
-     "layer"),
-    (lambda m, c, tr, te: influence.scores("representer", m, c, tr, te, l2=0),
-     "l2=0 must be > 0"),
-    (lambda m, c, tr, te: influence.self_influence("random", m, c, tr),
-     "method='random' has no self-influence"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda m, c, tr, te: influence.scores("tracin-xx", m, c, tr, te),
+            r"method='tracin-xx' is unknown; allowed: \['tracin-we'",
+        ),
+        (lambda m, c, tr, te: influence.scores("tracin-we", m, c, [], te), "train is empty"),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-last", m, c, tr, Dataset.from_list([])),
+            "test is empty",
+        ),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-we", m, c, tr, [te[0] | {"label": 3}]),
+            r"test has labels outside range\(3\)",
+        ),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-we", m, c, tr, [te[0] | {"label": -1}]),
+            r"test has labels outside range\(3\)",
+        ),
+        (
+            lambda m, c, tr, te: influence.scores(
+                "tracin-we",
+                m,
+                c,
+                {
+                    "input_ids": torch.ones(3, LENGTH, dtype=torch.long),
+                    "labels": torch.zeros(2, dtype=torch.long),
+                },
+                te,
+            ),
+            "train has .2,. labels for 3 inputs",
+        ),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-we", m, [(c[0][0], 0.0)], tr, te),
+            r"checkpoints\[0\] has learning rate 0.0; it must be > 0",
+        ),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-we", m, [(c[0][0], -1e-3)], tr, te),
+            "must be > 0",
+        ),
+        (lambda m, c, tr, te: influence.scores("tracin-we", m, [], tr, te), "checkpoints is empty"),
+        (
+            lambda m, c, tr, te: influence.scores(
+                "tracin-we", m, c, tr, [te[0] | {"input_ids": [500] * LENGTH}]
+            ),
+            "token ids outside the model's 120-row word embedding",
+        ),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-we", m, c, tr, te, damping=1.0),
+            r"options \['damping'\] do not apply to method='tracin-we'",
+        ),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-we-topk", m, c, tr, te, k=0),
+            "k=0 must be a positive integer",
+        ),
+        (lambda m, c, tr, te: influence.scores("tracin-layer", m, c, tr, te), "params is required"),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-layer", m, c, tr, te, params="nothing"),
+            "params='nothing' matches no parameter",
+        ),
+        (lambda m, c, tr, te: influence.scores("grad-cos", m, c, tr, te, layer=["x"]), "layer"),
+        (
+            lambda m, c, tr, te: influence.scores("representer", m, c, tr, te, l2=0),
+            "l2=0 must be > 0",
+        ),
+        (
+            lambda m, c, tr, te: influence.self_influence("random", m, c, tr),
+            "method='random' has no self-influence",
+        ),
+    ],
+)
 def test_bad_input_raises_value_error(case, call, message: str) -> None:
     m, ckpts, train, test = case
     with pytest.raises(ValueError, match=message):
@@ -188,13 +232,16 @@ def test_model_without_embedding_layer(case) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", ["tracin-we", "tracin-we-syn", "tracin-last", "tracin-layer",
-                                    "influence-last", "grad-cos"])
+@pytest.mark.parametrize(
+    "method",
+    ["tracin-we", "tracin-we-syn", "tracin-last", "tracin-layer", "influence-last", "grad-cos"],
+)
 def test_cuda_matches_cpu(case, method: str) -> None:
     m, ckpts, train, test = case
     options = {"params": r"convs\.0"} if method == "tracin-layer" else {}
     on_cpu = influence.scores(method, m, ckpts, train, test, dtype=torch.float64, **options)
-    on_gpu = influence.scores(method, m, ckpts, train, test, dtype=torch.float64, device="cuda",
-                              **options)
+    on_gpu = influence.scores(
+        method, m, ckpts, train, test, dtype=torch.float64, device="cuda", **options
+    )
     assert on_gpu.device.type == "cpu"
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-6, atol=1e-9)

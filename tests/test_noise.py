@@ -11,7 +11,8 @@ def test_ndr_counts_flipped_examples_by_hand():
     noisy = torch.tensor([0, 1, 0, 0, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
     # ascending: idx 9 (-3), 1 (-2, noisy), 3 (-1), 5 (-0.5, noisy), 6, 2, 0, 8, 7, 4 (noisy)
     assert ndr_curve(score, noisy).tolist() == pytest.approx(
-        [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1])
+        [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1]
+    )
     assert ndr_at(score, noisy, 0.3) == pytest.approx(1 / 3)  # lowest 3: idx 9, 1, 3
     assert ndr_at(score, noisy, 0.4) == pytest.approx(2 / 3)
 

@@ -38,8 +38,11 @@ def test_papermill_parses_every_parameter():
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-        assigned = {line.split("=")[0].strip() for line in cell.source.splitlines()
-                    if "=" in line and not line.startswith("#")}
+        assigned = {
+            line.split("=")[0].strip()
+            for line in cell.source.splitlines()
+            if "=" in line and not line.startswith("#")
+        }
         assert set(papermill.inspect_notebook(str(path))) == assigned, path.name
 
 
@@ -81,8 +84,14 @@ def test_04_no_overlap(ag_news_dir, tmp_path):
     assert metrics["n_points"] == 4
     assert metrics["n_candidates"] == 30  # candidate_fraction 0.25 of 120
     assert metrics["candidate_max_cosine"] < 0.2
-    methods = {"tracin-we", "tracin-we-noc", "tracin-last", "influence-last", "representer",
-               "random"}
+    methods = {
+        "tracin-we",
+        "tracin-we-noc",
+        "tracin-last",
+        "influence-last",
+        "representer",
+        "random",
+    }
     assert set(metrics["auc_del_plus"]) == set(metrics["auc_del_minus"]) == methods
     assert all(-1.0 <= v <= 1.0 for v in metrics["auc_del_plus"].values())
     assert figures == ["04_no_overlap_auc_del.png"]
@@ -92,8 +101,12 @@ def test_05_fixing(ag_news_dir, tmp_path):
     metrics, figures = run_smoke("05", tmp_path)
     assert metrics["n_mistakes"] == 2
     assert set(metrics["share_fixed"]) == {
-        "control none", "tracin-we-topk remove", "tracin-we-topk replace",
-        "influence-last remove", "influence-last replace"}
+        "control none",
+        "tracin-we-topk remove",
+        "tracin-we-topk replace",
+        "influence-last remove",
+        "influence-last replace",
+    }
     assert all(0.0 <= v <= 1.0 for v in metrics["share_fixed"].values())
     assert metrics["newly_fixed"]["control none"] == 0.0
     assert metrics["control_share_fixed"] <= 0.5  # seed 0 reproduces the mistakes themselves
@@ -104,19 +117,28 @@ def test_06_cancellation(ag_news_dir, tmp_path):
     metrics, figures = run_smoke("06", tmp_path)
     assert metrics["variant"] == "C_l1"
     assert metrics["min_ratio"] >= 1.0 - 1e-6
-    assert list(metrics["ratio_by_layer"]) == ["word_embeddings", "conv1", "conv2", "conv3",
-                                               "classifier"]
+    assert list(metrics["ratio_by_layer"]) == [
+        "word_embeddings",
+        "conv1",
+        "conv2",
+        "conv3",
+        "classifier",
+    ]
     assert set(metrics["median_cancellation"]) == {"tracin-we", "tracin-last"}
     assert set(metrics["layer_auc_del_plus"]) == set(metrics["ratio_by_layer"])
-    assert figures == ["06_cancellation_by_layer.png", "06_cancellation_vs_deletion.png",
-                       "06_influence_cancellation.png"]
+    assert figures == [
+        "06_cancellation_by_layer.png",
+        "06_cancellation_vs_deletion.png",
+        "06_influence_cancellation.png",
+    ]
 
 
 def test_07_layers_and_aggregation(ag_news_dir, tmp_path):
     metrics, figures = run_smoke("07", tmp_path)
     assert metrics["n_flipped"] == round(0.2 * 120)
     assert {"word_embeddings", "classifier", "agg:mean", "agg:rank", "agg:vote"} <= set(
-        metrics["ndr"])
+        metrics["ndr"]
+    )
     assert all(0.0 <= v <= 1.0 for v in metrics["ndr"].values())
     assert set(metrics["spearman_c"]) == set(metrics["spearman_ndr"]) == {"DEL+", "DEL-"}
     assert figures == ["07_ndr_vs_deletion.png", "07_noise_detection.png"]

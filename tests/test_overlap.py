@@ -27,7 +27,6 @@ N_TRAIN, N_TEST, T = 32, 16, 12
 TRAIN_CHUNK = retrain_module.train_chunk
 
 
-
 def texts(rows: list[list[int]], length: int = 6) -> dict[str, torch.Tensor]:
     """[CLS] + ids + [SEP], padded with [PAD] to ``length``."""
     ids = torch.zeros(len(rows), length, dtype=torch.long)

@@ -44,8 +44,9 @@ def assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize(("model", "optimizer"), [("cnn", "sgd"), ("cnn", "adam"),
-                                                  ("bert-tiny", "sgd")])
+@pytest.mark.parametrize(
+    ("model", "optimizer"), [("cnn", "sgd"), ("cnn", "adam"), ("bert-tiny", "sgd")]
+)
 def test_same_seed_gives_identical_checkpoints(tiny_data_dir, tmp_path, model, optimizer):
     config = tiny_config(tiny_data_dir, model=model, pretrained=False, optimizer=optimizer)
     first = train(config, cache=tmp_path / "a", progress=False)
@@ -186,7 +187,7 @@ def test_frozen_embeddings_stay_at_init(tiny_data_dir):
         ({"lr": 0.0}, "lr=0.0 must be > 0"),
         ({"lr": -1.0}, "lr=-1.0"),
         ({"epochs": 0}, "epochs=0"),
-    ({"optimizer": "lbfgs"}, "optimizer=.lbfgs.; allowed"),
+        ({"optimizer": "lbfgs"}, "optimizer=.lbfgs.; allowed"),
         ({"checkpoint_epochs": [4]}, r"checkpoint_epochs=\[4\]"),
         ({"model": "gpt-17"}, "model='gpt-17' is unknown"),
         ({"dataset": "imdb"}, "dataset='imdb'"),

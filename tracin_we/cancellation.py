@@ -69,9 +69,14 @@ def layer_groups(model: nn.Module) -> dict[str, str]:
     return groups
 
 
-def cancellation(model: nn.Module, state_dict: dict[str, torch.Tensor] | None, data,
-                 batch_size: int = 64, device: str = "cpu", groups: list[str] | None = None
-                 ) -> pd.DataFrame:
+def cancellation(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor] | None,
+    data,
+    batch_size: int = 64,
+    device: str = "cpu",
+    groups: list[str] | None = None,
+) -> pd.DataFrame:
     """Cancellation ratios of ``model`` (loaded with ``state_dict`` when given) over ``data``.
 
     Returns one row per parameter tensor and one per layer group (``level`` = "tensor" or
@@ -89,8 +94,7 @@ def cancellation(model: nn.Module, state_dict: dict[str, torch.Tensor] | None, d
     embedding_name = next((n for n in names if layer_groups(model)[n] == "word_embeddings"), None)
     dense = [n for n in names if n != embedding_name]
     params = dict(model.named_parameters())
-    sums = {n: _Accumulator(0.0, torch.zeros(params[n].numel(), device=device), [])
-            for n in names}
+    sums = {n: _Accumulator(0.0, torch.zeros(params[n].numel(), device=device), []) for n in names}
     for batch in batches(tensors, batch_size, device):
         if embedding_name is not None:
             _add_embedding(model, batch, sums[embedding_name])
@@ -99,7 +103,7 @@ def cancellation(model: nn.Module, state_dict: dict[str, torch.Tensor] | None, d
             start = 0
             for name in dense:
                 size = params[name].numel()
-                sums[name].add(flat[:, start:start + size])
+                sums[name].add(flat[:, start : start + size])
                 start += size
     return _table(sums, {n: layer_groups(model)[n] for n in names})
 
@@ -110,8 +114,10 @@ def _chosen(model: nn.Module, groups: list[str] | None) -> list[str]:
         return list(mapping)
     unknown = sorted(set(groups) - set(mapping.values()))
     if unknown:
-        raise ValueError(f"groups: unknown layer names {unknown}; allowed: "
-                         f"{list(dict.fromkeys(mapping.values()))}")
+        raise ValueError(
+            f"groups: unknown layer names {unknown}; allowed: "
+            f"{list(dict.fromkeys(mapping.values()))}"
+        )
     return [n for n, g in mapping.items() if g in groups]
 
 
@@ -127,28 +133,61 @@ def _add_embedding(model: nn.Module, batch: dict[str, torch.Tensor], acc: _Accum
 def _table(sums: dict[str, _Accumulator], groups: dict[str, str]) -> pd.DataFrame:
     lines = []
     for name, acc in sums.items():
-        lines.append(_ratios("tensor", groups[name], name, acc.total.numel(), acc.sum_l1,
-                             acc.total.abs().sum().item(), acc.total.pow(2).sum().item(),
-                             torch.cat(acc.sq_norms)))
+        lines.append(
+            _ratios(
+                "tensor",
+                groups[name],
+                name,
+                acc.total.numel(),
+                acc.sum_l1,
+                acc.total.abs().sum().item(),
+                acc.total.pow(2).sum().item(),
+                torch.cat(acc.sq_norms),
+            )
+        )
     for group in dict.fromkeys(groups.values()):
         members = [sums[n] for n in sums if groups[n] == group]
         sq = torch.stack([torch.cat(a.sq_norms) for a in members]).sum(0)
-        lines.append(_ratios("group", group, group, sum(a.total.numel() for a in members),
-                             sum(a.sum_l1 for a in members),
-                             sum(a.total.abs().sum().item() for a in members),
-                             sum(a.total.pow(2).sum().item() for a in members), sq))
+        lines.append(
+            _ratios(
+                "group",
+                group,
+                group,
+                sum(a.total.numel() for a in members),
+                sum(a.sum_l1 for a in members),
+                sum(a.total.abs().sum().item() for a in members),
+                sum(a.total.pow(2).sum().item() for a in members),
+                sq,
+            )
+        )
     return pd.DataFrame(lines)
 
 
-def _ratios(level: str, group: str, name: str, n_params: int, sum_l1: float, l1_of_sum: float,
-            sq_of_sum: float, example_sq_norms: torch.Tensor) -> dict:
+def _ratios(
+    level: str,
+    group: str,
+    name: str,
+    n_params: int,
+    sum_l1: float,
+    l1_of_sum: float,
+    sq_of_sum: float,
+    example_sq_norms: torch.Tensor,
+) -> dict:
     sum_l2 = example_sq_norms.sqrt().sum().item()
-    l2_of_sum = sq_of_sum ** 0.5
-    return {"level": level, "group": group, "name": name, "n_params": n_params,
-            "sum_l1": sum_l1, "l1_of_sum": l1_of_sum, "sum_l2": sum_l2, "l2_of_sum": l2_of_sum,
-            "C_l1": sum_l1 / l1_of_sum if l1_of_sum > 0 else float("inf"),
-            "C_l1_l2": sum_l1 / l2_of_sum if l2_of_sum > 0 else float("inf"),
-            "C_l2": sum_l2 / l2_of_sum if l2_of_sum > 0 else float("inf")}
+    l2_of_sum = sq_of_sum**0.5
+    return {
+        "level": level,
+        "group": group,
+        "name": name,
+        "n_params": n_params,
+        "sum_l1": sum_l1,
+        "l1_of_sum": l1_of_sum,
+        "sum_l2": sum_l2,
+        "l2_of_sum": l2_of_sum,
+        "C_l1": sum_l1 / l1_of_sum if l1_of_sum > 0 else float("inf"),
+        "C_l1_l2": sum_l1 / l2_of_sum if l2_of_sum > 0 else float("inf"),
+        "C_l2": sum_l2 / l2_of_sum if l2_of_sum > 0 else float("inf"),
+    }
 
 
 def influence_sums(scores_by_method: dict[str, torch.Tensor]) -> pd.DataFrame:
@@ -157,9 +196,16 @@ def influence_sums(scores_by_method: dict[str, torch.Tensor]) -> pd.DataFrame:
     frames = []
     for method, matrix in scores_by_method.items():
         m = matrix.double()
-        frames.append(pd.DataFrame({"method": method, "point": range(len(m)),
-                                    "sum |influence|": m.abs().sum(1).numpy(),
-                                    "|sum influence|": m.sum(1).abs().numpy()}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "point": range(len(m)),
+                    "sum |influence|": m.abs().sum(1).numpy(),
+                    "|sum influence|": m.sum(1).abs().numpy(),
+                }
+            )
+        )
     frame = pd.concat(frames, ignore_index=True)
     frame["cancellation"] = frame["sum |influence|"] / frame["|sum influence|"]
     return frame

@@ -328,8 +328,14 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
         encoded = {"input_ids": [], "token_type_ids": [], "attention_mask": []}
     else:
         pair = list(dataset["text_pair"]) if "text_pair" in dataset.column_names else None
-        encoded = tokenizer(list(dataset["text"]), pair, truncation=True, max_length=max_length,
-                            padding="max_length", return_token_type_ids=True)
+        encoded = tokenizer(
+            list(dataset["text"]),
+            pair,
+            truncation=True,
+            max_length=max_length,
+            padding="max_length",
+            return_token_type_ids=True,
+        )
     return Dataset.from_dict(dataset.to_dict() | dict(encoded))
 
 

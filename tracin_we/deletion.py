@@ -63,9 +63,16 @@ class DeletionConfig:
     """A case-deletion sweep. Defaults: the paper's AG News protocol (v1 §5)."""
 
     train: TrainConfig = field(default_factory=TrainConfig)  # the original recipe, retrained
-    methods: tuple[str, ...] = ("influence-last", "representer", "tracin-last", "tracin-we",
-                                "tracin-we-topk", "tracin-we-syn", "tracin-tfidf",
-                                "random")  # v1 Table 3's methods; random: the control
+    methods: tuple[str, ...] = (
+        "influence-last",
+        "representer",
+        "tracin-last",
+        "tracin-we",
+        "tracin-we-topk",
+        "tracin-we-syn",
+        "tracin-tfidf",
+        "random",
+    )  # v1 Table 3's methods; random: the control
     ks: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # paper: 10, 20, ..., 100
     n_test_points: int = 100  # balanced over classes; paper, AG News: 100 (25 per class)
     seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains per k
@@ -88,11 +95,14 @@ class DeletionConfig:
         n_train = self.train.data.n_train
         bad = [k for k in self.ks if not (isinstance(k, int) and 0 < k < n_train)]
         if not self.ks or bad:
-            raise ValueError(f"ks={list(self.ks)}: each k must be an integer with 0 < k < "
-                             f"n_train={n_train}")
+            raise ValueError(
+                f"ks={list(self.ks)}: each k must be an integer with 0 < k < n_train={n_train}"
+            )
         if not 0 < self.n_test_points <= self.train.data.n_test:
-            raise ValueError(f"n_test_points={self.n_test_points} must be in [1, n_test="
-                             f"{self.train.data.n_test}]")
+            raise ValueError(
+                f"n_test_points={self.n_test_points} must be in [1, n_test="
+                f"{self.train.data.n_test}]"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={list(self.seeds)} must be a non-empty list of distinct ints")
         if self.backend not in BACKENDS:
@@ -121,8 +131,10 @@ class DeletionConfig:
     def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
         unknown = [v for v in values if v not in allowed]
         if not values or unknown or len(set(values)) != len(values):
-            raise ValueError(f"{name}={list(values)}: give distinct values among {list(allowed)}"
-                             + (f"; unknown: {unknown}" if unknown else ""))
+            raise ValueError(
+                f"{name}={list(values)}: give distinct values among {list(allowed)}"
+                + (f"; unknown: {unknown}" if unknown else "")
+            )
 
 
 @dataclass
@@ -142,11 +154,17 @@ class DeletionResult:
     n_reused: int = 0  # retrains read from the cache (or shared with another row)
 
 
-def run_deletion(config: DeletionConfig, splits: DatasetDict | None = None,
-                 scores: Mapping[str, torch.Tensor] | None = None,
-                 cache: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-                 overwrite: bool = False, device: str = "cpu", client=None,
-                 progress: bool = True) -> DeletionResult:
+def run_deletion(
+    config: DeletionConfig,
+    splits: DatasetDict | None = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
+    cache: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    client=None,
+    progress: bool = True,
+) -> DeletionResult:
     """Run the sweep of ``config`` and save ``deletion.csv``, ``auc_del.csv``, ``crn.csv`` and
     ``deletion_sets.csv`` beside ``config.json`` in ``out_dir`` (default
     ``<cache>/deletion/<key>``).
@@ -160,20 +178,42 @@ def run_deletion(config: DeletionConfig, splits: DatasetDict | None = None,
     n_train = len(train_t["labels"])
     if max(config.ks) >= n_train:
         raise ValueError(f"ks={list(config.ks)}: each k must be < the {n_train} training examples")
-    points = select_test_points(test_t["labels"], config.n_test_points, config.point_seed,
-                                config.train.data.task.num_classes)
+    points = select_test_points(
+        test_t["labels"],
+        config.n_test_points,
+        config.point_seed,
+        config.train.data.task.num_classes,
+    )
     rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
     out_dir = _claim_out_dir(config, splits, rows, cache, out_dir, overwrite)
     plan = deletion_plan(config, rows)
     jobs = [RetrainJob(s, ()) for s in config.seeds] + [
-        RetrainJob(s, removed) for removed in plan["removed"] for s in config.seeds]
-    retrained = retrain_cached(config.train, jobs, train_t, test_t, cache=cache,
-                               backend=config.backend, worker=config.worker,
-                               chunk_size=config.chunk_size, client=client, device=device,
-                               progress=progress)
+        RetrainJob(s, removed) for removed in plan["removed"] for s in config.seeds
+    ]
+    retrained = retrain_cached(
+        config.train,
+        jobs,
+        train_t,
+        test_t,
+        cache=cache,
+        backend=config.backend,
+        worker=config.worker,
+        chunk_size=config.chunk_size,
+        client=client,
+        device=device,
+        progress=progress,
+    )
     table = tidy_table(config, plan, points, test_t["labels"], retrained.probabilities)
-    result = DeletionResult(table, auc_del(table, config), crn_variance(table, config),
-                            points, plan, out_dir, retrained.n_trained, retrained.n_reused)
+    result = DeletionResult(
+        table,
+        auc_del(table, config),
+        crn_variance(table, config),
+        points,
+        plan,
+        out_dir,
+        retrained.n_trained,
+        retrained.n_reused,
+    )
     _save(result)
     return result
 
@@ -188,15 +228,24 @@ def select_test_points(labels: torch.Tensor, n: int, seed: int, num_classes: int
         quota = n // num_classes + (c < n % num_classes)
         pool = np.flatnonzero(labels.numpy() == c)
         if quota > len(pool):
-            raise ValueError(f"n_test_points={n} needs {quota} test points of class {c}; the "
-                             f"test split has {len(pool)}")
+            raise ValueError(
+                f"n_test_points={n} needs {quota} test points of class {c}; the "
+                f"test split has {len(pool)}"
+            )
         chosen += sorted(rng.choice(pool, size=quota, replace=False).tolist())
     return chosen
 
 
-def score_rows(config: DeletionConfig, splits: DatasetDict, train_t: dict, test_t: dict,
-               points: list[int], given: Mapping[str, torch.Tensor],
-               cache: str | os.PathLike | None, device: str) -> dict[str, torch.Tensor]:
+def score_rows(
+    config: DeletionConfig,
+    splits: DatasetDict,
+    train_t: dict,
+    test_t: dict,
+    points: list[int],
+    given: Mapping[str, torch.Tensor],
+    cache: str | os.PathLike | None,
+    device: str,
+) -> dict[str, torch.Tensor]:
     """Each method's scores (n_points, n_train) for the chosen points: rows of ``given[method]``
     (n_test_split, n_train), else ``influence.scores`` on the original model's checkpoints."""
     shape = (len(test_t["labels"]), len(train_t["labels"]))
@@ -205,8 +254,10 @@ def score_rows(config: DeletionConfig, splits: DatasetDict, train_t: dict, test_
         raise ValueError(f"scores has methods {extra} that are not in config.methods")
     for method, matrix in given.items():
         if tuple(matrix.shape) != shape:
-            raise ValueError(f"scores[{method!r}] has shape {tuple(matrix.shape)}; expected "
-                             f"{shape} (test split × train split)")
+            raise ValueError(
+                f"scores[{method!r}] has shape {tuple(matrix.shape)}; expected "
+                f"{shape} (test split × train split)"
+            )
     rows = {m: given[m][points].float() for m in config.methods if m in given}
     missing = [m for m in config.methods if m not in given]
     if missing:
@@ -214,8 +265,14 @@ def score_rows(config: DeletionConfig, splits: DatasetDict, train_t: dict, test_
         model, checkpoints = original.load_model(), original.checkpoint_pairs()
         test_points = {k: v[points] for k, v in test_t.items()}
         for method in missing:
-            rows[method] = influence.scores(method, model, checkpoints, train_t, test_points,
-                                            **config.method_options.get(method, {})).float()
+            rows[method] = influence.scores(
+                method,
+                model,
+                checkpoints,
+                train_t,
+                test_points,
+                **config.method_options.get(method, {}),
+            ).float()
     return rows
 
 
@@ -227,14 +284,26 @@ def deletion_plan(config: DeletionConfig, rows: Mapping[str, torch.Tensor]) -> p
         for direction in config.directions:
             for k in config.ks:
                 top = influence.top_k(rows[method], k, proponents=direction == "proponents")
-                records += [{"position": i, "method": method, "direction": direction, "k": k,
-                             "removed": tuple(sorted(idx.tolist()))}
-                            for i, idx in enumerate(top.indices)]
+                records += [
+                    {
+                        "position": i,
+                        "method": method,
+                        "direction": direction,
+                        "k": k,
+                        "removed": tuple(sorted(idx.tolist())),
+                    }
+                    for i, idx in enumerate(top.indices)
+                ]
     return pd.DataFrame.from_records(records)
 
 
-def tidy_table(config: DeletionConfig, plan: pd.DataFrame, points: list[int],
-               labels: torch.Tensor, probabilities: torch.Tensor) -> pd.DataFrame:
+def tidy_table(
+    config: DeletionConfig,
+    plan: pd.DataFrame,
+    points: list[int],
+    labels: torch.Tensor,
+    probabilities: torch.Tensor,
+) -> pd.DataFrame:
     """The per-seed table from the retrained probabilities (n_jobs, n_test_split, C), whose
     jobs are the baselines (one per seed) then every plan row × seed."""
     seeds, n_seeds = list(config.seeds), len(config.seeds)
@@ -263,8 +332,9 @@ def auc_del(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
     draws = _bootstrap_index(per_point.shape[1], config)
     alpha = (1 - config.ci) / 2
     columns = [SUMMARY_NAMES[d] + end for d in config.directions for end in ("", " low", " high")]
-    summary = pd.DataFrame(index=pd.Index(config.methods, name="method"), columns=columns,
-                           dtype=float)
+    summary = pd.DataFrame(
+        index=pd.Index(config.methods, name="method"), columns=columns, dtype=float
+    )
     for (method, direction), values in per_point.iterrows():
         means = values.to_numpy()[draws].mean(1)
         name = SUMMARY_NAMES[direction]
@@ -291,7 +361,8 @@ def crn_variance(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
     the half-width that the extra noise of independent seeds would give. NaN with one seed.
     """
     q = table.groupby(["method", "direction", "point", "seed"]).agg(
-        q=("p", "mean"), b=("baseline_seed", "first"))
+        q=("p", "mean"), b=("baseline_seed", "first")
+    )
     q["d"] = q["q"] - q["b"]
     per_point = q.groupby(["method", "direction", "point"]).var(ddof=1) / len(config.seeds)
     per_point["paired"] = per_point["d"]
@@ -304,13 +375,19 @@ def crn_variance(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
         row, name = out.loc[(method, direction)], SUMMARY_NAMES[direction]
         half = (summary.loc[method, f"{name} high"] - summary.loc[method, f"{name} low"]) / 2
         extra = max(row["independent"] - row["paired"], 0.0) / summary.loc[method, "n_points"]
-        records.append({
-            "method": method, "direction": direction,
-            "se_paired": math.sqrt(row["paired"]), "se_independent": math.sqrt(row["independent"]),
-            "se_ratio": math.sqrt(row["paired"] / row["independent"])
-            if row["independent"] > 0 else float("nan"),
-            "ci_halfwidth": half, "ci_halfwidth_independent": math.sqrt(half**2 + z**2 * extra),
-        })
+        records.append(
+            {
+                "method": method,
+                "direction": direction,
+                "se_paired": math.sqrt(row["paired"]),
+                "se_independent": math.sqrt(row["independent"]),
+                "se_ratio": math.sqrt(row["paired"] / row["independent"])
+                if row["independent"] > 0
+                else float("nan"),
+                "ci_halfwidth": half,
+                "ci_halfwidth_independent": math.sqrt(half**2 + z**2 * extra),
+            }
+        )
     return pd.DataFrame.from_records(records)
 
 
@@ -318,33 +395,48 @@ def _normal_quantile(q: float) -> float:
     return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(q, dtype=torch.float64)))
 
 
-def _claim_out_dir(config: DeletionConfig, splits: DatasetDict, rows: Mapping[str, torch.Tensor],
-                   cache: str | os.PathLike | None, out_dir: str | os.PathLike | None,
-                   overwrite: bool) -> Path:
+def _claim_out_dir(
+    config: DeletionConfig,
+    splits: DatasetDict,
+    rows: Mapping[str, torch.Tensor],
+    cache: str | os.PathLike | None,
+    out_dir: str | os.PathLike | None,
+    overwrite: bool,
+) -> Path:
     """Write ``config.json`` (the resolved config, data fingerprint and a hash of the score
     rows) to the output folder; a folder holding another sweep is refused unless ``overwrite``."""
     resolved = json.loads(json.dumps(asdict(config), default=str))
     resolved["train"]["data"].pop("data_dir")
     resolved["data_fingerprint"] = fingerprint(splits)
-    resolved["scores_sha256"] = {m: hashlib.sha256(r.numpy().tobytes()).hexdigest()[:16]
-                                 for m, r in rows.items()}
+    resolved["scores_sha256"] = {
+        m: hashlib.sha256(r.numpy().tobytes()).hexdigest()[:16] for m, r in rows.items()
+    }
     path = Path(out_dir) if out_dir else cache_dir(cache) / "deletion" / config_key(resolved)
     config_path = path / "config.json"
     saved = json.loads(config_path.read_text()) if config_path.is_file() else resolved
     if saved != resolved and not overwrite:
-        raise CheckpointError(f"out_dir={str(path)!r} holds another deletion sweep; choose "
-                              "another out_dir or pass overwrite=True")
+        raise CheckpointError(
+            f"out_dir={str(path)!r} holds another deletion sweep; choose "
+            "another out_dir or pass overwrite=True"
+        )
     write_json(config_path, resolved)
     return path
 
 
 def _save(result: DeletionResult) -> None:
-    sets = result.plan.assign(point=[result.points[i] for i in result.plan["position"]],
-                              removed=result.plan["removed"].map(lambda r: " ".join(map(str, r))))
-    for name, frame in (("deletion", result.table), ("auc_del", result.summary),
-                        ("crn", result.crn), ("deletion_sets", sets.drop(columns="position"))):
-        atomic_write(result.out_dir / f"{name}.csv",
-                     lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+    sets = result.plan.assign(
+        point=[result.points[i] for i in result.plan["position"]],
+        removed=result.plan["removed"].map(lambda r: " ".join(map(str, r))),
+    )
+    for name, frame in (
+        ("deletion", result.table),
+        ("auc_del", result.summary),
+        ("crn", result.crn),
+        ("deletion_sets", sets.drop(columns="position")),
+    ):
+        atomic_write(
+            result.out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False)
+        )
 
 
 def load_deletion(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
@@ -354,7 +446,8 @@ def load_deletion(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
     if not (out_dir / "config.json").is_file():
         raise ValueError(f"out_dir={str(out_dir)!r} holds no deletion sweep (no config.json)")
     loaded: dict[str, pd.DataFrame | dict] = {
-        "config": json.loads((out_dir / "config.json").read_text())}
+        "config": json.loads((out_dir / "config.json").read_text())
+    }
     for name in ("deletion", "auc_del", "crn", "deletion_sets"):
         loaded[name] = pd.read_csv(out_dir / f"{name}.csv")
     return loaded

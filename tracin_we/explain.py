@@ -27,26 +27,40 @@ def balanced_indices(labels: list[int] | np.ndarray, per_class: int, seed: int) 
     for c in classes:
         members = np.flatnonzero(labels == c)
         if per_class > len(members):
-            raise ValueError(f"per_class={per_class} exceeds the {len(members)} examples of "
-                             f"class {c}")
+            raise ValueError(
+                f"per_class={per_class} exceeds the {len(members)} examples of class {c}"
+            )
         picks.append(rng.choice(members, size=per_class, replace=False))
     return [int(i) for i in np.stack(picks, axis=1).ravel()]
 
 
-def influential_table(scores_by_method: dict[str, torch.Tensor], row: int, train: Dataset,
-                      k: int, label_names: list[str]) -> pd.DataFrame:
+def influential_table(
+    scores_by_method: dict[str, torch.Tensor],
+    row: int,
+    train: Dataset,
+    k: int,
+    label_names: list[str],
+) -> pd.DataFrame:
     """Top-``k`` proponents and opponents of test point ``row`` under each method, side by side:
     one line per (method, direction, rank) with the score, label and text of the example."""
     lines = []
     for method, matrix in scores_by_method.items():
         for direction, proponents in (("proponent", True), ("opponent", False)):
-            best = top_k(matrix[row:row + 1], k, proponents=proponents)
-            for rank, (i, s) in enumerate(zip(best.indices[0].tolist(),
-                                              best.influence_scores[0].tolist(), strict=True)):
-                lines.append({"method": method, "direction": direction, "rank": rank + 1,
-                              "train_index": i, "score": s,
-                              "label": label_names[train[i]["label"]],
-                              "text": train[i]["text"][:160]})
+            best = top_k(matrix[row : row + 1], k, proponents=proponents)
+            for rank, (i, s) in enumerate(
+                zip(best.indices[0].tolist(), best.influence_scores[0].tolist(), strict=True)
+            ):
+                lines.append(
+                    {
+                        "method": method,
+                        "direction": direction,
+                        "rank": rank + 1,
+                        "train_index": i,
+                        "score": s,
+                        "label": label_names[train[i]["label"]],
+                        "text": train[i]["text"][:160],
+                    }
+                )
     return pd.DataFrame(lines)
 
 
@@ -68,8 +82,12 @@ def global_term(scores: torch.Tensor, k: int) -> dict:
     others.fill_diagonal_(0)
     shared = (others.sum(0) / max(n_test - 1, 1)).mean().item()
     counts = member.sum(0)
-    return {"top1_shared": shared, "most_common_count": int(counts.max()), "n_test": n_test,
-            "most_common_index": int(counts.argmax())}
+    return {
+        "top1_shared": shared,
+        "most_common_count": int(counts.max()),
+        "n_test": n_test,
+        "most_common_index": int(counts.argmax()),
+    }
 
 
 def score_distributions(scores_by_method: dict[str, torch.Tensor]) -> plt.Figure:
@@ -82,8 +100,15 @@ def score_distributions(scores_by_method: dict[str, torch.Tensor]) -> plt.Figure
         frames.append(pd.DataFrame({"method": method, "score / max |score|": (flat / scale)}))
     frame = pd.concat(frames, ignore_index=True)
     sns.set_theme(style="whitegrid")
-    grid = sns.displot(frame, x="score / max |score|", col="method", bins=60, height=3,
-                       aspect=1.3, facet_kws={"sharey": False})
+    grid = sns.displot(
+        frame,
+        x="score / max |score|",
+        col="method",
+        bins=60,
+        height=3,
+        aspect=1.3,
+        facet_kws={"sharey": False},
+    )
     grid.set(yscale="log")
     return grid.figure
 
@@ -99,7 +124,7 @@ def highlight_words(words: WordScores, tokenizer, input_ids: list[int]) -> str:
         j = i + 1
         while j < len(tokens) and tokens[j].startswith("##"):
             j += 1
-        word = tokens[i] + "".join(t[2:] for t in tokens[i + 1:j])
+        word = tokens[i] + "".join(t[2:] for t in tokens[i + 1 : j])
         if word in SPECIAL_TOKENS and (i, j) not in spans:
             i = j
             continue
@@ -108,8 +133,10 @@ def highlight_words(words: WordScores, tokenizer, input_ids: list[int]) -> str:
             value = spans[(i, j)]
             rgb = "0,150,0" if value > 0 else "200,0,0"
             alpha = 0.15 + 0.85 * abs(value) / scale
-            text = (f'<span style="background: rgba({rgb},{alpha:.2f}); padding: 0 2px" '
-                    f'title="{value:+.3g}">{text}</span>')
+            text = (
+                f'<span style="background: rgba({rgb},{alpha:.2f}); padding: 0 2px" '
+                f'title="{value:+.3g}">{text}</span>'
+            )
         pieces.append(text)
         i = j
     return f'<p style="line-height: 1.8">{" ".join(pieces)}</p>'

@@ -30,8 +30,9 @@ from tracin_we.models import word_embeddings
 from tracin_we.train import forward, model_inputs, new_model
 
 
-def layer_scores(model: nn.Module, checkpoints, train, reference, batch_size: int = 64,
-                 device: str = "cpu") -> pd.DataFrame:
+def layer_scores(
+    model: nn.Module, checkpoints, train, reference, batch_size: int = 64, device: str = "cpu"
+) -> pd.DataFrame:
     """(N_train × groups) table of s_L(z_i), columns in first-to-last layer order."""
     pairs = resolve_checkpoints(checkpoints)
     train_t, reference_t = model_inputs(train), model_inputs(reference)
@@ -43,14 +44,21 @@ def layer_scores(model: nn.Module, checkpoints, train, reference, batch_size: in
     with prepared(model, Options(device=device)):  # weights, device and mode restored on exit
         for state_dict, lr in pairs:
             model.load_state_dict(state_dict)
-            for group, column in _one_checkpoint(model, groups, train_t, reference_t,
-                                                 batch_size, device).items():
+            for group, column in _one_checkpoint(
+                model, groups, train_t, reference_t, batch_size, device
+            ).items():
                 total[group] += lr * column
     return pd.DataFrame({g: t.numpy() for g, t in total.items()})
 
 
-def _one_checkpoint(model: nn.Module, groups: dict[str, str], train: dict, reference: dict,
-                    batch_size: int, device: str) -> dict[str, torch.Tensor]:
+def _one_checkpoint(
+    model: nn.Module,
+    groups: dict[str, str],
+    train: dict,
+    reference: dict,
+    batch_size: int,
+    device: str,
+) -> dict[str, torch.Tensor]:
     embedding = word_embeddings(model)
     embedding_name = next(n for n, p in model.named_parameters() if p is embedding.weight)
     dense = [n for n in groups if n != embedding_name]
@@ -71,15 +79,18 @@ def _one_checkpoint(model: nn.Module, groups: dict[str, str], train: dict, refer
     return {g: torch.cat(parts) for g, parts in columns.items()}
 
 
-def _summed_gradient(model: nn.Module, data: dict, batch_size: int, device: str
-                     ) -> dict[str, torch.Tensor]:
+def _summed_gradient(
+    model: nn.Module, data: dict, batch_size: int, device: str
+) -> dict[str, torch.Tensor]:
     """Σ_{z ∈ data} ∇ℓ(z) for every parameter: plain backward passes of the summed loss."""
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for batch in batches(data, batch_size, device):
             F.cross_entropy(forward(model, batch), batch["labels"], reduction="sum").backward()
-    summed = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-              for n, p in model.named_parameters()}
+    summed = {
+        n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+        for n, p in model.named_parameters()
+    }
     model.zero_grad(set_to_none=True)
     return summed
 
@@ -92,8 +103,13 @@ def _embedding_dots(model: nn.Module, batch: dict, target: torch.Tensor) -> torc
     return out.index_add_(0, rows.example_index(), dots)
 
 
-def layer_deletion(config: DeletionConfig, groups: list[str] | None = None, splits=None,
-                   device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+def layer_deletion(
+    config: DeletionConfig,
+    groups: list[str] | None = None,
+    splits=None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> pd.DataFrame:
     """AUC-DEL± of TracIn restricted to each layer group (rows in first-to-last order).
 
     One case-deletion sweep per group through ``deletion.run_deletion``: ``tracin-we`` for the
@@ -106,16 +122,21 @@ def layer_deletion(config: DeletionConfig, groups: list[str] | None = None, spli
     chosen = list(dict.fromkeys(mapping.values())) if groups is None else groups
     unknown = sorted(set(chosen) - set(mapping.values()))
     if unknown:
-        raise ValueError(f"groups: unknown layer names {unknown}; allowed: "
-                         f"{list(dict.fromkeys(mapping.values()))}")
+        raise ValueError(
+            f"groups: unknown layer names {unknown}; allowed: "
+            f"{list(dict.fromkeys(mapping.values()))}"
+        )
     rows = []
     for group in chosen:
         if group == "word_embeddings":
             sweep = replace(config, methods=("tracin-we",), method_options={})
         else:
             names = [n for n, g in mapping.items() if g == group]
-            sweep = replace(config, methods=("tracin-layer",),
-                            method_options={"tracin-layer": {"params": names}})
+            sweep = replace(
+                config,
+                methods=("tracin-layer",),
+                method_options={"tracin-layer": {"params": names}},
+            )
         summary = run_deletion(sweep, splits, device=device, progress=progress).summary
         rows.append(summary.drop(columns="method").iloc[0].to_dict() | {"group": group})
     return pd.DataFrame(rows)[["group", *[c for c in rows[0] if c != "group"]]]

@@ -72,12 +72,20 @@ def auc_ndr(score: torch.Tensor, is_noisy: torch.Tensor) -> float:
     return float(curve.sum() / ideal.sum())
 
 
-def ndr_table(columns: dict[str, torch.Tensor], is_noisy: torch.Tensor,
-              fraction: float = 0.3) -> pd.DataFrame:
+def ndr_table(
+    columns: dict[str, torch.Tensor], is_noisy: torch.Tensor, fraction: float = 0.3
+) -> pd.DataFrame:
     """NDR@``fraction`` and AUC-NDR of every score column (e.g. one per layer) and of the
     ``mean``, ``rank`` and ``vote`` aggregations of all of them (rows ``agg:<how>``)."""
     stacked = torch.stack([torch.as_tensor(c, dtype=torch.float64) for c in columns.values()], 1)
     named = dict(columns) | {f"agg:{how}": aggregate(stacked, how) for how in AGGREGATIONS}
-    return pd.DataFrame([{"column": name, f"NDR@{fraction:.0%}": ndr_at(score, is_noisy, fraction),
-                          "AUC-NDR": auc_ndr(score, is_noisy)}
-                         for name, score in ((n, torch.as_tensor(s)) for n, s in named.items())])
+    return pd.DataFrame(
+        [
+            {
+                "column": name,
+                f"NDR@{fraction:.0%}": ndr_at(score, is_noisy, fraction),
+                "AUC-NDR": auc_ndr(score, is_noisy),
+            }
+            for name, score in ((n, torch.as_tensor(s)) for n, s in named.items())
+        ]
+    )

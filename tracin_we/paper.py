@@ -6,8 +6,12 @@ import pandas as pd
 
 # Table 3 column → this package's method name.
 TABLE3_METHODS = {
-    "Inf-Last": "influence-last", "Rep": "representer", "TR-Last": "tracin-last",
-    "TR-WE": "tracin-we", "TR-WE-Topk": "tracin-we-topk", "TR-WE-Syn": "tracin-we-syn",
+    "Inf-Last": "influence-last",
+    "Rep": "representer",
+    "TR-Last": "tracin-last",
+    "TR-WE": "tracin-we",
+    "TR-WE-Topk": "tracin-we-topk",
+    "TR-WE-Syn": "tracin-we-syn",
     "TR-TFIDF": "tracin-tfidf",
 }
 
@@ -33,8 +37,10 @@ def table3(dataset: str) -> pd.DataFrame:
     if (dataset, "DEL+") not in TABLE3:
         raise ValueError(f"dataset={dataset!r}; the paper reports {sorted({d for d, _ in TABLE3})}")
     methods = list(TABLE3_METHODS.values())
-    return pd.DataFrame({f"paper {metric}": TABLE3[(dataset, metric)]
-                         for metric in ("DEL+", "DEL-")}, index=pd.Index(methods, name="method"))
+    return pd.DataFrame(
+        {f"paper {metric}": TABLE3[(dataset, metric)] for metric in ("DEL+", "DEL-")},
+        index=pd.Index(methods, name="method"),
+    )
 
 
 def beside_paper(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:

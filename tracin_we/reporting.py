@@ -52,23 +52,34 @@ def training_curves(history: list[dict]) -> plt.Figure:
 def deletion_curves(table: pd.DataFrame) -> plt.Figure:
     """DEL against k for each method, proponents (DEL+, should fall) and opponents (DEL−, should
     rise) side by side, with 95% bootstrap bands over test points (v1 Figures 1–3)."""
-    per_point = (table.groupby(["method", "direction", "k", "point"], as_index=False)["DEL"]
-                 .mean())
+    per_point = table.groupby(["method", "direction", "k", "point"], as_index=False)["DEL"].mean()
     sns.set_theme(style="whitegrid")
-    grid = sns.relplot(data=per_point, x="k", y="DEL", hue="method", col="direction",
-                       col_order=[d for d in ("proponents", "opponents")
-                                  if d in set(per_point["direction"])],
-                       kind="line", marker="o", errorbar=("ci", 95), n_boot=1000, seed=0,
-                       height=3.4, aspect=1.2, facet_kws={"sharey": False},
-                       err_kws={"alpha": 0.08})
+    grid = sns.relplot(
+        data=per_point,
+        x="k",
+        y="DEL",
+        hue="method",
+        col="direction",
+        col_order=[d for d in ("proponents", "opponents") if d in set(per_point["direction"])],
+        kind="line",
+        marker="o",
+        errorbar=("ci", 95),
+        n_boot=1000,
+        seed=0,
+        height=3.4,
+        aspect=1.2,
+        facet_kws={"sharey": False},
+        err_kws={"alpha": 0.08},
+    )
     for ax in grid.axes.flat:
         ax.axhline(0, color="black", linewidth=0.8)
     grid.set_axis_labels("k (training examples deleted)", "DEL = Δ p(true class)")
     return grid.figure
 
 
-def layer_profile(frame: pd.DataFrame, y: str, hue: str | None = None,
-                  title: str = "") -> plt.Figure:
+def layer_profile(
+    frame: pd.DataFrame, y: str, hue: str | None = None, title: str = ""
+) -> plt.Figure:
     """``y`` per layer group from first to last (the order of ``frame``), one line per ``hue``."""
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -81,12 +92,24 @@ def layer_profile(frame: pd.DataFrame, y: str, hue: str | None = None,
 
 def cancellation_bars(sums: pd.DataFrame) -> plt.Figure:
     """Per test point and method: Σ|influence| next to |Σ influence| (log scale)."""
-    long = sums.melt(id_vars=["method", "point"], value_vars=["sum |influence|",
-                                                              "|sum influence|"],
-                     var_name="quantity", value_name="value")
+    long = sums.melt(
+        id_vars=["method", "point"],
+        value_vars=["sum |influence|", "|sum influence|"],
+        var_name="quantity",
+        value_name="value",
+    )
     sns.set_theme(style="whitegrid")
-    grid = sns.catplot(data=long, x="point", y="value", hue="quantity", col="method",
-                       kind="bar", height=3.2, aspect=1.3, sharey=False)
+    grid = sns.catplot(
+        data=long,
+        x="point",
+        y="value",
+        hue="quantity",
+        col="method",
+        kind="bar",
+        height=3.2,
+        aspect=1.3,
+        sharey=False,
+    )
     grid.set(yscale="log")
     return grid.figure
 
@@ -104,8 +127,13 @@ def layer_scatter(frame: pd.DataFrame, x: str, ys: list[str]) -> tuple[plt.Figur
         correlations[y] = float(rho)
         sns.scatterplot(data=frame, x=x, y=y, ax=ax)
         for _, row in frame.iterrows():
-            ax.annotate(row["group"], (row[x], row[y]), fontsize=8, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                row["group"],
+                (row[x], row[y]),
+                fontsize=8,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.set(title=f"Spearman ρ = {rho:.2f}")
     fig.tight_layout()
     return fig, correlations

@@ -114,9 +114,18 @@ class RetrainJob:
 
 
 def retrain_probabilities(
-    config: TrainConfig, jobs: Sequence, train: Tensors, test: Tensors,
-    backend: str = "joblib", *, worker: str = "plain", chunk_size: int = 16,
-    n_workers: int | None = None, threads: int | None = None, client=None, device: str = "cpu",
+    config: TrainConfig,
+    jobs: Sequence,
+    train: Tensors,
+    test: Tensors,
+    backend: str = "joblib",
+    *,
+    worker: str = "plain",
+    chunk_size: int = 16,
+    n_workers: int | None = None,
+    threads: int | None = None,
+    client=None,
+    device: str = "cpu",
     progress: bool = True,
     on_chunk: Callable[[list[RetrainJob], torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
@@ -140,14 +149,17 @@ def retrain_probabilities(
         raise ValueError("jobs is empty; give at least one (seed, removed) job")
     engine = engine_for(backend, worker)
     check_engine(config, engine)
-    chunks = [[jobs[p] for p in positions] for positions in
-              seed_chunks(jobs, chunk_size if engine == "ensemble" else 1)]
+    chunks = [
+        [jobs[p] for p in positions]
+        for positions in seed_chunks(jobs, chunk_size if engine == "ensemble" else 1)
+    ]
     task = _Chunk(config, engine, device)
     if backend in ("sequential", "ensemble"):
         done = _run_local(task, chunks, train, test, threads, progress)
     else:
-        done = _run_parallel(task, chunks, train, test, backend, n_workers, threads, client,
-                             progress)
+        done = _run_parallel(
+            task, chunks, train, test, backend, n_workers, threads, client, progress
+        )
     results: dict[RetrainJob, torch.Tensor] = {}
     for chunk, probabilities in done:
         results |= dict(zip(chunk, probabilities, strict=True))
@@ -167,7 +179,8 @@ def check_engine(config: TrainConfig, engine: str) -> None:
         raise ValueError(
             f"the ensemble engine implements SGD without gradient clipping; optimizer="
             f"{config.optimizer!r}, max_grad_norm={config.max_grad_norm} need backend="
-            "'sequential', or 'joblib'/'dask' with worker='plain' (plain fit)")
+            "'sequential', or 'joblib'/'dask' with worker='plain' (plain fit)"
+        )
 
 
 def seed_chunks(jobs: Sequence[RetrainJob], size: int) -> list[list[int]]:
@@ -175,7 +188,7 @@ def seed_chunks(jobs: Sequence[RetrainJob], size: int) -> list[list[int]]:
     by_seed: dict[int, list[int]] = {}
     for position, job in enumerate(jobs):
         by_seed.setdefault(job.seed, []).append(position)
-    return [group[i:i + size] for group in by_seed.values() for i in range(0, len(group), size)]
+    return [group[i : i + size] for group in by_seed.values() for i in range(0, len(group), size)]
 
 
 @dataclass(frozen=True)
@@ -187,17 +200,25 @@ class _Chunk:
     device: str
     threads: int | None = None
 
-    def __call__(self, jobs: list[RetrainJob], train: Tensors, test: Tensors,
-                 progress: bool = False) -> tuple[list[RetrainJob], torch.Tensor]:
-        return jobs, train_chunk(self.config, jobs, train, test, self.engine, self.threads,
-                                 self.device, progress)
+    def __call__(
+        self, jobs: list[RetrainJob], train: Tensors, test: Tensors, progress: bool = False
+    ) -> tuple[list[RetrainJob], torch.Tensor]:
+        return jobs, train_chunk(
+            self.config, jobs, train, test, self.engine, self.threads, self.device, progress
+        )
 
 
 Done = Iterator[tuple[list[RetrainJob], torch.Tensor]]
 
 
-def _run_local(task: _Chunk, chunks: list[list[RetrainJob]], train: Tensors, test: Tensors,
-               threads: int | None, progress: bool) -> Done:
+def _run_local(
+    task: _Chunk,
+    chunks: list[list[RetrainJob]],
+    train: Tensors,
+    test: Tensors,
+    threads: int | None,
+    progress: bool,
+) -> Done:
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
@@ -207,9 +228,17 @@ def _run_local(task: _Chunk, chunks: list[list[RetrainJob]], train: Tensors, tes
         torch.set_num_threads(before)
 
 
-def _run_parallel(task: _Chunk, chunks: list[list[RetrainJob]], train: Tensors, test: Tensors,
-                  backend: str, n_workers: int | None, threads: int | None, client,
-                  progress: bool) -> Done:
+def _run_parallel(
+    task: _Chunk,
+    chunks: list[list[RetrainJob]],
+    train: Tensors,
+    test: Tensors,
+    backend: str,
+    n_workers: int | None,
+    threads: int | None,
+    client,
+    progress: bool,
+) -> Done:
     from joblib import Parallel, delayed, parallel_config
 
     if backend == "joblib":
@@ -226,8 +255,7 @@ def _run_parallel(task: _Chunk, chunks: list[list[RetrainJob]], train: Tensors, 
     call = delayed(replace(task, threads=threads))
     with setting:
         done = Parallel(return_as="generator_unordered")(call(c, train, test) for c in chunks)
-        yield from tqdm(done, total=len(chunks), desc=f"retrain ({backend})",
-                        disable=not progress)
+        yield from tqdm(done, total=len(chunks), desc=f"retrain ({backend})", disable=not progress)
 
 
 def train_chunk(

@@ -56,8 +56,17 @@ from tracin_we.influence.options import (
 from tracin_we.influence.words import WordScores, word_scores
 from tracin_we.models import word_embeddings
 
-__all__ = ["METHODS", "InfluentialResults", "WordScores", "scores", "self_influence",
-           "to_captum", "to_dattri", "top_k", "word_scores"]
+__all__ = [
+    "METHODS",
+    "InfluentialResults",
+    "WordScores",
+    "scores",
+    "self_influence",
+    "to_captum",
+    "to_dattri",
+    "top_k",
+    "word_scores",
+]
 
 METHODS: tuple[str, ...] = tuple(METHOD_OPTIONS)
 
@@ -73,30 +82,35 @@ class InfluentialResults(NamedTuple):
     influence_scores: torch.Tensor
 
 
-def scores(method: str, model: nn.Module, checkpoints: Checkpoints, train: Data, test: Data,
-           **options: Any) -> torch.Tensor:
+def scores(
+    method: str, model: nn.Module, checkpoints: Checkpoints, train: Data, test: Data, **options: Any
+) -> torch.Tensor:
     """(len(test), len(train)) influence of each training example on each test example under
     ``method``; positive = proponent. See the module docstring for methods and options."""
-    options_, train_t, test_t, checkpoints_ = _validated(method, model, checkpoints, options,
-                                                         train=train, test=test)
+    options_, train_t, test_t, checkpoints_ = _validated(
+        method, model, checkpoints, options, train=train, test=test
+    )
     if method == "random":
         generator = torch.Generator().manual_seed(options_.seed)
-        return torch.randn(len(test_t["labels"]), len(train_t["labels"]), generator=generator,
-                           dtype=options_.dtype)
+        return torch.randn(
+            len(test_t["labels"]), len(train_t["labels"]), generator=generator, dtype=options_.dtype
+        )
     with prepared(model, options_):
         out = _influence(method, Run(model, checkpoints_, options_), train_t, test_t)
     return out.to(device="cpu", dtype=options_.dtype)
 
 
-def self_influence(method: str, model: nn.Module, checkpoints: Checkpoints, data: Data,
-                   **options: Any) -> torch.Tensor:
+def self_influence(
+    method: str, model: nn.Module, checkpoints: Checkpoints, data: Data, **options: Any
+) -> torch.Tensor:
     """(len(data),) the influence of each example on itself: the diagonal of
     ``scores(method, model, checkpoints, data, data, **options)``, computed directly."""
     if method == "random":
-        raise ValueError(f"method={method!r} has no self-influence; allowed: "
-                         f"{[m for m in METHODS if m != 'random']}")
-    options_, data_t, _, checkpoints_ = _validated(method, model, checkpoints, options,
-                                                   data=data)
+        raise ValueError(
+            f"method={method!r} has no self-influence; allowed: "
+            f"{[m for m in METHODS if m != 'random']}"
+        )
+    options_, data_t, _, checkpoints_ = _validated(method, model, checkpoints, options, data=data)
     with prepared(model, options_):
         out = _influence(method, Run(model, checkpoints_, options_), data_t, None)
     return out.to(device="cpu", dtype=options_.dtype)
@@ -106,8 +120,9 @@ def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> InfluentialR
     """Per test example (row of ``scores``, (n_test, n_train)), the ``k`` training examples with the
     largest scores (proponents) or the most negative first (opponents); ties keep index order."""
     if not 1 <= k <= scores.shape[1]:
-        raise ValueError(f"k={k} must be in [1, {scores.shape[1]}] (the number of training "
-                         "examples)")
+        raise ValueError(
+            f"k={k} must be in [1, {scores.shape[1]}] (the number of training examples)"
+        )
     values, indices = torch.sort(scores, dim=1, descending=proponents, stable=True)
     return InfluentialResults(indices[:, :k], values[:, :k])
 
@@ -123,8 +138,9 @@ def to_dattri(scores: torch.Tensor) -> torch.Tensor:
     return scores.T
 
 
-def _validated(method: str, model: nn.Module, checkpoints: Checkpoints, options: dict,
-               **data: Data) -> tuple[Options, Tensors, Tensors | None, list]:
+def _validated(
+    method: str, model: nn.Module, checkpoints: Checkpoints, options: dict, **data: Data
+) -> tuple[Options, Tensors, Tensors | None, list]:
     """Resolved options, the data as checked tensors (train/test or data) and checkpoints."""
     options_ = parse_options(method, options)
     num_classes, vocab_size = model_sizes(model, method, options_)

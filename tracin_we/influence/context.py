@@ -70,16 +70,24 @@ class Run:
         when ``cache_dir`` is set and it holds them (written atomically, read weights-only)."""
         if self.options.cache_dir is None:
             return kernel.features(self, train)
-        meta = "|".join([kernel.kind, type(self.model).__name__, str(self.options.dtype),
-                         _state_hash(state), _data_hash(train)])
+        meta = "|".join(
+            [
+                kernel.kind,
+                type(self.model).__name__,
+                str(self.options.dtype),
+                _state_hash(state),
+                _data_hash(train),
+            ]
+        )
         key = hashlib.sha256(meta.encode()).hexdigest()
         path = Path(self.options.cache_dir) / f"{kernel.kind.split(':')[0]}-{key[:24]}.pt"
         saved = _load(path)
         if saved is not None and saved.get("key") == key:
             return {k: v.to(self.options.device) for k, v in saved["features"].items()}
         features = kernel.features(self, train)
-        save_torch(path, {"key": key, "meta": meta,
-                          "features": {k: v.cpu() for k, v in features.items()}})
+        save_torch(
+            path, {"key": key, "meta": meta, "features": {k: v.cpu() for k, v in features.items()}}
+        )
         return features
 
 

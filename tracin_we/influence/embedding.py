@@ -23,8 +23,9 @@ from tracin_we.models import word_embeddings
 CHUNK_ELEMENTS = 1 << 20
 
 
-def kept_positions(batch: Tensors, grads: torch.Tensor, k: int | None,
-                   exclude: tuple[int, ...]) -> torch.Tensor:
+def kept_positions(
+    batch: Tensors, grads: torch.Tensor, k: int | None, exclude: tuple[int, ...]
+) -> torch.Tensor:
     """(B, T) bool: non-[PAD] positions whose token is not in ``exclude``; with ``k``, only the k
     of those with the largest ‖∂ℓ/∂e_i‖ (TracIn-WE-Topk, eq. 3)."""
     ids = batch["input_ids"]
@@ -38,8 +39,9 @@ def kept_positions(batch: Tensors, grads: torch.Tensor, k: int | None,
     return keep
 
 
-def embedding_rows(run: Run, data: Tensors, k: int | None = None,
-                   exclude: tuple[int, ...] = ()) -> SparseRows:
+def embedding_rows(
+    run: Run, data: Tensors, k: int | None = None, exclude: tuple[int, ...] = ()
+) -> SparseRows:
     """Each example's rows g_w from its kept positions, one backward pass per batch."""
     vocab_size = word_embeddings(run.model).num_embeddings
     parts = []
@@ -61,7 +63,7 @@ def sparse_dot(test: SparseRows, train: SparseRows) -> torch.Tensor:
     if not len(test.ids) or not len(train.ids):
         return out
     vocab, compact = torch.unique(torch.cat([test.ids, train.ids]), return_inverse=True)
-    test_c, train_c = compact[:len(test.ids)], compact[len(test.ids):]
+    test_c, train_c = compact[: len(test.ids)], compact[len(test.ids) :]
     test_example, train_example = test.example_index(), train.example_index()
     step = max(1, CHUNK_ELEMENTS // max(len(train.ids), len(vocab)))
     for j0 in range(0, test.n, step):
@@ -79,8 +81,10 @@ def sparse_dot(test: SparseRows, train: SparseRows) -> torch.Tensor:
 def _row_dots(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
     """(len(ia),): a[ia[p]] · b[ib[p]], gathered in pieces to bound memory."""
     piece = max(1, CHUNK_ELEMENTS // a.shape[1])
-    return torch.cat([(a[ia[s:s + piece]] * b[ib[s:s + piece]]).sum(-1)
-                      for s in range(0, len(ia), piece)] or [a.new_zeros(0)])
+    return torch.cat(
+        [(a[ia[s : s + piece]] * b[ib[s : s + piece]]).sum(-1) for s in range(0, len(ia), piece)]
+        or [a.new_zeros(0)]
+    )
 
 
 @dataclass(frozen=True)
@@ -127,19 +131,36 @@ class SynonymKernel:
         out = []
         for j in range(len(test["offsets"]) - 1):
             lo, hi = test["offsets"][j], test["offsets"][j + 1]
-            out.append(self._row(test["rows"][lo:hi], test["unit"][lo:hi],
-                                 train_rows, train_unit, valid))
+            out.append(
+                self._row(test["rows"][lo:hi], test["unit"][lo:hi], train_rows, train_unit, valid)
+            )
         return torch.stack(out)
 
     def diagonal(self, features: Tensors) -> torch.Tensor:
         rows, unit, valid = _padded(features)
-        return torch.cat([self._row(rows[i][valid[i]], unit[i][valid[i]], rows[i:i + 1],
-                                    unit[i:i + 1], valid[i:i + 1]) for i in range(len(rows))])
+        return torch.cat(
+            [
+                self._row(
+                    rows[i][valid[i]],
+                    unit[i][valid[i]],
+                    rows[i : i + 1],
+                    unit[i : i + 1],
+                    valid[i : i + 1],
+                )
+                for i in range(len(rows))
+            ]
+        )
 
-    def _row(self, rows: torch.Tensor, unit: torch.Tensor, train_rows: torch.Tensor,
-             train_unit: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _row(
+        self,
+        rows: torch.Tensor,
+        unit: torch.Tensor,
+        train_rows: torch.Tensor,
+        train_unit: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
         """(n_train,) kernel of one test text (rows, unit: (K, d)) with padded training texts."""
-        allowed = (torch.einsum("ikd,md->ikm", train_unit, unit) > self.threshold)
+        allowed = torch.einsum("ikd,md->ikm", train_unit, unit) > self.threshold
         allowed &= valid.unsqueeze(-1)
         dots = torch.einsum("ikd,md->ikm", train_rows, rows)
         out = (dots * allowed).sum((1, 2))

@@ -35,7 +35,7 @@ def batches(data: Tensors, batch_size: int, device: str | torch.device) -> Itera
     """Consecutive slices of ``data`` (tensors of equal length), moved to ``device``."""
     n = len(data["input_ids"])
     for start in range(0, n, batch_size):
-        yield {k: v[start:start + batch_size].to(device) for k, v in data.items()}
+        yield {k: v[start : start + batch_size].to(device) for k, v in data.items()}
 
 
 @contextmanager
@@ -69,15 +69,19 @@ def embedding_grads(model: nn.Module, batch: Tensors) -> torch.Tensor:
         with torch.enable_grad(), frozen(model):
             logits = forward(model, batch)
             if len(captured) != 1:
-                raise ValueError(f"model: its word-embedding module ran {len(captured)} times in "
-                                 "one forward pass; TracIn-WE needs exactly one")
+                raise ValueError(
+                    f"model: its word-embedding module ran {len(captured)} times in "
+                    "one forward pass; TracIn-WE needs exactly one"
+                )
             loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
             (grads,) = torch.autograd.grad(loss, captured)
     finally:
         handle.remove()
     if grads.shape[:2] != batch["input_ids"].shape:
-        raise ValueError(f"model: word-embedding output {tuple(grads.shape)} does not match "
-                         f"input_ids {tuple(batch['input_ids'].shape)}")
+        raise ValueError(
+            f"model: word-embedding output {tuple(grads.shape)} does not match "
+            f"input_ids {tuple(batch['input_ids'].shape)}"
+        )
     return grads
 
 
@@ -117,8 +121,9 @@ class SparseRows:
         return cls(torch.cat([p.ids for p in parts]), torch.cat([p.rows for p in parts]), offsets)
 
 
-def sparse_rows(input_ids: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor,
-                vocab_size: int) -> SparseRows:
+def sparse_rows(
+    input_ids: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor, vocab_size: int
+) -> SparseRows:
     """Sum the kept positions' gradients by token id within each example: g_w = Σ_{i: x_i = w}.
 
     ``input_ids`` (B, T), ``grads`` (B, T, d), ``keep`` (B, T) bool.
@@ -126,8 +131,9 @@ def sparse_rows(input_ids: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor
     b, t = keep.nonzero(as_tuple=True)
     keys, inverse = torch.unique(b * vocab_size + input_ids[b, t], return_inverse=True)
     # index_put_ rather than index_add_: its accumulation order is fixed on CUDA too.
-    rows = grads.new_zeros(len(keys), grads.shape[-1]).index_put_((inverse,), grads[b, t],
-                                                                  accumulate=True)
+    rows = grads.new_zeros(len(keys), grads.shape[-1]).index_put_(
+        (inverse,), grads[b, t], accumulate=True
+    )
     counts = torch.bincount(keys // vocab_size, minlength=len(input_ids))
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     return SparseRows(keys % vocab_size, rows, offsets)
@@ -138,18 +144,23 @@ def batch_rows(model: nn.Module, batch: Tensors) -> SparseRows:
     (all positions kept when the batch has no attention mask)."""
     grads = embedding_grads(model, batch)
     ids = batch["input_ids"]
-    keep = batch["attention_mask"].bool() if "attention_mask" in batch else \
-        torch.ones_like(ids, dtype=torch.bool)
+    keep = (
+        batch["attention_mask"].bool()
+        if "attention_mask" in batch
+        else torch.ones_like(ids, dtype=torch.bool)
+    )
     return sparse_rows(ids, grads, keep, word_embeddings(model).num_embeddings)
 
 
 @torch.no_grad()
-def last_layer_features(model: nn.Module, data: Tensors, batch_size: int,
-                        device: str | torch.device) -> Tensors:
+def last_layer_features(
+    model: nn.Module, data: Tensors, batch_size: int, device: str | torch.device
+) -> Tensors:
     """``a`` (n, h): the final linear layer's input; ``probs`` (n, C): softmax of the logits."""
     captured: list[torch.Tensor] = []
     handle = classifier_layer(model).register_forward_hook(
-        lambda _m, inputs, _out: captured.append(inputs[0]))
+        lambda _m, inputs, _out: captured.append(inputs[0])
+    )
     try:
         probs = [forward(model, batch).softmax(-1) for batch in batches(data, batch_size, device)]
     finally:
@@ -157,8 +168,9 @@ def last_layer_features(model: nn.Module, data: Tensors, batch_size: int,
     return {"a": torch.cat(captured).flatten(1), "probs": torch.cat(probs)}
 
 
-def param_grads(model: nn.Module, data: Tensors, names: list[str], batch_size: int,
-                device: str | torch.device) -> torch.Tensor:
+def param_grads(
+    model: nn.Module, data: Tensors, names: list[str], batch_size: int, device: str | torch.device
+) -> torch.Tensor:
     """(n, P): per-example gradients of the parameters ``names``, flattened and concatenated in
     ``named_parameters`` order, via ``vmap(grad(...))`` over each batch.
 
@@ -185,8 +197,10 @@ def param_grads(model: nn.Module, data: Tensors, names: list[str], batch_size: i
             except RuntimeError as err:
                 if "vmap" not in str(err):
                     raise
-                log.info("param_grads: %s cannot run under vmap; one backward per example",
-                         type(model).__name__)
+                log.info(
+                    "param_grads: %s cannot run under vmap; one backward per example",
+                    type(model).__name__,
+                )
                 use_vmap = False
         if not use_vmap:
             grads = _looped_grads(loss, chosen, inputs, batch["labels"])
@@ -194,8 +208,11 @@ def param_grads(model: nn.Module, data: Tensors, names: list[str], batch_size: i
     return torch.cat(out)
 
 
-def _looped_grads(loss: Callable[..., torch.Tensor], chosen: Tensors, inputs: Tensors,
-                  labels: torch.Tensor) -> Tensors:
-    rows = [grad(loss)(chosen, {k: v[i] for k, v in inputs.items()}, labels[i])
-            for i in range(len(labels))]
+def _looped_grads(
+    loss: Callable[..., torch.Tensor], chosen: Tensors, inputs: Tensors, labels: torch.Tensor
+) -> Tensors:
+    rows = [
+        grad(loss)(chosen, {k: v[i] for k, v in inputs.items()}, labels[i])
+        for i in range(len(labels))
+    ]
     return {n: torch.stack([r[n] for r in rows]) for n in chosen}

@@ -55,8 +55,9 @@ def last_layer_kernel(run: Run, activations: bool = True) -> LastLayerKernel:
     return LastLayerKernel(classifier_layer(run.model).bias is not None, activations)
 
 
-def _last_features(run: Run, train: Tensors, test: Tensors | None
-                   ) -> tuple[LastLayerKernel, Tensors, Tensors | None]:
+def _last_features(
+    run: Run, train: Tensors, test: Tensors | None
+) -> tuple[LastLayerKernel, Tensors, Tensors | None]:
     """The kernel and the features of ``train`` (cached) and ``test`` at the last checkpoint."""
     kernel = last_layer_kernel(run)
     state = run.load_last()
@@ -82,7 +83,7 @@ def _hessian(features: Tensors, labels: torch.Tensor, bias: bool) -> torch.Tenso
     c, h = delta.shape[1], a.shape[1]
     total = a.new_zeros(c, h, c, h)
     for s in range(0, len(a), HESSIAN_CHUNK):
-        p, x = probs[s:s + HESSIAN_CHUNK], a[s:s + HESSIAN_CHUNK]
+        p, x = probs[s : s + HESSIAN_CHUNK], a[s : s + HESSIAN_CHUNK]
         curvature = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
         total += torch.einsum("icd,ik,il->ckdl", curvature, x, x)
     return (total / len(a)).reshape(c * h, c * h)
@@ -95,8 +96,9 @@ def influence_last(run: Run, train: Tensors, test: Tensors | None) -> torch.Tens
     self-influences (n_train,)."""
     kernel, train_features, test_features = _last_features(run, train, test)
     hessian = _hessian(train_features, train["labels"], kernel.bias)
-    hessian += run.options.damping * torch.eye(len(hessian), dtype=hessian.dtype,
-                                               device=hessian.device)
+    hessian += run.options.damping * torch.eye(
+        len(hessian), dtype=hessian.dtype, device=hessian.device
+    )
     train_grads = _flat_grads(train_features, kernel.bias)
     solved = torch.linalg.solve(hessian, train_grads.double().T).to(train_grads.dtype)
     if test is None:
@@ -147,5 +149,7 @@ def _counts(data: Tensors, vocab: np.ndarray, ignore: tuple[int, ...]) -> csr_ma
     rows, ids = _token_lists(data, ignore)
     cols = np.searchsorted(vocab, ids)
     known = (cols < len(vocab)) & (vocab[np.minimum(cols, len(vocab) - 1)] == ids)
-    return csr_matrix((np.ones(known.sum()), (rows[known], cols[known])),
-                      shape=(len(data["input_ids"]), len(vocab)))
+    return csr_matrix(
+        (np.ones(known.sum()), (rows[known], cols[known])),
+        shape=(len(data["input_ids"]), len(vocab)),
+    )

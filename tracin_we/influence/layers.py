@@ -27,8 +27,9 @@ class ParamKernel:
         return "params:" + hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:16]
 
     def features(self, run: Run, data: Tensors) -> Tensors:
-        grads = param_grads(run.model, data, list(self.names), run.options.batch_size,
-                            run.options.device)
+        grads = param_grads(
+            run.model, data, list(self.names), run.options.batch_size, run.options.device
+        )
         return {"grads": grads}
 
     def pairwise(self, test: Tensors, train: Tensors) -> torch.Tensor:

@@ -61,8 +61,9 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.special_token_ids is not None:
-            object.__setattr__(self, "special_token_ids",
-                               tuple(int(i) for i in self.special_token_ids))
+            object.__setattr__(
+                self, "special_token_ids", tuple(int(i) for i in self.special_token_ids)
+            )
         if self.params is not None and not isinstance(self.params, str):
             object.__setattr__(self, "params", tuple(self.params))
         checks = {
@@ -71,8 +72,10 @@ class Options:
             "threshold": (-1.0 <= self.threshold <= 1.0, "a cosine in [-1, 1]"),
             "damping": (self.damping >= 0, ">= 0"),
             "l2": (self.l2 > 0, "> 0"),
-            "dtype": (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point,
-                      "a floating torch.dtype"),
+            "dtype": (
+                isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point,
+                "a floating torch.dtype",
+            ),
         }
         for name, (ok, allowed) in checks.items():
             if not ok:
@@ -88,32 +91,42 @@ def parse_options(method: str, options: dict[str, Any]) -> Options:
     allowed = COMMON_OPTIONS + METHOD_OPTIONS[method]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"options {unknown} do not apply to method={method!r}; allowed: "
-                         f"{list(allowed)}")
+        raise ValueError(
+            f"options {unknown} do not apply to method={method!r}; allowed: {list(allowed)}"
+        )
     known = {f.name for f in fields(Options)}
     return Options(**{k: v for k, v in options.items() if k in known})
 
 
-def prepare_data(name: str, data: Dataset | list[dict] | Tensors, num_classes: int | None,
-                 vocab_size: int | None) -> Tensors:
+def prepare_data(
+    name: str, data: Dataset | list[dict] | Tensors, num_classes: int | None, vocab_size: int | None
+) -> Tensors:
     """``data`` as tensors (``model_inputs``), checked: non-empty, one label per input, labels in
     ``range(num_classes)``, token ids in ``range(vocab_size)``."""
     tensors = dict(model_inputs(data))
     if "input_ids" not in tensors or not len(tensors["input_ids"]):
-        raise ValueError(f"{name} is empty or has no input_ids; give at least one example with "
-                         "input_ids, attention_mask and label")
+        raise ValueError(
+            f"{name} is empty or has no input_ids; give at least one example with "
+            "input_ids, attention_mask and label"
+        )
     if "labels" not in tensors:
         raise ValueError(f"{name} has no label/labels column")
     ids, labels = tensors["input_ids"], tensors["labels"]
     if labels.shape != (len(ids),):
-        raise ValueError(f"{name} has {tuple(labels.shape)} labels for {len(ids)} inputs; give "
-                         "exactly one integer label per input")
+        raise ValueError(
+            f"{name} has {tuple(labels.shape)} labels for {len(ids)} inputs; give "
+            "exactly one integer label per input"
+        )
     if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{name} has labels outside range({num_classes}) of the model's classes "
-                         f"(min {int(labels.min())}, max {int(labels.max())})")
+        raise ValueError(
+            f"{name} has labels outside range({num_classes}) of the model's classes "
+            f"(min {int(labels.min())}, max {int(labels.max())})"
+        )
     if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise ValueError(f"{name} has token ids outside the model's {vocab_size}-row word "
-                         f"embedding (max {int(ids.max())})")
+        raise ValueError(
+            f"{name} has token ids outside the model's {vocab_size}-row word "
+            f"embedding (max {int(ids.max())})"
+        )
     if "attention_mask" not in tensors:
         tensors["attention_mask"] = torch.ones_like(ids)
     return tensors
@@ -139,8 +152,10 @@ def model_sizes(model: nn.Module, method: str, options: Options) -> tuple[int | 
         if needs_last:
             raise
         last = None
-    return (last.out_features if last is not None else None,
-            embedding.num_embeddings if embedding is not None else None)
+    return (
+        last.out_features if last is not None else None,
+        embedding.num_embeddings if embedding is not None else None,
+    )
 
 
 def select_params(model: nn.Module, params: str | tuple[str, ...] | None, option: str) -> list[str]:
@@ -148,15 +163,18 @@ def select_params(model: nn.Module, params: str | tuple[str, ...] | None, option
     given as the option named ``option``."""
     names = [name for name, _ in model.named_parameters()]
     if params is None:
-        raise ValueError(f"{option} is required for this method: a regex or a list of parameter "
-                         f"names, e.g. {names[:3]}")
+        raise ValueError(
+            f"{option} is required for this method: a regex or a list of parameter "
+            f"names, e.g. {names[:3]}"
+        )
     if isinstance(params, str):
         chosen = [n for n in names if re.search(params, n)]
     else:
         missing = [p for p in params if p not in names]
         if missing:
-            raise ValueError(f"{option}: {missing} are not parameters of the model; allowed: "
-                             f"{names}")
+            raise ValueError(
+                f"{option}: {missing} are not parameters of the model; allowed: {names}"
+            )
         chosen = [n for n in names if n in params]
     if not chosen:
         raise ValueError(f"{option}={params!r} matches no parameter; allowed names: {names}")

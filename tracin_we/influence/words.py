@@ -41,11 +41,16 @@ class WordScores:
     words: pd.DataFrame
 
 
-def word_scores(model: nn.Module,
-                checkpoints: Sequence[tuple[StateDict | str | os.PathLike, float]],
-                train_example: dict, test_example: dict, tokenizer=None, k: int | None = None,
-                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-                ) -> WordScores:
+def word_scores(
+    model: nn.Module,
+    checkpoints: Sequence[tuple[StateDict | str | os.PathLike, float]],
+    train_example: dict,
+    test_example: dict,
+    tokenizer=None,
+    k: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> WordScores:
     """Split the TracIn-WE score of ``train_example`` (z) on ``test_example`` (z') by shared token
     and by whole word of z. With ``k``, TracIn-WE-Topk's score (the k positions of each text with
     the largest ‖∂ℓ/∂e_i‖). ``tokenizer`` (optional) names the tokens and finds word pieces."""
@@ -62,16 +67,21 @@ def word_scores(model: nn.Module,
             part, part_shared = _position_contributions(run, train, test, k)
             contribution += lr * part.double().cpu()
             shared |= part_shared.cpu()
-    pieces = (tokenizer.convert_ids_to_tokens(ids.tolist()) if tokenizer is not None
-              else [None] * len(ids))
-    return WordScores(float(contribution.sum()),
-                      _token_table(ids, contribution, shared, pieces),
-                      _word_table(train["attention_mask"][0].bool(), contribution, shared, pieces,
-                                  ids))
+    pieces = (
+        tokenizer.convert_ids_to_tokens(ids.tolist())
+        if tokenizer is not None
+        else [None] * len(ids)
+    )
+    return WordScores(
+        float(contribution.sum()),
+        _token_table(ids, contribution, shared, pieces),
+        _word_table(train["attention_mask"][0].bool(), contribution, shared, pieces, ids),
+    )
 
 
-def _position_contributions(run: Run, train: Tensors, test: Tensors, k: int | None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+def _position_contributions(
+    run: Run, train: Tensors, test: Tensors, k: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """At the loaded checkpoint, for each position i of the training text: ∂ℓ/∂e_i · g_{x_i}(z')
     (T,) and whether x_i is a (kept) token of the test text (T,) bool."""
     batch = next(batches(train, 1, run.options.device))
@@ -87,19 +97,30 @@ def _position_contributions(run: Run, train: Tensors, test: Tensors, k: int | No
     return torch.where(shared, dots, torch.zeros_like(dots)), shared
 
 
-def _token_table(ids: torch.Tensor, contribution: torch.Tensor, shared: torch.Tensor,
-                 pieces: list[str | None]) -> pd.DataFrame:
+def _token_table(
+    ids: torch.Tensor, contribution: torch.Tensor, shared: torch.Tensor, pieces: list[str | None]
+) -> pd.DataFrame:
     token_ids, inverse = torch.unique(ids[shared], return_inverse=True)
     totals = torch.zeros(len(token_ids), dtype=torch.float64).index_add_(
-        0, inverse, contribution[shared])
+        0, inverse, contribution[shared]
+    )
     token_of = dict(zip(ids.tolist(), pieces, strict=True))
-    return pd.DataFrame({"token_id": token_ids.tolist(),
-                         "token": [token_of[i] for i in token_ids.tolist()],
-                         "contribution": totals.tolist()})
+    return pd.DataFrame(
+        {
+            "token_id": token_ids.tolist(),
+            "token": [token_of[i] for i in token_ids.tolist()],
+            "contribution": totals.tolist(),
+        }
+    )
 
 
-def _word_table(valid: torch.Tensor, contribution: torch.Tensor, shared: torch.Tensor,
-                pieces: list[str | None], ids: torch.Tensor) -> pd.DataFrame:
+def _word_table(
+    valid: torch.Tensor,
+    contribution: torch.Tensor,
+    shared: torch.Tensor,
+    pieces: list[str | None],
+    ids: torch.Tensor,
+) -> pd.DataFrame:
     """Whole words of the training text: a piece starting with ``##`` continues the word before;
     without token strings every position is its own word, named by its id."""
     spans: list[list[int]] = []  # [start, end) per word
