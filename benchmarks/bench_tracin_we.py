@@ -66,10 +66,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tracin_we import influence
 from tracin_we.influence.gradients import batches, embedding_grads
+from tracin_we.inputs import Tensors
 from tracin_we.models import build_model, word_embeddings
 from tracin_we.tokenizer import VOCAB_SIZE
 
-Tensors = dict[str, torch.Tensor]
 Runner = Callable[["Setup"], torch.Tensor]
 
 CLS, SEP, FIRST_WORD, NUM_LABELS = 101, 102, 999, 4

@@ -25,8 +25,9 @@ from tracin_we.deletion import (
     run_deletion,
     select_test_points,
 )
+from tracin_we.inputs import model_inputs
 from tracin_we.retrain import RetrainJob, retrain_cached
-from tracin_we.train import TrainConfig, model_inputs, predict_proba, train
+from tracin_we.train import TrainConfig, predict_proba, train
 
 N_TRAIN, N_TEST, T = 32, 16, 12
 KEYS = ["point", "method", "direction", "k", "seed"]

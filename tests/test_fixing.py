@@ -26,8 +26,9 @@ from tracin_we.fixing import (
     worst_words,
 )
 from tracin_we.influence.options import CLS_ID, SEP_ID
+from tracin_we.inputs import model_inputs
 from tracin_we.tokenizer import load_tokenizer
-from tracin_we.train import TrainConfig, model_inputs, predict_proba, train
+from tracin_we.train import TrainConfig, predict_proba, train
 
 N, T = 48, 12
 TRAIN_CHUNK = retrain_module.train_chunk

@@ -23,8 +23,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from tracin_we import influence
 from tracin_we.influence import embedding
+from tracin_we.inputs import model_inputs
 from tracin_we.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
-from tracin_we.train import model_inputs
 
 VOCAB, LENGTH, CLASSES = 120, 12, 3
 CLS, SEP, PAD = 101, 102, 0

@@ -8,6 +8,7 @@ from torch import nn
 
 from tracin_we import train as train_module
 from tracin_we.checkpoints import CheckpointError, load_checkpoint, trainer_checkpoints
+from tracin_we.inputs import model_inputs
 from tracin_we.models import (
     CNNClassifier,
     HFClassifier,
@@ -15,7 +16,7 @@ from tracin_we.models import (
     classifier_layer,
     word_embeddings,
 )
-from tracin_we.train import TrainConfig, fit, model_inputs, predict_proba, train
+from tracin_we.train import TrainConfig, fit, predict_proba, train
 
 
 def tiny_config(data_dir, **changes) -> TrainConfig:

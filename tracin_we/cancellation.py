@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from tracin_we.influence.gradients import batch_rows, batches, param_grads
+from tracin_we.inputs import model_inputs
 from tracin_we.models import word_embeddings
-from tracin_we.train import model_inputs
 
 VARIANTS = ("C_l1", "C_l1_l2", "C_l2")
 

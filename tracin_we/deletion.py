@@ -37,6 +37,7 @@ from tracin_we import influence
 from tracin_we.checkpoints import CheckpointError, atomic_write, write_json
 from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.options import parse_options
+from tracin_we.inputs import model_inputs
 from tracin_we.retrain import (
     BACKENDS,
     WORKERS,
@@ -45,14 +46,7 @@ from tracin_we.retrain import (
     engine_for,
     retrain_cached,
 )
-from tracin_we.train import (
-    TrainConfig,
-    cache_dir,
-    config_key,
-    from_flat_params,
-    model_inputs,
-    train,
-)
+from tracin_we.train import TrainConfig, cache_dir, config_key, from_flat_params, train
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
 SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}

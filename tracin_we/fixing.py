@@ -53,7 +53,8 @@ from tracin_we.checkpoints import StateDict, atomic_write, resolve_checkpoints, 
 from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.context import prepared
 from tracin_we.influence.gradients import frozen, last_layer_features
-from tracin_we.influence.options import CLS_ID, PAD_ID, SEP_ID, Options
+from tracin_we.influence.options import Options
+from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, forward, model_inputs
 from tracin_we.models import classifier_layer, word_embeddings
 from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached
 from tracin_we.tokenizer import load_tokenizer
@@ -61,20 +62,16 @@ from tracin_we.train import (
     TrainConfig,
     cache_dir,
     config_key,
-    forward,
     from_flat_params,
-    model_inputs,
     predict_proba,
     train,
 )
 
 log = logging.getLogger(__name__)
 
-Tensors = dict[str, torch.Tensor]
 Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
 FIX_METHODS = ("tracin-we-topk", "influence-last")
 FIXES = ("remove", "replace")
-SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID)  # never replaced
 # v1 §6: share of 40 mistakes fixed over 10 retrains, k = 50 (BERT-tiny).
 PAPER_FIXED_SHARE = {"tracin-we-topk": 0.73, "influence-last": 0.33}
 

@@ -41,16 +41,13 @@ from tracin_we.deletion import (
     select_test_points,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
-from tracin_we.influence.options import CLS_ID, PAD_ID, SEP_ID
+from tracin_we.inputs import SPECIAL_IDS, Tensors, model_inputs
 from tracin_we.paper import NO_OVERLAP
-from tracin_we.train import cache_dir, model_inputs
-
-Tensors = dict[str, torch.Tensor]
-IGNORED_IDS = (PAD_ID, CLS_ID, SEP_ID)  # shared by every text: not "overlap"
+from tracin_we.train import cache_dir
 
 
 def least_overlap_candidates(
-    train: Tensors, test: Tensors, fraction: float, ignore: tuple[int, ...] = IGNORED_IDS
+    train: Tensors, test: Tensors, fraction: float, ignore: tuple[int, ...] = SPECIAL_IDS
 ) -> torch.Tensor:
     """Bool mask (n_test, n_train): per test text, the ``round(fraction · n_train)`` training texts
     with the lowest TF-IDF cosine to it (ties: lower training index first).
@@ -73,7 +70,7 @@ def least_overlap_candidates(
 
 
 def overlap_summary(
-    train: Tensors, test: Tensors, candidates: torch.Tensor, ignore: tuple[int, ...] = IGNORED_IDS
+    train: Tensors, test: Tensors, candidates: torch.Tensor, ignore: tuple[int, ...] = SPECIAL_IDS
 ) -> pd.DataFrame:
     """Per test text: the largest TF-IDF cosine among its candidates and the median over all
     training texts, and how many candidates share no token (outside ``ignore``) at all."""

@@ -55,9 +55,9 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from tracin_we.checkpoints import CheckpointError, save_torch, write_json
+from tracin_we.inputs import MODEL_INPUTS, Tensors, select
 from tracin_we.models import word_embeddings
 from tracin_we.train import (
-    MODEL_INPUTS,
     TrainConfig,
     cache_dir,
     config_key,
@@ -66,12 +66,10 @@ from tracin_we.train import (
     new_model,
     predict_proba,
     resolved_config,
-    select,
 )
 
 BACKENDS = ("sequential", "ensemble", "joblib", "dask")
 WORKERS = ("plain", "ensemble")
-Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

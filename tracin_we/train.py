@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -31,12 +31,12 @@ from tracin_we.checkpoints import (
     write_json,
 )
 from tracin_we.data import DataConfig, fingerprint, make_splits
+from tracin_we.inputs import forward, model_inputs, select
 from tracin_we.models import build_model, word_embeddings
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "TRACIN_WE_CACHE"
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OPTIMIZERS = ("sgd", "adam")
 # Part of every cache key: bump it when the training loop changes its numbers (v2: fused Adam).
 RECIPE_VERSION = 2
@@ -162,34 +162,6 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
         config.seed,
         pretrained=config.pretrained,
     )
-
-
-def model_inputs(data: Dataset | list[dict] | dict) -> dict[str, torch.Tensor]:
-    """Stack a ``Dataset`` or list of dicts into tensors: ``input_ids``, ``attention_mask``,
-    ``token_type_ids`` (each (N, T), when present) and ``labels`` (N,)."""
-    if isinstance(data, dict) and "input_ids" in data and torch.is_tensor(data["input_ids"]):
-        return data
-    rows = data.to_dict() if isinstance(data, Dataset) else None
-    if rows is None:
-        if not data:
-            return {}
-        rows = {k: [ex[k] for ex in data] for k in data[0]}
-    out = {k: torch.as_tensor(rows[k]) for k in MODEL_INPUTS if k in rows}
-    label_key = "labels" if "labels" in rows else "label" if "label" in rows else None
-    if label_key is not None:
-        out["labels"] = torch.as_tensor(rows[label_key], dtype=torch.long)
-    return out
-
-
-def select(
-    tensors: dict[str, torch.Tensor], index: torch.Tensor, device: str | torch.device
-) -> dict[str, torch.Tensor]:
-    return {k: v[index].to(device) for k, v in tensors.items()}
-
-
-def forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits (B, C) for a batch dict (labels ignored)."""
-    return model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

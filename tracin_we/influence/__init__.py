@@ -42,18 +42,15 @@ from tracin_we.influence.last_layer import (
 )
 from tracin_we.influence.layers import CosineKernel, ParamKernel
 from tracin_we.influence.options import (
-    CLS_ID,
     METHOD_OPTIONS,
-    PAD_ID,
-    SEP_ID,
     Options,
-    Tensors,
     model_sizes,
     parse_options,
     prepare_data,
     select_params,
 )
 from tracin_we.influence.words import WordScores, word_scores
+from tracin_we.inputs import CLS_ID, PAD_ID, SEP_ID, Tensors
 from tracin_we.models import word_embeddings
 
 __all__ = [

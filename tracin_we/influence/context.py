@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from tracin_we.checkpoints import StateDict, save_torch
-from tracin_we.influence.options import Options, Tensors
+from tracin_we.influence.options import Options
+from tracin_we.inputs import Tensors
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 
 from tracin_we.influence.context import Run
 from tracin_we.influence.gradients import SparseRows, batches, embedding_grads, sparse_rows
-from tracin_we.influence.options import Tensors
+from tracin_we.inputs import Tensors
 from tracin_we.models import word_embeddings
 
 # Elements of the largest index tensor one chunk of ``sparse_dot`` builds (8 MiB of int64):

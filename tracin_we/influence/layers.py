@@ -13,7 +13,7 @@ import torch
 
 from tracin_we.influence.context import Kernel, Run
 from tracin_we.influence.gradients import param_grads
-from tracin_we.influence.options import Tensors
+from tracin_we.inputs import Tensors
 
 
 @dataclass(frozen=True)

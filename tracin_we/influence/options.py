@@ -15,12 +15,8 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from tracin_we.inputs import Tensors, model_inputs
 from tracin_we.models import classifier_layer, word_embeddings
-from tracin_we.train import model_inputs
-
-Tensors = dict[str, torch.Tensor]
-
-PAD_ID, CLS_ID, SEP_ID = 0, 101, 102  # bert-base-uncased [PAD], [CLS], [SEP]
 
 COMMON_OPTIONS = ("batch_size", "device", "dtype", "cache_dir")
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {

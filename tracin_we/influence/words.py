@@ -21,7 +21,8 @@ from tracin_we.checkpoints import StateDict, resolve_checkpoints
 from tracin_we.influence.context import Run, prepared
 from tracin_we.influence.embedding import embedding_rows, kept_positions
 from tracin_we.influence.gradients import batches, embedding_grads
-from tracin_we.influence.options import Options, Tensors, model_sizes, prepare_data
+from tracin_we.influence.options import Options, model_sizes, prepare_data
+from tracin_we.inputs import Tensors
 
 
 @dataclass(frozen=True)
