@@ -1,6 +1,6 @@
 """The cancellation effect, measured per parameter tensor and per layer group.
 
-For per-example training gradients g_i of a parameter block θ (PAPER.md, "The cancellation
+For per-example training gradients g_i of a parameter block θ (arXiv 2202.11844, "The cancellation
 effect"):
 
     C_l1(θ)    = Σ_i ‖g_i‖₁ / ‖Σ_i g_i‖₁       (the 2025 critique's measure; ≥ 1)

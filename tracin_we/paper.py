@@ -1,4 +1,4 @@
-"""The paper's published numbers (v1, arXiv 2202.11844, via PAPER.md), to print beside ours."""
+"""The paper's published numbers (arXiv 2202.11844 v1, Table 3), to print beside ours."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ negative = opponent. ``checkpoints`` are ``(state_dict_or_path, learning_rate)``
 loaded into ``model`` in turn and the model is put back as it was afterwards. Gradients are taken
 in eval mode, of the cross-entropy at the ground-truth label.
 
-Methods (``METHODS``; PAPER.md for the definitions):
+Methods (``METHODS``; formulas in docs/paper.md, arXiv 2202.11844 v1 eq. 2–4 and Table 3):
 
 - ``tracin-we``: TracIn on the word-embedding matrix, eq. 2; ``tracin-we-topk`` (option ``k``,
   eqs. 3–4), ``tracin-we-syn`` (``k``, ``threshold``), ``tracin-we-noc`` (``special_token_ids``);
