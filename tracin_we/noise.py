@@ -3,8 +3,7 @@
 The 2025 critique (Vitel & Chhabra, "First is Not Really Better Than Last", ICLR 2026) flips 20% of
 the training labels, scores every training example by its influence on clean held-out points (one
 score column per layer or method), sorts ascending — mislabelled examples should be opponents — and
-counts how many flipped examples
-sit at the top of that list:
+counts how many flipped examples sit at the top of that list:
 
     NDR@p   = |flipped ∩ lowest ⌈p·N⌉| / |flipped|        (the share of the noise found)
     AUC-NDR = ∫₀¹ NDR(p) dp / ∫₀¹ NDR*(p) dp,  NDR*(p) = min(p / r, 1) for a noise rate r.
