@@ -109,3 +109,14 @@ def test_groups_run_first_to_last_and_can_be_chosen():
     assert set(table.group) == {"classifier"}
     with pytest.raises(ValueError, match=r"unknown layer names \['layer9'\]"):
         cancellation(model, None, tiny_data(), groups=["layer9"])
+
+
+def test_float64_model_accumulates_in_its_own_dtype():
+    """A float64 model's sums are float64 (its embedding rows once met a float32 accumulator)."""
+    model = CNNClassifier(3, vocab_size=40, embed_dim=6, channels=4).double().eval()
+    data = tiny_data()
+    table = cancellation(model, None, data, batch_size=4)
+    tensors = table[table.level == "tensor"].set_index("name")
+    for name, (sum_l1, l1_of_sum, _, _) in brute_force(model, data).items():
+        assert tensors.loc[name].sum_l1 == pytest.approx(sum_l1, rel=1e-10), name
+        assert tensors.loc[name].l1_of_sum == pytest.approx(l1_of_sum, rel=1e-10), name

@@ -51,6 +51,21 @@ def test_unknown_preset_is_refused():
         load_preset("huge")
 
 
+def test_00_tracin_we_by_hand(tmp_path):
+    metrics, figures = run_smoke("00", tmp_path)
+    # The three routes to one TracIn-WE score agree to float64 rounding.
+    for route in ("dense", "shared", "words", "last"):
+        assert metrics[f"{route}_rel_error"] < 1e-10, route
+    assert metrics["rows_outside_text"] == [0, 0, 0, 0]
+    assert all(
+        0 < n <= m for n, m in zip(metrics["nonzero_rows"], metrics["distinct_tokens"], strict=True)
+    )
+    assert all(s != 0 for s in metrics["tracin_we"])  # [CLS]/[SEP] are shared by every pair
+    assert metrics["noc_zero"] == [not shared for shared in metrics["shares_a_word"]]
+    assert metrics["cancellation"]["TracIn-Last"] > metrics["cancellation"]["TracIn-WE"]
+    assert figures == []
+
+
 def test_01_train(ag_news_dir, tmp_path):
     metrics, figures = run_smoke("01", tmp_path)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0

@@ -94,7 +94,12 @@ def cancellation(
     embedding_name = next((n for n in names if layer_groups(model)[n] == "word_embeddings"), None)
     dense = [n for n in names if n != embedding_name]
     params = dict(model.named_parameters())
-    sums = {n: _Accumulator(0.0, torch.zeros(params[n].numel(), device=device), []) for n in names}
+    sums = {
+        n: _Accumulator(
+            0.0, torch.zeros(params[n].numel(), dtype=params[n].dtype, device=device), []
+        )
+        for n in names
+    }
     for batch in batches(tensors, batch_size, device):
         if embedding_name is not None:
             _add_embedding(model, batch, sums[embedding_name])
