@@ -197,7 +197,9 @@ def reproduce(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tracin_we.reproduce", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--preset", default="default", help=f"one of {available_presets()}, or a .yaml file"
     )
@@ -210,11 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.params_for is not None:
-            sys.stdout.write(
-                yaml.safe_dump(params_for(args.preset, args.params_for), sort_keys=False)
-            )
+            params = params_for(args.preset, args.params_for)
+            sys.stdout.write(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
             return
-        load_preset(args.preset)  # a bad preset fails here, before logging starts
+        load_preset(args.preset)  # a bad preset or prefix fails here, before anything runs
+        select_notebooks(args.only)
     except ValueError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
