@@ -156,4 +156,8 @@ def test_07_layers_and_aggregation(ag_news_dir, tmp_path):
     )
     assert all(0.0 <= v <= 1.0 for v in metrics["ndr"].values())
     assert set(metrics["spearman_c"]) == set(metrics["spearman_ndr"]) == {"DEL+", "DEL-"}
-    assert figures == ["07_ndr_vs_deletion.png", "07_noise_detection.png"]
+    assert figures == [
+        "07_c_vs_deletion.png",
+        "07_ndr_vs_deletion.png",
+        "07_noise_detection.png",
+    ]

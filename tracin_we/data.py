@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict
 
+from tracin_we.params import check_types
 from tracin_we.tokenizer import load_tokenizer
 
 DATA_DIR_ENV = "TRACIN_WE_DATA_DIR"
@@ -90,6 +91,7 @@ class DataConfig:
     tokenizer: str = "bert-base-uncased"  # WordPiece uncased, 30,522 ids
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.dataset not in TASKS:
             raise ValueError(f"dataset={self.dataset!r} is unknown; allowed: {sorted(TASKS)}")
         for name in ("n_train", "n_test", "max_length"):

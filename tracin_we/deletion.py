@@ -38,6 +38,7 @@ from tracin_we.checkpoints import CheckpointError, atomic_write, write_json
 from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
+from tracin_we.params import check_types, from_params
 from tracin_we.retrain import (
     BACKENDS,
     WORKERS,
@@ -46,7 +47,7 @@ from tracin_we.retrain import (
     engine_for,
     retrain_cached,
 )
-from tracin_we.train import TrainConfig, cache_dir, config_key, from_flat_params, train
+from tracin_we.train import TrainConfig, cache_dir, config_key, train
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
 SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}
@@ -82,6 +83,7 @@ class DeletionConfig:
     bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("methods", "ks", "seeds", "directions"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self._check_choices("methods", self.methods, influence.METHODS)
@@ -118,8 +120,15 @@ class DeletionConfig:
     @classmethod
     def from_params(cls, **params) -> DeletionConfig:
         """Build from flat notebook/preset parameters: this class's own fields, the rest going to
-        ``TrainConfig.from_params`` (unknown names are an error there)."""
-        return from_flat_params(cls, params)
+        its ``TrainConfig`` (``tracin_we.params``); unknown names are an error."""
+        return from_params(cls, params)
+
+    @property
+    def n_retrains(self) -> int:
+        """Retrains the sweep needs at most: per seed, its baseline and one per (test point,
+        method, direction, k); fewer when deletion sets coincide or are cached."""
+        per_seed = self.n_test_points * len(self.methods) * len(self.directions) * len(self.ks)
+        return len(self.seeds) * (1 + per_seed)
 
     @staticmethod
     def _check_choices(name: str, values: tuple, allowed: tuple) -> None:

@@ -56,13 +56,13 @@ from tracin_we.influence.gradients import frozen, last_layer_features
 from tracin_we.influence.options import Options
 from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, forward, model_inputs
 from tracin_we.models import classifier_layer, word_embeddings
+from tracin_we.params import check_types, from_params
 from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached
 from tracin_we.tokenizer import load_tokenizer
 from tracin_we.train import (
     TrainConfig,
     cache_dir,
     config_key,
-    from_flat_params,
     predict_proba,
     train,
 )
@@ -92,6 +92,7 @@ class FixingConfig:
     n_workers: int | None = None  # retrain processes; None: one per core
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("p_range", "methods", "fixes", "seeds"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         n_train = self.train.data.n_train
@@ -117,8 +118,14 @@ class FixingConfig:
     @classmethod
     def from_params(cls, **params) -> FixingConfig:
         """Build from flat notebook/preset parameters: this class's own fields, the rest going to
-        ``TrainConfig.from_params`` (unknown names are an error there)."""
-        return from_flat_params(cls, params)
+        its ``TrainConfig`` (``tracin_we.params``); unknown names are an error."""
+        return from_params(cls, params)
+
+    @property
+    def n_retrains(self) -> int:
+        """Retrains the run needs at most: per seed, the unedited control and one per (mistake,
+        method, fix); fewer when cached or when fewer mistakes exist."""
+        return len(self.seeds) * (1 + self.n_mistakes * len(self.methods) * len(self.fixes))
 
 
 def check_p_range(p_range: Sequence[float]) -> None:

@@ -1,16 +1,27 @@
 """Run the notebooks in order with papermill under a preset: ``python -m tracin_we.reproduce``.
 
-A preset is a YAML file in ``presets/`` with a ``common`` section (parameters every notebook shares,
-such as the data and training recipe) and one section per notebook (``01_train``, ...). Each
-notebook receives the parameters of its ``parameters`` cell that the preset sets, plus where to
-write: executed copies and metrics go to ``runs/<preset>/``, figures to ``figures/`` for the
-``default`` preset and to ``runs/<preset>/figures/`` otherwise.
+A preset is a YAML file with a ``common`` section (parameters every notebook shares, such as the
+data and training recipe) and one section per notebook (``01_train``, ...); sections named
+``x-...`` are ignored (templates for YAML anchors). ``--preset NAME`` reads ``presets/NAME.yaml``;
+``--preset path/to/file.yaml`` reads that file. Each notebook receives the parameters of its
+``parameters`` cell that the preset sets, plus where to write: executed copies and metrics go to
+``runs/<preset>/``, figures to ``figures/`` for the built-in ``default`` preset only and to
+``runs/<preset>/figures/`` otherwise. A key that its notebook (or, in ``common``, every notebook)
+does not declare is an error before anything runs.
+
+``--params-for 03`` prints, as flat YAML, exactly the parameters that ``reproduce`` would give
+notebook ``03_*``, for a papermill run by hand::
+
+    python -m tracin_we.reproduce --preset smoke --params-for 03 > p.yaml
+    papermill notebooks/03_case_deletion.ipynb out.ipynb -f p.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 PRESETS = REPO / "presets"
+OUTPUTS = ("run_dir", "figures_dir", "metrics_path")  # set by reproduce, never by a preset
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a preset name: also its folder under runs/
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +41,87 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
-def load_preset(name: str) -> dict:
-    path = PRESETS / f"{name}.yaml"
+def preset_path(preset: str | Path) -> Path:
+    """``presets/<preset>.yaml`` for a name, or ``preset`` itself for a path ending in
+    ``.yaml``/``.yml``. A name is letters, digits, ``_``, ``-`` and ``.``: no folders."""
+    text = str(preset)
+    if text.endswith((".yaml", ".yml")):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ValueError(f"preset={text!r}: no such file")
+        name = path.stem
+        if not NAME.fullmatch(name):
+            raise ValueError(
+                f"preset={text!r}: its name {name!r} names its folder under runs/; use letters, "
+                "digits, '_', '-' and '.'"
+            )
+        builtin = PRESETS / f"{name}.yaml"
+        if name in available_presets() and path.resolve() != builtin.resolve():
+            raise ValueError(
+                f"preset={text!r} has the name of the built-in preset {name!r} and would write "
+                f"over runs/{name}; rename the file"
+            )
+        return path
+    if not NAME.fullmatch(text) or ".." in text:
+        raise ValueError(
+            f"preset={text!r} is neither a preset name (one of {available_presets()}) nor a path "
+            "to a .yaml file"
+        )
+    path = PRESETS / f"{text}.yaml"
     if not path.is_file():
-        raise ValueError(f"preset={name!r} is unknown; allowed: {available_presets()}")
-    return yaml.safe_load(path.read_text()) or {}
+        raise ValueError(f"preset={text!r} is unknown; allowed: {available_presets()} or a path")
+    return path
+
+
+def preset_name(preset: str | Path) -> str:
+    """The folder under ``runs/`` that a preset writes to: its file's stem."""
+    return preset_path(preset).stem
+
+
+def load_preset(preset: str | Path) -> dict:
+    """The preset's sections, checked against the notebooks' parameters (``check_preset``)."""
+    path = preset_path(preset)
+    config = yaml.safe_load(path.read_text()) or {}
+    check_preset(config, source=str(path))
+    return config
+
+
+def notebook_paths() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def check_preset(config: dict, source: str = "preset") -> None:
+    """Every section is ``common``, a notebook's name or a template (``x-...``), and every key is
+    a parameter of the notebook it goes to (for ``common``: of at least one notebook)."""
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{source}: a preset is a mapping of sections, got {type(config).__name__}"
+        )
+    declared = {nb.stem: set(papermill.inspect_notebook(str(nb))) for nb in notebook_paths()}
+    for section, values in config.items():
+        if str(section).startswith("x-"):
+            continue
+        if section != "common" and section not in declared:
+            raise ValueError(
+                f"{source}: section {section!r} is not 'common', a notebook ({sorted(declared)}) "
+                "or a template named 'x-...'"
+            )
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {section!r} must be a mapping of parameters")
+        allowed = set.union(*declared.values()) if section == "common" else declared[section]
+        unknown = sorted(set(values) - allowed)
+        where = "any notebook" if section == "common" else section
+        if unknown:
+            raise ValueError(
+                f"{source}: {section}: {unknown} not a parameter of {where}; allowed: "
+                f"{sorted(allowed - set(OUTPUTS))}"
+            )
+        given_outputs = sorted(set(values) & set(OUTPUTS))
+        if given_outputs:
+            raise ValueError(
+                f"{source}: {section}: {given_outputs} are set by reproduce (runs/<preset>/); "
+                "remove them"
+            )
 
 
 def notebook_parameters(preset: dict, notebook: Path, run_dir: Path, figures_dir: Path) -> dict:
@@ -47,8 +136,38 @@ def notebook_parameters(preset: dict, notebook: Path, run_dir: Path, figures_dir
     return {k: v for k, v in merged.items() if k in declared}
 
 
+def select_notebooks(only: list[str] | None) -> list[Path]:
+    """The notebooks whose names start with one of ``only`` (all when ``only`` is empty)."""
+    notebooks = notebook_paths()
+    if only:
+        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
+        if not notebooks:
+            raise ValueError(f"only={only} matches no notebook in {NOTEBOOKS}")
+    return notebooks
+
+
+def output_dirs(
+    preset: str | Path, runs: Path | None = None, figures_dir: Path | None = None
+) -> tuple[Path, Path]:
+    """``(run_dir, figures_dir)``: ``runs/<name>/`` and ``figures/`` for the built-in default
+    preset, ``runs/<name>/figures/`` for any other."""
+    path = preset_path(preset)
+    run_dir = (runs or REPO / "runs") / path.stem
+    is_default = path.resolve() == (PRESETS / "default.yaml").resolve()
+    return run_dir, figures_dir or (REPO / "figures" if is_default else run_dir / "figures")
+
+
+def params_for(preset: str | Path, prefix: str) -> dict:
+    """The parameters ``reproduce`` gives the one notebook whose name starts with ``prefix``."""
+    notebooks = select_notebooks([prefix])
+    if len(notebooks) != 1:
+        raise ValueError(f"params_for={prefix!r} matches {[nb.name for nb in notebooks]}; give one")
+    run_dir, figures_dir = output_dirs(preset)
+    return notebook_parameters(load_preset(preset), notebooks[0], run_dir, figures_dir)
+
+
 def reproduce(
-    preset: str = "default",
+    preset: str | Path = "default",
     only: list[str] | None = None,
     runs: Path | None = None,
     figures_dir: Path | None = None,
@@ -56,15 +175,9 @@ def reproduce(
     """Execute ``notebooks/NN_*.ipynb`` in order (or those whose names start with ``only``) and
     return the executed copies. Every notebook runs with the repository root as working folder."""
     config = load_preset(preset)
-    run_dir = (runs or REPO / "runs") / preset
-    figures_dir = figures_dir or (REPO / "figures" if preset == "default" else run_dir / "figures")
-    notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
-        if not notebooks:
-            raise ValueError(f"only={only} matches no notebook in {NOTEBOOKS}")
+    run_dir, figures_dir = output_dirs(preset, runs, figures_dir)
     executed = []
-    for notebook in notebooks:
+    for notebook in select_notebooks(only):
         output = run_dir / "notebooks" / notebook.name
         output.parent.mkdir(parents=True, exist_ok=True)
         params = notebook_parameters(config, notebook, run_dir, figures_dir)
@@ -83,16 +196,36 @@ def reproduce(
     return executed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="default", help=f"one of {available_presets()}")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tracin_we.reproduce", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--preset", default="default", help=f"one of {available_presets()}, or a .yaml file"
+    )
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--params-for",
+        metavar="PREFIX",
+        help="print one notebook's parameters as flat YAML (for papermill -f) and run nothing",
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.params_for is not None:
+            params = params_for(args.preset, args.params_for)
+            sys.stdout.write(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+            return
+        load_preset(args.preset)  # a bad preset or prefix fails here, before anything runs
+        select_notebooks(args.only)
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
     reproduce(args.preset, args.only)
     log.info(
-        "reproduction (%s) finished in %.1f min", args.preset, (time.perf_counter() - started) / 60
+        "reproduction (%s) finished in %.1f min",
+        preset_name(args.preset),
+        (time.perf_counter() - started) / 60,
     )
 
 

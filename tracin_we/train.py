@@ -33,6 +33,7 @@ from tracin_we.checkpoints import (
 from tracin_we.data import DataConfig, fingerprint, make_splits
 from tracin_we.inputs import forward, model_inputs, select
 from tracin_we.models import build_model, word_embeddings
+from tracin_we.params import check_types, from_params
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class TrainConfig:
     max_grad_norm: float | None = None  # clip the global gradient norm (HF Trainer uses 1.0)
 
     def __post_init__(self) -> None:
+        check_types(self)
         object.__setattr__(self, "checkpoint_epochs", tuple(self.checkpoint_epochs))
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs} must be a positive integer")
@@ -94,26 +96,9 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, **params) -> TrainConfig:
-        """Build from the flat parameters of a notebook or preset; unknown names are an error."""
-        data_fields = set(DataConfig.__dataclass_fields__)
-        train_fields = set(cls.__dataclass_fields__) - {"data"}
-        unknown = set(params) - data_fields - train_fields
-        if unknown:
-            raise ValueError(
-                f"unknown parameters {sorted(unknown)}; allowed: "
-                f"{sorted(data_fields | train_fields)}"
-            )
-        data = DataConfig(**{k: v for k, v in params.items() if k in data_fields})
-        return cls(data=data, **{k: v for k, v in params.items() if k in train_fields})
-
-
-def from_flat_params(cls: type, params: dict):
-    """Build ``cls``, a config dataclass with a ``train: TrainConfig`` field, from the flat
-    parameters of a notebook or preset: its own fields go to ``cls``, the rest to
-    ``TrainConfig.from_params`` (where unknown names are an error)."""
-    own = set(cls.__dataclass_fields__) - {"train"}
-    train_config = TrainConfig.from_params(**{k: v for k, v in params.items() if k not in own})
-    return cls(train=train_config, **{k: v for k, v in params.items() if k in own})
+        """Build from the flat parameters of a notebook or preset (``tracin_we.params``): data
+        fields go to ``DataConfig``, ``seed`` to both; unknown names are an error."""
+        return from_params(cls, params)
 
 
 @dataclass
