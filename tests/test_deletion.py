@@ -1,5 +1,5 @@
 """The case-deletion loop: validation before any retrain, deletion sets, DEL bookkeeping, the
-retrain cache, and the ensemble and dask backends against plain sequential retraining.
+retrain cache, and the joblib and dask backends against plain sequential retraining.
 
 One tiny sweep (CNN, 32 synthetic training texts, 4 test points, TracIn-WE and random, k ∈ {3, 6},
 both directions, seeds {0, 1}: 66 retrains of 4 SGD steps) is shared by the module.
@@ -31,7 +31,7 @@ from tracin_we.train import TrainConfig, predict_proba, train
 
 N_TRAIN, N_TEST, T = 32, 16, 12
 KEYS = ["point", "method", "direction", "k", "seed"]
-TRAIN_CHUNK = retrain_module.train_chunk
+TRAIN_JOB = retrain_module.train_job
 
 
 def split(n: int, seed: int) -> Dataset:
@@ -79,18 +79,18 @@ class Interrupted(Exception):
 
 
 class Counter:
-    """Wraps ``retrain.train_chunk`` and counts the jobs it trains."""
+    """Wraps ``retrain.train_job`` and counts the jobs it trains."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) -> None:
         self.jobs: list[RetrainJob] = []
         self.fail_after = fail_after
-        monkeypatch.setattr(retrain_module, "train_chunk", self)
+        monkeypatch.setattr(retrain_module, "train_job", self)
 
-    def __call__(self, config, jobs, *args, **kwargs):
+    def __call__(self, config, job, *args, **kwargs):
         if self.fail_after is not None and len(self.jobs) >= self.fail_after:
             raise Interrupted
-        self.jobs.extend(jobs)
-        return TRAIN_CHUNK(config, jobs, *args, **kwargs)
+        self.jobs.append(job)
+        return TRAIN_JOB(config, job, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +141,12 @@ def test_config_from_flat_parameters():
         DeletionConfig.from_params(n_trian=10)
 
 
-def test_ensemble_refused_for_a_recipe_it_does_not_implement():
-    adam = replace(deletion_config().train, optimizer="adam")
-    with pytest.raises(ValueError, match="optimizer='adam'"):
-        deletion_config(train=adam, backend="ensemble")
-    deletion_config(train=adam, backend="joblib", worker="plain")
+def test_every_backend_takes_every_recipe():
+    adam = replace(deletion_config().train, optimizer="adam", max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="backend='ensemble' is unknown"):
+        deletion_config(train=adam, backend="ensemble")  # the stacked ensemble was removed
+    for backend in ("sequential", "joblib", "dask"):
+        assert deletion_config(train=adam, backend=backend).train.optimizer == "adam"
 
 
 def test_bad_input_refused_before_any_retraining(splits, tmp_path, monkeypatch):
@@ -341,19 +342,19 @@ def matching_p(result: DeletionResult, reference: DeletionResult) -> tuple[np.nd
     return merged["p"].to_numpy(), merged["p_ref"].to_numpy()
 
 
-def test_ensemble_backend_equals_plain_retraining(sweep, splits, tmp_path):
-    config = deletion_config(backend="ensemble", methods=("random",))
+def test_joblib_backend_equals_plain_retraining(sweep, splits, tmp_path):
+    config = deletion_config(backend="joblib", methods=("random",))
     fast = run_deletion(config, splits, cache=tmp_path, progress=False)
     assert fast.n_trained == 2 + 4 * 2 * 2 * 2
     p, p_ref = matching_p(fast, sweep[0])
-    assert np.abs(p - p_ref).max() < 1e-5
+    assert np.array_equal(p, p_ref)  # bit for bit: workers run the same fit
 
 
 @pytest.mark.slow
 def test_dask_backend_matches_local(sweep, splits, tmp_path):
     dask = pytest.importorskip("dask")
     distributed = pytest.importorskip("distributed")
-    config = deletion_config(backend="dask", worker="plain", methods=("random",))
+    config = deletion_config(backend="dask", methods=("random",))
     # Forked workers start in a fraction of a second; spawned ones re-import torch and
     # transformers (~12 s each on two busy cores). Safe here: the tasks run one torch thread.
     with (

@@ -24,7 +24,7 @@ from tracin_we.overlap import (
 from tracin_we.train import TrainConfig
 
 N_TRAIN, N_TEST, T = 32, 16, 12
-TRAIN_CHUNK = retrain_module.train_chunk
+TRAIN_JOB = retrain_module.train_job
 
 
 def texts(rows: list[list[int]], length: int = 6) -> dict[str, torch.Tensor]:
@@ -141,8 +141,8 @@ def test_no_overlap_sweep(splits, tmp_path, monkeypatch):
     trained = []
     monkeypatch.setattr(
         retrain_module,
-        "train_chunk",
-        lambda cfg, jobs, *a, **kw: trained.extend(jobs) or TRAIN_CHUNK(cfg, jobs, *a, **kw),
+        "train_job",
+        lambda cfg, job, *a, **kw: trained.append(job) or TRAIN_JOB(cfg, job, *a, **kw),
     )
     result = run_no_overlap(config, splits, candidate_fraction=0.25, cache=tmp_path, progress=False)
     deletion = result.deletion

@@ -38,14 +38,7 @@ from tracin_we.checkpoints import CheckpointError, atomic_write, write_json
 from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
-from tracin_we.retrain import (
-    BACKENDS,
-    WORKERS,
-    RetrainJob,
-    check_engine,
-    engine_for,
-    retrain_cached,
-)
+from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
 from tracin_we.train import TrainConfig, cache_dir, config_key, from_flat_params, train
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
@@ -74,9 +67,7 @@ class DeletionConfig:
     point_seed: int = 0  # which test points are drawn
     # Options of influence.scores per method, e.g. {"tracin-we-topk": {"k": 10}}.
     method_options: dict[str, dict] = field(default_factory=dict)
-    backend: str = "joblib"  # retrain.BACKENDS; joblib + plain workers: fastest on a 2-core CPU
-    worker: str = "plain"  # what each joblib/dask task runs: "plain" fit or an "ensemble" chunk
-    chunk_size: int = 16  # ensemble members trained at once
+    backend: str = "joblib"  # retrain.BACKENDS; joblib, one torch thread per core: fastest on a CPU
     n_bootstrap: int = 1000  # resamples of the test points for the CIs
     ci: float = 0.95
     bootstrap_seed: int = 0
@@ -101,12 +92,8 @@ class DeletionConfig:
             raise ValueError(f"seeds={list(self.seeds)} must be a non-empty list of distinct ints")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} is unknown; allowed: {list(BACKENDS)}")
-        if self.worker not in WORKERS:
-            raise ValueError(f"worker={self.worker!r} is unknown; allowed: {list(WORKERS)}")
-        check_engine(self.train, engine_for(self.backend, self.worker))
-        for name in ("chunk_size", "n_bootstrap"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.n_bootstrap < 1:
+            raise ValueError(f"n_bootstrap={self.n_bootstrap} must be a positive integer")
         if not 0 < self.ci < 1:
             raise ValueError(f"ci={self.ci} must be in (0, 1)")
         extra = sorted(set(self.method_options) - set(self.methods))
@@ -191,8 +178,6 @@ def run_deletion(
         test_t,
         cache=cache,
         backend=config.backend,
-        worker=config.worker,
-        chunk_size=config.chunk_size,
         client=client,
         device=device,
         progress=progress,
