@@ -16,21 +16,18 @@ from tracin_we.fixing import (
     apply_edit,
     fixed_share,
     fixing_plan,
-    influence_last_positions,
-    influence_last_vectors,
     most_negative_word,
     retrain_edits,
     run_fixing,
     select_mistakes,
-    word_spans,
     worst_words,
 )
+from tracin_we.influence.attribution import influence_last_positions, influence_last_vectors
 from tracin_we.inputs import CLS_ID, SEP_ID, model_inputs
-from tracin_we.tokenizer import load_tokenizer
 from tracin_we.train import TrainConfig, predict_proba, train
 
 N, T = 48, 12
-TRAIN_CHUNK = retrain_module.train_chunk
+TRAIN_JOB = retrain_module.train_job
 
 
 def split(n: int, seed: int) -> Dataset:
@@ -148,50 +145,6 @@ def test_config_from_flat_parameters():
 # ---- word influence ----------------------------------------------------------------------
 
 
-def test_influence_last_vectors_reproduce_influence_last_scores(splits, trained):
-    model, checkpoints = trained
-    train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
-    test_t = {k: v[:3] for k, v in test_t.items()}
-    expected = influence.scores("influence-last", model, checkpoints, train_t, test_t)
-    vectors = influence_last_vectors(model, checkpoints, train_t, test_t)
-    for j in range(3):
-        got = influence_last_positions(model, checkpoints, train_t, vectors[j]).score
-        torch.testing.assert_close(got, expected[j], rtol=1e-3, atol=1e-5)
-
-
-def test_position_influence_is_gradient_times_input(splits, trained):
-    """Σ_i (∂I/∂e_i)·e_i = d/dt I(t·e) at t = 1 (central difference), and 0 where masked."""
-    model, checkpoints = trained
-    train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
-    vector = influence_last_vectors(
-        model, checkpoints, train_t, {k: v[:1] for k, v in test_t.items()}
-    )[0]
-    examples = {k: v[:4] for k, v in train_t.items()}
-    split_up = influence_last_positions(model, checkpoints, examples, vector)
-    eps, scaled = 1e-3, []
-    for t in (1 + eps, 1 - eps):
-        handle = model.embeddings.register_forward_hook(lambda _m, _i, out, t=t: out * t)
-        try:
-            scaled.append(influence_last_positions(model, checkpoints, examples, vector).score)
-        finally:
-            handle.remove()
-    derivative = (scaled[0] - scaled[1]).double() / (2 * eps)
-    torch.testing.assert_close(split_up.positions.sum(1).double(), derivative, rtol=2e-2, atol=1e-4)
-    assert (split_up.positions[examples["attention_mask"] == 0] == 0).all()
-    assert split_up.positions.abs().sum() > 0
-
-
-def test_word_spans_join_word_pieces_and_skip_specials():
-    tokenizer = load_tokenizer()
-    encoded = tokenizer("the unaffordable cat", padding="max_length", max_length=10)
-    ids = torch.tensor(encoded["input_ids"])
-    mask = torch.tensor(encoded["attention_mask"])
-    spans = word_spans(ids, mask, tokenizer)
-    assert [tokenizer.decode(ids[s:e].tolist()) for s, e in spans] == ["the", "unaffordable", "cat"]
-    assert spans[0] == (1, 2) and spans[1][1] - spans[1][0] > 1
-    assert word_spans(ids, mask) == [(i, i + 1) for i in range(1, int(mask.sum()) - 1)]
-
-
 def test_most_negative_word():
     ids = torch.tensor([CLS_ID, 5, 6, 7, SEP_ID])
     words = pd.DataFrame(
@@ -257,15 +210,15 @@ def test_edit_replaces_exactly_the_chosen_positions(splits):
 
 
 class Counter:
-    """Wraps ``retrain.train_chunk`` and counts the jobs it trains."""
+    """Wraps ``retrain.train_job`` and counts the jobs it trains."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.jobs = []
-        monkeypatch.setattr(retrain_module, "train_chunk", self)
+        monkeypatch.setattr(retrain_module, "train_job", self)
 
-    def __call__(self, config, jobs, *args, **kwargs):
-        self.jobs.extend(jobs)
-        return TRAIN_CHUNK(config, jobs, *args, **kwargs)
+    def __call__(self, config, job, *args, **kwargs):
+        self.jobs.append(job)
+        return TRAIN_JOB(config, job, *args, **kwargs)
 
 
 def test_no_edit_reproduces_the_baseline_and_retrains_are_cached(splits, tmp_path, monkeypatch):

@@ -22,9 +22,11 @@ from torch.utils.data import TensorDataset
 from transformers import BertConfig, BertForSequenceClassification
 
 from tracin_we import influence
-from tracin_we.influence import embedding
-from tracin_we.inputs import model_inputs
+from tracin_we.influence import attribution, embedding
+from tracin_we.influence.words import word_spans, word_text
+from tracin_we.inputs import SPECIAL_IDS, model_inputs
 from tracin_we.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
+from tracin_we.tokenizer import load_tokenizer
 
 VOCAB, LENGTH, CLASSES = 120, 12, 3
 CLS, SEP, PAD = 101, 102, 0
@@ -229,10 +231,12 @@ def test_tracin_layer_equals_brute_force(name: str) -> None:
     assert torch.equal(ours, by_names)
 
 
-def test_influence_last_equals_explicit_inverse_hessian(setup) -> None:
-    model, ckpts, train, test = setup
-    damping = 1e-2
-    ours = influence.scores("influence-last", model, ckpts, train, test, damping=damping, **F64)
+def explicit_influence_last(
+    model: nn.Module, ckpts, train: list[dict], test: list[dict], damping: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """By autograd at the last checkpoint, θ = the last layer's (W, b) flattened: the explicit
+    Hessian H of the mean training loss over θ, and per-example gradients. Returns
+    v = (H + damping·I)⁻¹ ∇ℓ(z') (n_test, P), ∇ℓ(z) (n_train, P) and the scores v · ∇ℓ(z)."""
     model = copy.deepcopy(model).eval()
     model.load_state_dict(ckpts[-1][0])  # the last checkpoint only
     layer = classifier_layer(model)
@@ -254,7 +258,100 @@ def test_influence_last_equals_explicit_inverse_hessian(setup) -> None:
     hessian += damping * torch.eye(len(flat), dtype=flat.dtype)
     test_grads = per_example_grads(model, test, [layer.weight, layer.bias])
     train_grads = per_example_grads(model, train, [layer.weight, layer.bias])
-    assert_close(ours, test_grads @ torch.linalg.solve(hessian, train_grads.T))
+    vectors = torch.linalg.solve(hessian, test_grads.T).T
+    return vectors, train_grads, vectors @ train_grads.T
+
+
+def test_influence_last_equals_explicit_inverse_hessian(setup) -> None:
+    model, ckpts, train, test = setup
+    damping = 1e-2
+    ours = influence.scores("influence-last", model, ckpts, train, test, damping=damping, **F64)
+    assert_close(ours, explicit_influence_last(model, ckpts, train, test, damping)[2])
+
+
+def test_influence_last_vectors_and_positions_equal_explicit_inverse_hessian(setup) -> None:
+    """The vectors v(z') and the score Σ_c δ_c (v_c · [a, 1]) that the position split starts
+    from are Influence-Last's, against the explicit Hessian."""
+    model, ckpts, train, test = setup
+    damping = 1e-2
+    expected_vectors, _, expected = explicit_influence_last(model, ckpts, train, test, damping)
+    train_t, test_t = model_inputs(train), model_inputs(test)
+    vectors = attribution.influence_last_vectors(model, ckpts, train_t, test_t, damping, **F64)
+    classes, width = classifier_layer(model).weight.shape
+    assert vectors.shape == (len(test), classes, width + 1)
+    as_w_then_b = torch.cat([vectors[..., :width].flatten(1), vectors[..., width]], 1)
+    assert_close(as_w_then_b, expected_vectors)  # [W | b] per class vs W flattened, then b
+    for j in range(len(test)):
+        got = attribution.influence_last_positions(model, ckpts, train_t, vectors[j], **F64).score
+        torch.testing.assert_close(got, expected[j], rtol=1e-3, atol=1e-5)
+
+
+def test_position_influence_is_gradient_times_input(setup) -> None:
+    """Σ_i (∂I/∂e_i)·e_i = d/dt I(t·e) at t = 1 (central difference), and 0 where masked."""
+    model, ckpts, train, test = setup
+    train_t, test_t = model_inputs(train), model_inputs(test[:1])
+    vector = attribution.influence_last_vectors(model, ckpts, train_t, test_t, **F64)[0]
+    examples = {k: v[:4] for k, v in train_t.items()}
+    split_up = attribution.influence_last_positions(model, ckpts, examples, vector, **F64)
+    eps, scaled = 1e-3, []
+    for t in (1 + eps, 1 - eps):
+        handle = word_embeddings(model).register_forward_hook(lambda _m, _i, out, t=t: out * t)
+        try:
+            scaled.append(
+                attribution.influence_last_positions(model, ckpts, examples, vector, **F64).score
+            )
+        finally:
+            handle.remove()
+    derivative = (scaled[0] - scaled[1]).double() / (2 * eps)
+    torch.testing.assert_close(split_up.positions.sum(1).double(), derivative, rtol=2e-2, atol=1e-4)
+    assert (split_up.positions[examples["attention_mask"] == 0] == 0).all()
+    assert split_up.positions.abs().sum() > 0
+
+
+def test_influence_last_words_sum_positions_over_whole_words() -> None:
+    model = cnn()
+    ckpts = checkpoints(model)
+    train = [example([CLS, 103, 104, 104, 105, SEP], 0), example([CLS, 106, SEP], 1)]
+    test_t = model_inputs(texts(1, seed=1))
+    train_t = model_inputs(train)
+    vector = attribution.influence_last_vectors(model, ckpts, train_t, test_t, **F64)[0]
+    positions = attribution.influence_last_positions(model, ckpts, train_t, vector, **F64)
+    tables = attribution.influence_last_words(model, ckpts, train_t, vector, Pieces(), **F64)
+    assert list(tables[0].word) == ["playinging", "now"] and list(tables[1].word) == ["w106"]
+    assert list(zip(tables[0].start, tables[0].end, strict=True)) == [(1, 4), (4, 5)]
+    words_only = ~torch.isin(train_t["input_ids"], torch.tensor(SPECIAL_IDS))  # [PAD] is 0 anyway
+    for table, row, keep in zip(tables, positions.positions, words_only, strict=True):
+        assert table.contribution.sum() == pytest.approx(float(row[keep].sum()), rel=1e-10)
+        assert list(table.columns) == ["word", "start", "end", "contribution"]
+
+
+class Pieces:
+    """A tokenizer's ``convert_ids_to_tokens``: 104 is a "##" piece."""
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        names = {CLS: "[CLS]", SEP: "[SEP]", PAD: "[PAD]", 103: "play", 104: "##ing", 105: "now"}
+        return [names.get(i, f"w{i}") for i in ids]
+
+
+def test_word_spans_join_word_pieces_and_skip_specials() -> None:
+    tokenizer = load_tokenizer()
+    encoded = tokenizer("the unaffordable cat", padding="max_length", max_length=10)
+    ids = torch.tensor(encoded["input_ids"])
+    mask = torch.tensor(encoded["attention_mask"])
+    valid = mask.bool() & ~torch.isin(ids, torch.tensor(SPECIAL_IDS))
+    spans = word_spans(ids, valid, tokenizer)
+    assert [tokenizer.decode(ids[s:e].tolist()) for s, e in spans] == ["the", "unaffordable", "cat"]
+    assert [word_text(ids, s, e, tokenizer) for s, e in spans] == [
+        "the",
+        "unaffordable",
+        "cat",
+    ]
+    assert spans[0] == (1, 2) and spans[1][1] - spans[1][0] > 1
+    assert word_spans(ids, valid) == [(i, i + 1) for i in range(1, int(mask.sum()) - 1)]
+    # A piece continues only the word ending just before it, never across a left-out position.
+    ids = torch.tensor([CLS, 103, 104, PAD, 104, SEP])
+    keep = torch.tensor([False, True, True, False, True, False])
+    assert word_spans(ids, keep, Pieces()) == [(1, 3), (4, 5)]
 
 
 def test_representer_equals_formula(setup) -> None:
@@ -496,11 +593,6 @@ def test_word_scores_sum_to_the_score() -> None:
     ckpts = checkpoints(model)
     train = example([CLS, 103, 104, 104, 105, 106, 103, SEP], 0)
     test = example([CLS, 104, 103, 107, 106, SEP], 1)
-
-    class Pieces:
-        def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-            names = {CLS: "[CLS]", SEP: "[SEP]", 103: "play", 104: "##ing", 105: "now"}
-            return [names.get(i, f"w{i}") for i in ids]
 
     result = influence.word_scores(model, ckpts, train, test, tokenizer=Pieces(), **F64)
     score = influence.scores("tracin-we", model, ckpts, [train], [test], **F64)[0, 0]

@@ -68,16 +68,45 @@ def word_scores(
             part, part_shared = _position_contributions(run, train, test, k)
             contribution += lr * part.double().cpu()
             shared |= part_shared.cpu()
-    pieces = (
-        tokenizer.convert_ids_to_tokens(ids.tolist())
-        if tokenizer is not None
-        else [None] * len(ids)
-    )
+    pieces = _pieces(ids, tokenizer)
     return WordScores(
         float(contribution.sum()),
         _token_table(ids, contribution, shared, pieces),
-        _word_table(train["attention_mask"][0].bool(), contribution, shared, pieces, ids),
+        _word_table(ids, train["attention_mask"][0].bool(), contribution, shared, tokenizer),
     )
+
+
+def word_spans(
+    input_ids: torch.Tensor, valid: torch.Tensor, tokenizer=None
+) -> list[tuple[int, int]]:
+    """Whole words of one text, as [start, end) position ranges over its ``valid`` positions
+    ((T,) bool): a WordPiece piece starting with ``##`` continues the word ending just before
+    it. Without a tokenizer every valid position is its own word."""
+    pieces = _pieces(input_ids, tokenizer)
+    spans: list[list[int]] = []
+    for i in torch.as_tensor(valid).nonzero().flatten().tolist():
+        piece = pieces[i]
+        if piece is not None and piece.startswith("##") and spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    return [(start, end) for start, end in spans]
+
+
+def word_text(input_ids: torch.Tensor, start: int, end: int, tokenizer=None) -> str:
+    """The word at positions [start, end): its pieces joined without ``##`` (token ids without a
+    tokenizer)."""
+    ids = torch.as_tensor(input_ids)[start:end].tolist()
+    pieces = _pieces(ids, tokenizer)
+    return "".join(
+        str(i) if p is None else p[2:] if p.startswith("##") else p
+        for i, p in zip(ids, pieces, strict=True)
+    )
+
+
+def _pieces(input_ids: torch.Tensor | list[int], tokenizer) -> list[str | None]:
+    ids = torch.as_tensor(input_ids).tolist()
+    return tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [None] * len(ids)
 
 
 def _position_contributions(
@@ -116,30 +145,16 @@ def _token_table(
 
 
 def _word_table(
+    ids: torch.Tensor,
     valid: torch.Tensor,
     contribution: torch.Tensor,
     shared: torch.Tensor,
-    pieces: list[str | None],
-    ids: torch.Tensor,
+    tokenizer,
 ) -> pd.DataFrame:
-    """Whole words of the training text: a piece starting with ``##`` continues the word before;
-    without token strings every position is its own word, named by its id."""
-    spans: list[list[int]] = []  # [start, end) per word
-    for i in valid.nonzero().flatten().tolist():
-        piece = pieces[i]
-        if piece is not None and piece.startswith("##") and spans and spans[-1][1] == i:
-            spans[-1][1] = i + 1
-        else:
-            spans.append([i, i + 1])
-    rows = []
-    for start, end in spans:
-        if shared[start:end].any():
-            text = "".join(_strip(pieces[i], int(ids[i])) for i in range(start, end))
-            rows.append((text, start, end, float(contribution[start:end].sum())))
+    """The training text's whole words holding a shared token."""
+    rows = [
+        (word_text(ids, start, end, tokenizer), start, end, float(contribution[start:end].sum()))
+        for start, end in word_spans(ids, valid, tokenizer)
+        if shared[start:end].any()
+    ]
     return pd.DataFrame(rows, columns=["word", "start", "end", "contribution"])
-
-
-def _strip(piece: str | None, token_id: int) -> str:
-    if piece is None:
-        return str(token_id)
-    return piece[2:] if piece.startswith("##") else piece
