@@ -121,7 +121,7 @@ def test_select_mistakes_refuses(kwargs, message):
         ({"k": -3}, "k=-3"),
         ({"k": 48}, "k=48"),
         ({"n_mistakes": 0}, "n_mistakes=0"),
-        ({"topk": 0}, "topk=0"),
+        ({"top_tokens": 0}, "top_tokens=0"),
         ({"p_range": (0.3, 1.5)}, "p_range="),
         ({"methods": ("tracin-last",)}, r"methods=\['tracin-last'\]"),
         ({"fixes": ()}, "fixes="),
@@ -161,7 +161,7 @@ def test_worst_words_pick_the_most_negative_word(splits, trained, method):
     train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
     test_t = {k: v[:2] for k, v in test_t.items()}
     opponents = torch.tensor([[3, 7], [0, 11]])
-    table = worst_words(method, model, checkpoints, train_t, test_t, opponents, topk=4)
+    table = worst_words(method, model, checkpoints, train_t, test_t, opponents, top_tokens=4)
     assert list(table["train_index"]) == [3, 7, 0, 11]
     chosen = table[table["start"] >= 0]
     assert len(chosen) and (chosen["contribution"] < 0).all()
@@ -176,7 +176,7 @@ def test_worst_words_pick_the_most_negative_word(splits, trained, method):
     else:
         example = {k: v[i].tolist() for k, v in train_t.items()}
         words = influence.word_scores(
-            model, checkpoints, example, {k: v[j].tolist() for k, v in test_t.items()}, k=4
+            model, checkpoints, example, {k: v[j].tolist() for k, v in test_t.items()}, top_tokens=4
         ).words
         positions = torch.zeros(T).index_put_(
             (torch.tensor(words["start"].values),),

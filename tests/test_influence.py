@@ -418,8 +418,9 @@ def position_grads(model: nn.Module, ex: dict) -> torch.Tensor:
     return seen[0].grad[0]
 
 
-def topk_brute_force(model: nn.Module, ckpts, train, test, k: int) -> torch.Tensor:
-    """TracIn-WE-Topk from per-position gradients: g_w from each text's k largest positions."""
+def topk_brute_force(model: nn.Module, ckpts, train, test, top_tokens: int) -> torch.Tensor:
+    """TracIn-WE-Topk from per-position gradients: g_w from each text's ``top_tokens`` largest
+    positions."""
     model = copy.deepcopy(model).eval()
     total = torch.zeros(len(test), len(train), dtype=torch.float64)
     for state, lr in ckpts:
@@ -430,7 +431,7 @@ def topk_brute_force(model: nn.Module, ckpts, train, test, k: int) -> torch.Tens
             valid = torch.tensor(ex["attention_mask"]).bool()
             norms = grads.norm(dim=-1).masked_fill(~valid, -1)
             out: dict[int, torch.Tensor] = {}
-            for i in norms.topk(min(k, int(valid.sum()))).indices.tolist():
+            for i in norms.topk(min(top_tokens, int(valid.sum()))).indices.tolist():
                 out[ex["input_ids"][i]] = out.get(ex["input_ids"][i], 0) + grads[i]
             return out
 
@@ -442,26 +443,29 @@ def topk_brute_force(model: nn.Module, ckpts, train, test, k: int) -> torch.Tens
     return total
 
 
-def test_topk_equals_brute_force_and_full_when_k_covers_text(setup) -> None:
+def test_topk_equals_brute_force_and_full_when_top_tokens_cover_text(setup) -> None:
     model, ckpts, train, test = setup
-    topk = influence.scores("tracin-we-topk", model, ckpts, train, test, k=3, **F64)
-    assert_close(topk, topk_brute_force(model, ckpts, train, test, k=3))
+    topk = influence.scores("tracin-we-topk", model, ckpts, train, test, top_tokens=3, **F64)
+    assert_close(topk, topk_brute_force(model, ckpts, train, test, top_tokens=3))
     full = influence.scores("tracin-we", model, ckpts, train, test, **F64)
     assert torch.equal(
-        influence.scores("tracin-we-topk", model, ckpts, train, test, k=LENGTH, **F64), full
+        influence.scores("tracin-we-topk", model, ckpts, train, test, top_tokens=LENGTH, **F64),
+        full,
     )
 
 
 def test_syn_with_identical_words_only_equals_topk(setup) -> None:
     model, ckpts, train, test = setup
-    syn = influence.scores("tracin-we-syn", model, ckpts, train, test, k=4, threshold=0.999, **F64)
-    topk = influence.scores("tracin-we-topk", model, ckpts, train, test, k=4, **F64)
+    syn = influence.scores(
+        "tracin-we-syn", model, ckpts, train, test, top_tokens=4, threshold=0.999, **F64
+    )
+    topk = influence.scores("tracin-we-topk", model, ckpts, train, test, top_tokens=4, **F64)
     assert_close(syn, topk)
 
 
 def test_syn_matches_synonyms_one_to_one() -> None:
     """Ids 103 and 104 get the same embedding row (cosine 1): the optimal one-to-one matching of
-    each pair's top-k words, found by enumerating all matchings, gives the score."""
+    each pair's top words, found by enumerating all matchings, gives the score."""
     model = cnn()
     ckpts = checkpoints(model)
     for state, _ in ckpts:
@@ -471,26 +475,28 @@ def test_syn_matches_synonyms_one_to_one() -> None:
         example([104, 111, 112, 113, 114, 105, 106, 107, 108, 109], 1),
     ]
     test = [example([104, 103, 115, 116, 117, 105, 118, 119, 111], 2)]
-    k, threshold = 4, 0.7
-    ours = influence.scores("tracin-we-syn", model, ckpts, train, test, k=k, **F64)
+    top_tokens, threshold = 4, 0.7
+    ours = influence.scores(
+        "tracin-we-syn", model, ckpts, train, test, top_tokens=top_tokens, **F64
+    )
     expected = torch.zeros(1, len(train), dtype=torch.float64)
     model = copy.deepcopy(model).eval()
     for state, lr in ckpts:
         model.load_state_dict(state)
         unit = F.normalize(word_embeddings(model).weight.detach(), dim=-1)
-        test_rows = _top_rows(model, test[0], k)
+        test_rows = _top_rows(model, test[0], top_tokens)
         for i, ex in enumerate(train):
             expected[0, i] += lr * _best_matching(
-                _top_rows(model, ex, k), test_rows, unit, threshold
+                _top_rows(model, ex, top_tokens), test_rows, unit, threshold
             )
     assert_close(ours, expected)
 
 
-def _top_rows(model: nn.Module, ex: dict, k: int) -> dict[int, torch.Tensor]:
+def _top_rows(model: nn.Module, ex: dict, top_tokens: int) -> dict[int, torch.Tensor]:
     grads = position_grads(model, ex)
     norms = grads.norm(dim=-1).masked_fill(~torch.tensor(ex["attention_mask"]).bool(), -1)
     rows: dict[int, torch.Tensor] = {}
-    for i in norms.topk(k).indices.tolist():
+    for i in norms.topk(top_tokens).indices.tolist():
         rows[ex["input_ids"][i]] = rows.get(ex["input_ids"][i], 0) + grads[i]
     return rows
 
@@ -602,8 +608,10 @@ def test_word_scores_sum_to_the_score() -> None:
     assert list(result.words.word) == ["[CLS]", "playinging", "w106", "play", "[SEP]"]
     assert list(result.words.start) == [0, 1, 5, 6, 7]
     assert result.words.contribution.sum() == pytest.approx(result.score, rel=1e-10)
-    topk = influence.word_scores(model, ckpts, train, test, k=3, **F64)
-    topk_score = influence.scores("tracin-we-topk", model, ckpts, [train], [test], k=3, **F64)
+    topk = influence.word_scores(model, ckpts, train, test, top_tokens=3, **F64)
+    topk_score = influence.scores(
+        "tracin-we-topk", model, ckpts, [train], [test], top_tokens=3, **F64
+    )
     assert topk.score == pytest.approx(float(topk_score[0, 0]), rel=1e-10)
     assert topk.tokens.token.isna().all()
 

@@ -65,7 +65,7 @@ class DeletionConfig:
     seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains per k
     directions: tuple[str, ...] = DIRECTIONS
     point_seed: int = 0  # which test points are drawn
-    # Options of influence.scores per method, e.g. {"tracin-we-topk": {"k": 10}}.
+    # Options of influence.scores per method, e.g. {"tracin-we-topk": {"top_tokens": 10}}.
     method_options: dict[str, dict] = field(default_factory=dict)
     backend: str = "joblib"  # retrain.BACKENDS; joblib, one torch thread per core: fastest on a CPU
     n_bootstrap: int = 1000  # resamples of the test points for the CIs

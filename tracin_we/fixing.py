@@ -16,7 +16,7 @@ mistake, method, fix and seed).
 
 Word influence (which word to replace), positive = proponent, summed over a word's positions i:
 
-- TracIn-WE-Topk: the word's term of the score, ``influence.word_scores(..., k=topk)``:
+- TracIn-WE-Topk: the word's term of the score, ``influence.word_scores(..., top_tokens=...)``:
   Σ_c η_c Σ_{i in the word} ∂ℓ(z)/∂e_i · g_{x_i}(z') (eq. 2–4, top-k positions only);
 - Influence-Last: gradient × input of its score, ``influence.attribution.influence_last_words``:
   to first order, minus the change of the score when the word's embeddings are zeroed, which is
@@ -78,7 +78,7 @@ class FixingConfig:
     k: int = 50  # opponents removed or edited per mistake (paper: 50)
     methods: tuple[str, ...] = FIX_METHODS
     fixes: tuple[str, ...] = FIXES
-    topk: int = 10  # TracIn-WE-Topk: positions kept per text (paper: 10)
+    top_tokens: int = 10  # TracIn-WE-Topk: positions kept per text, eqs. 3–4 (paper: 10)
     damping: float = 1e-3  # Influence-Last: H + damping·I (influence.scores' default)
     seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains
     n_workers: int | None = None  # retrain processes; None: one per core
@@ -89,7 +89,7 @@ class FixingConfig:
         n_train = self.train.data.n_train
         if not (isinstance(self.k, int) and 0 < self.k < n_train):
             raise ValueError(f"k={self.k} must be an integer with 0 < k < n_train={n_train}")
-        for name in ("n_mistakes", "topk"):
+        for name in ("n_mistakes", "top_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         check_p_range(self.p_range)
@@ -168,7 +168,7 @@ def worst_words(
     test: Tensors,
     opponents: torch.Tensor,
     tokenizer=None,
-    topk: int = 10,
+    top_tokens: int = 10,
     damping: float = 1e-3,
     device: str = "cpu",
 ) -> pd.DataFrame:
@@ -196,7 +196,7 @@ def worst_words(
                     _example(train, i),
                     _example(test, j),
                     tokenizer,
-                    k=topk,
+                    top_tokens=top_tokens,
                     device=device,
                 ).words
                 for i in indices
@@ -440,7 +440,10 @@ def run_fixing(
     probabilities = predict_proba(model, test_t, device=device)
     mistakes = select_mistakes(probabilities, test_t["labels"], config.n_mistakes, config.p_range)
     mistakes_t = {k: v[mistakes] for k, v in test_t.items()}
-    options = {"tracin-we-topk": {"k": config.topk}, "influence-last": {"damping": config.damping}}
+    options = {
+        "tracin-we-topk": {"top_tokens": config.top_tokens},
+        "influence-last": {"damping": config.damping},
+    }
     opponents = {
         m: influence.top_k(
             influence.scores(
@@ -462,7 +465,7 @@ def run_fixing(
                 mistakes_t,
                 opponents[m],
                 tokenizer,
-                config.topk,
+                config.top_tokens,
                 config.damping,
                 device,
             )

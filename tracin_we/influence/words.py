@@ -48,14 +48,16 @@ def word_scores(
     train_example: dict,
     test_example: dict,
     tokenizer=None,
-    k: int | None = None,
+    top_tokens: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> WordScores:
     """Split the TracIn-WE score of ``train_example`` (z) on ``test_example`` (z') by shared token
-    and by whole word of z. With ``k``, TracIn-WE-Topk's score (the k positions of each text with
-    the largest ‖∂ℓ/∂e_i‖). ``tokenizer`` (optional) names the tokens and finds word pieces."""
-    options = Options(device=device, dtype=dtype, k=k if k is not None else Options.k)
+    and by whole word of z. With ``top_tokens``, TracIn-WE-Topk's score (that many positions of
+    each text, those with the largest ‖∂ℓ/∂e_i‖). ``tokenizer`` (optional) names the tokens and
+    finds word pieces."""
+    chosen = Options.top_tokens if top_tokens is None else top_tokens  # validated by Options
+    options = Options(device=device, dtype=dtype, top_tokens=chosen)
     num_classes, vocab_size = model_sizes(model, "tracin-we", options)
     train = prepare_data("train_example", [train_example], num_classes, vocab_size)
     test = prepare_data("test_example", [test_example], num_classes, vocab_size)
@@ -65,7 +67,7 @@ def word_scores(
     shared = torch.zeros(len(ids), dtype=torch.bool)
     with prepared(model, options):
         for _, lr in run.each_checkpoint():
-            part, part_shared = _position_contributions(run, train, test, k)
+            part, part_shared = _position_contributions(run, train, test, top_tokens)
             contribution += lr * part.double().cpu()
             shared |= part_shared.cpu()
     pieces = _pieces(ids, tokenizer)
@@ -110,14 +112,14 @@ def _pieces(input_ids: torch.Tensor | list[int], tokenizer) -> list[str | None]:
 
 
 def _position_contributions(
-    run: Run, train: Tensors, test: Tensors, k: int | None
+    run: Run, train: Tensors, test: Tensors, top_tokens: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """At the loaded checkpoint, for each position i of the training text: ∂ℓ/∂e_i · g_{x_i}(z')
     (T,) and whether x_i is a (kept) token of the test text (T,) bool."""
     batch = next(batches(train, 1, run.options.device))
     grads = embedding_grads(run.model, batch)
-    keep = kept_positions(batch, grads, k, ())[0]
-    test_rows = embedding_rows(run, test, k)
+    keep = kept_positions(batch, grads, top_tokens, ())[0]
+    test_rows = embedding_rows(run, test, top_tokens)
     ids = batch["input_ids"][0]
     if not len(test_rows.ids):
         return grads.new_zeros(len(ids)), torch.zeros_like(keep)
