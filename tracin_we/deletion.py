@@ -35,7 +35,7 @@ from datasets import DatasetDict
 
 from tracin_we import influence
 from tracin_we.checkpoints import CheckpointError, atomic_write, write_json
-from tracin_we.data import fingerprint, make_splits
+from tracin_we.data import balanced_indices, fingerprint, make_splits
 from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
 from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
@@ -159,11 +159,12 @@ def run_deletion(
     n_train = len(train_t["labels"])
     if max(config.ks) >= n_train:
         raise ValueError(f"ks={list(config.ks)}: each k must be < the {n_train} training examples")
-    points = select_test_points(
+    points = balanced_indices(
         test_t["labels"],
         config.n_test_points,
         config.point_seed,
         config.train.data.task.num_classes,
+        name="n_test_points",
     )
     rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
     out_dir = _claim_out_dir(config, splits, rows, cache, out_dir, overwrite)
@@ -195,24 +196,6 @@ def run_deletion(
     )
     _save(result)
     return result
-
-
-def select_test_points(labels: torch.Tensor, n: int, seed: int, num_classes: int) -> list[int]:
-    """``n`` test indices, ``n // C`` per class (the first ``n % C`` classes one more), drawn
-    with ``numpy.random.default_rng(seed)``; class by class, ascending within a class."""
-    if n < 1:
-        raise ValueError(f"n_test_points={n} must be >= 1")
-    rng, chosen = np.random.default_rng(seed), []
-    for c in range(num_classes):
-        quota = n // num_classes + (c < n % num_classes)
-        pool = np.flatnonzero(labels.numpy() == c)
-        if quota > len(pool):
-            raise ValueError(
-                f"n_test_points={n} needs {quota} test points of class {c}; the "
-                f"test split has {len(pool)}"
-            )
-        chosen += sorted(rng.choice(pool, size=quota, replace=False).tolist())
-    return chosen
 
 
 def score_rows(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
@@ -16,23 +15,6 @@ from tracin_we.influence import WordScores, top_k
 from tracin_we.influence.words import word_spans, word_text
 
 SPECIAL_TOKENS = {"[CLS]", "[SEP]", "[PAD]"}
-
-
-def balanced_indices(labels: list[int] | np.ndarray, per_class: int, seed: int) -> list[int]:
-    """``per_class`` seeded picks from each class, interleaved class by class (the paper's balanced
-    choice of test points)."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    picks = []
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        if per_class > len(members):
-            raise ValueError(
-                f"per_class={per_class} exceeds the {len(members)} examples of class {c}"
-            )
-        picks.append(rng.choice(members, size=per_class, replace=False))
-    return [int(i) for i in np.stack(picks, axis=1).ravel()]
 
 
 def influential_table(
