@@ -21,6 +21,7 @@ from torch.func import functional_call
 from torch.utils.data import TensorDataset
 from transformers import BertConfig, BertForSequenceClassification
 
+from tests.conftest import example, texts
 from tracin_we import influence
 from tracin_we.influence import attribution, embedding
 from tracin_we.influence.words import word_spans, word_text
@@ -53,28 +54,6 @@ def cnn() -> nn.Module:
 
 
 MODELS = {"bert": bert, "cnn": cnn}
-
-
-def example(tokens: list[int], label: int) -> dict:
-    pad = LENGTH - len(tokens)
-    return {
-        "input_ids": tokens + [PAD] * pad,
-        "attention_mask": [1] * len(tokens) + [0] * pad,
-        "token_type_ids": [0] * LENGTH,
-        "label": label,
-    }
-
-
-def texts(n: int, seed: int) -> list[dict]:
-    """[CLS] w... [SEP] [PAD]...: 4–9 words from 12 ids, so texts share and repeat words."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        words = torch.randint(
-            103, 115, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g
-        ).tolist()
-        out.append(example([CLS, *words, SEP], i % CLASSES))
-    return out
 
 
 def checkpoints(model: nn.Module) -> list[tuple[dict, float]]:

@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from tests.conftest import texts
 from tracin_we import influence
 from tracin_we.influence import embedding
 from tracin_we.models import CNNClassifier
@@ -18,25 +19,6 @@ VOCAB, LENGTH, CLASSES = 120, 12, 3
 def model() -> CNNClassifier:
     torch.manual_seed(0)
     return CNNClassifier(CLASSES, vocab_size=VOCAB, embed_dim=8, channels=6)
-
-
-def texts(n: int, seed: int) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        words = torch.randint(
-            103, 115, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g
-        ).tolist()
-        tokens = [101, *words, 102]
-        pad = LENGTH - len(tokens)
-        out.append(
-            {
-                "input_ids": tokens + [0] * pad,
-                "attention_mask": [1] * len(tokens) + [0] * pad,
-                "label": i % CLASSES,
-            }
-        )
-    return out
 
 
 def checkpoints(m: nn.Module) -> list[tuple[dict, float]]:

@@ -12,7 +12,6 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from tracin_we import retrain as retrain_module
 from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached, retrain_probabilities
 from tracin_we.train import TrainConfig, epoch_order, fit, new_model, predict_proba, train
 
@@ -178,37 +177,30 @@ def test_job_forms_and_refusals():
         retrain_cached(cfg, [RetrainJob(0)], train_t, train_t, worker="plain")
 
 
-def test_store_trains_each_job_once_and_resumes(tmp_path, monkeypatch):
-    trained: list[RetrainJob] = []
-    real = retrain_module.train_job
-
-    def counting(cfg, job, *args, **kwargs):
-        trained.append(job)
-        return real(cfg, job, *args, **kwargs)
-
-    monkeypatch.setattr(retrain_module, "train_job", counting)
-    cfg, train_t, test_t = config(), tensors(), tensors(16, seed=1)
-    jobs = [RetrainJob(0, (1,)), RetrainJob(0, (2,)), RetrainJob(1, (1,))]
-    # An interrupted sweep: only the first job finished.
-    first = retrain_cached(
-        cfg, jobs[:1], train_t, test_t, cache=tmp_path, backend="sequential", progress=False
-    )
-    assert (first.n_trained, first.n_reused) == (1, 0)
-    repeated = [*jobs, (0, [2, 2]), jobs[0]]  # the same removed set given twice more
-    out = retrain_cached(
-        cfg, repeated, train_t, test_t, cache=tmp_path, backend="sequential", progress=False
-    )
-    assert trained == [jobs[0], jobs[1], jobs[2]]
-    assert (out.n_trained, out.n_reused) == (2, 3)
-    assert torch.equal(out.probabilities[0], first.probabilities[0])
-    assert torch.equal(out.probabilities[1], out.probabilities[3])
-    store = RetrainStore(cfg, train_t, test_t, cache=tmp_path)
-    assert sorted(p.name for p in store.dir.glob("*.pt")) == sorted(
-        store.path(job).name for job in jobs
-    )
-    again = retrain_cached(cfg, repeated, train_t, test_t, cache=tmp_path, progress=False)
-    assert again.n_trained == 0 and len(trained) == 3
-    assert torch.equal(again.probabilities, out.probabilities)
+def test_store_trains_each_job_once_and_resumes(tmp_path, count_retrains):
+    with count_retrains() as trained:
+        cfg, train_t, test_t = config(), tensors(), tensors(16, seed=1)
+        jobs = [RetrainJob(0, (1,)), RetrainJob(0, (2,)), RetrainJob(1, (1,))]
+        # An interrupted sweep: only the first job finished.
+        first = retrain_cached(
+            cfg, jobs[:1], train_t, test_t, cache=tmp_path, backend="sequential", progress=False
+        )
+        assert (first.n_trained, first.n_reused) == (1, 0)
+        repeated = [*jobs, (0, [2, 2]), jobs[0]]  # the same removed set given twice more
+        out = retrain_cached(
+            cfg, repeated, train_t, test_t, cache=tmp_path, backend="sequential", progress=False
+        )
+        assert trained == [jobs[0], jobs[1], jobs[2]]
+        assert (out.n_trained, out.n_reused) == (2, 3)
+        assert torch.equal(out.probabilities[0], first.probabilities[0])
+        assert torch.equal(out.probabilities[1], out.probabilities[3])
+        store = RetrainStore(cfg, train_t, test_t, cache=tmp_path)
+        assert sorted(p.name for p in store.dir.glob("*.pt")) == sorted(
+            store.path(job).name for job in jobs
+        )
+        again = retrain_cached(cfg, repeated, train_t, test_t, cache=tmp_path, progress=False)
+        assert again.n_trained == 0 and len(trained) == 3
+        assert torch.equal(again.probabilities, out.probabilities)
     # Another recipe or other data never reads these files.
     assert RetrainStore(config(lr=0.1), train_t, test_t, tmp_path).dir != store.dir
     assert RetrainStore(cfg, tensors(seed=5), test_t, tmp_path).dir != store.dir
