@@ -27,6 +27,10 @@ Word influence (which word to replace), positive = proponent, summed over a word
 [PAD]-ed words are applied where its job trains, and its results live in the ``RetrainStore`` of
 the edited tensors, one file per (edit, seed), written atomically, so nothing is trained twice and
 an interrupted run resumes. The figure is ``reporting.fixing_figure``.
+
+Over 400 lines because it is the whole experiment in the order it runs — config, mistakes, the
+word to replace, edits, the plan, retrains, tables — each part used only here; the influence
+and retraining it needs live in ``influence`` and ``retrain``.
 """
 
 from __future__ import annotations
