@@ -13,10 +13,11 @@ runs a list of jobs on one of three backends, every job by plain ``fit``:
 - ``"dask"``: a ``distributed`` cluster through joblib's dask backend (the ``client`` given, else
   the default client of this process).
 
-Every backend gives the same probabilities bit for bit: each job seeds its own init and batch
-order. On a CPU what matters for speed is one torch thread per process: two OpenMP threads on
-cores that other processes also use spin-wait for each other. Hence the default: joblib workers of
-one thread each. Measure with ``python benchmarks/bench_retrain.py``.
+Every backend gives the same probabilities bit for bit at the same number of torch threads per
+job: each job seeds its own init, batch order and dropout. On a CPU what matters for speed is one
+torch thread per process: two OpenMP threads on cores that other processes also use spin-wait
+for each other. Hence the default: joblib workers of one thread each. Measure with
+``python benchmarks/bench_retrain.py``.
 
 ``RetrainStore`` keeps one file per finished job, keyed by (training config, data, removed set,
 seed), so that no model is ever trained twice and an interrupted sweep resumes (``retrain_cached``).
