@@ -1,4 +1,4 @@
-"""Retrains per minute: plain sequential ``fit`` against the fast paths of ``tracin_we.retrain``.
+"""Retrains per minute: sequential ``fit`` against joblib worker processes (``tracin_we.retrain``).
 
 The authors' CNN on real AG News (default: 2,000 training texts, 64 tokens, batch 32, 1 epoch),
 the same jobs (one seed: nothing removed, then 10 random examples removed per job) on every path;
@@ -62,33 +62,15 @@ def time_path(config, jobs, train, test, threads: int, **options) -> tuple[float
     return time.perf_counter() - start, out
 
 
-def paths(cores: int, n_jobs: int) -> list[tuple[str, str, int, dict]]:
+def paths(cores: int) -> list[tuple[str, str, int, dict]]:
     """(name, layout, torch threads in this process, retrain_probabilities options)."""
-    per_worker = -(-n_jobs // cores)
     return [
         ("sequential fit", "1 proc × 1 thread", 1, {"backend": "sequential"}),
         (
-            f"ensemble (vmap, {n_jobs} members)",
-            "1 proc × 1 thread",
-            1,
-            {"backend": "ensemble", "chunk_size": n_jobs},
-        ),
-        (
-            "joblib, plain fit workers",
+            "joblib workers",
             f"{cores} procs × 1 thread",
             1,
-            {"backend": "joblib", "worker": "plain", "n_workers": cores},
-        ),
-        (
-            f"joblib, ensemble workers ({per_worker})",
-            f"{cores} procs × 1 thread",
-            1,
-            {
-                "backend": "joblib",
-                "worker": "ensemble",
-                "chunk_size": per_worker,
-                "n_workers": cores,
-            },
+            {"backend": "joblib", "n_workers": cores},
         ),
     ]
 
@@ -130,12 +112,12 @@ def main() -> None:
     peak = {t: matmul_peak(t) for t in sorted({1, cores})}
     flops = training_flops(config, train)
     started = time.perf_counter()
-    time_path(config, jobs[:cores], train, test, 1, backend="joblib", worker="plain")
+    time_path(config, jobs[:cores], train, test, 1, backend="joblib")
     pool_start = time.perf_counter() - started  # loky workers start and import torch once
 
     best: dict[str, tuple[float, torch.Tensor]] = {}
     for _ in range(args.repeats):  # interleaved, so a busy spell hits every path alike
-        for name, _layout, threads, options in paths(cores, len(jobs)):
+        for name, _layout, threads, options in paths(cores):
             seconds, out = time_path(config, jobs, train, test, threads, **options)
             if name not in best or seconds < best[name][0]:
                 best[name] = (seconds, out)
@@ -162,7 +144,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     reference_time, reference = best["sequential fit"]
-    rows = [(name, layout, *best[name]) for name, layout, _, _ in paths(cores, len(jobs))]
+    rows = [(name, layout, *best[name]) for name, layout, _, _ in paths(cores)]
     rows.append(("sequential fit (torch default)", f"1 proc × {cores} threads", *two_threads))
     for name, layout, seconds, out in rows:
         rate, delta = len(out) / seconds, (out - reference[: len(out)]).abs()

@@ -1,13 +1,23 @@
-"""Shared fixtures: the offline AG News data, a private cache, tiny local data files."""
+"""Shared fixtures: the offline AG News data, a private cache, tiny local data files, synthetic
+token data with the CNN recipe and deletion sweep that trains on it, and a retrain counter."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from datasets import Dataset, DatasetDict
+
+from tracin_we import retrain
+from tracin_we.deletion import DeletionConfig
+from tracin_we.inputs import CLS_ID, SEP_ID
+from tracin_we.retrain import RetrainJob
+from tracin_we.train import TrainConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -74,3 +84,133 @@ def tiny_data_dir(tmp_path: Path) -> Path:
     tiny_table(160, seed=0).to_csv(folder / "train.csv", index=False)
     tiny_table(60, seed=1).to_json(folder / "test.jsonl", orient="records", lines=True)
     return tmp_path
+
+
+# ---- tiny texts of token ids for the influence tests: import ``example`` and ``texts`` ----
+
+
+def example(tokens: list[int], label: int, length: int = 12) -> dict:
+    """One model-input dict: ``tokens`` padded with [PAD] to ``length``, its attention mask,
+    token types (all 0) and ``label``."""
+    pad = length - len(tokens)
+    return {
+        "input_ids": tokens + [0] * pad,
+        "attention_mask": [1] * len(tokens) + [0] * pad,
+        "token_type_ids": [0] * length,
+        "label": label,
+    }
+
+
+def texts(n: int, seed: int, classes: int = 3) -> list[dict]:
+    """[CLS] w... [SEP] [PAD]...: 4–9 words from 12 ids (103–114), so texts share and repeat
+    words; labels ``i % classes``."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        words = torch.randint(
+            103, 115, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g
+        ).tolist()
+        out.append(example([CLS_ID, *words, SEP_ID], i % classes))
+    return out
+
+
+# ---- synthetic token data, its CNN recipe and deletion sweep (deletion, overlap, fixing) ----
+
+T = 12  # tokens per synthetic text
+
+
+def token_split(
+    n: int, seed: int, noise_ids: int = 30, flip: float = 0.0, framed: bool = False
+) -> Dataset:
+    """``n`` texts of ``T`` token ids, label ``i % 4``: noise ids 1000 + [0, ``noise_ids``) and at
+    position 1 one label-revealing id (class c → 2000 + 3c + {0, 1, 2}). With ``flip``, that id
+    shows the next class for about that share of texts (so a short training leaves mistakes);
+    ``framed``: [CLS] first, [SEP] and one [PAD] last, with an attention mask and token types."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    ids = torch.randint(1000, 1000 + noise_ids, (n, T), generator=g)
+    shown = labels
+    if flip:
+        shown = torch.where(torch.rand(n, generator=g) < 1 - flip, labels, (labels + 1) % 4)
+    ids[:, 1] = 2000 + 3 * shown + torch.randint(0, 3, (n,), generator=g)
+    columns = {"attention_mask": [[1] * T] * n}
+    if framed:
+        ids[:, 0], ids[:, -2], ids[:, -1] = CLS_ID, SEP_ID, 0
+        columns = {"attention_mask": (ids != 0).long().tolist(), "token_type_ids": [[0] * T] * n}
+    return Dataset.from_dict({"input_ids": ids.tolist(), **columns, "label": labels.tolist()})
+
+
+@pytest.fixture(scope="module")
+def splits(request: pytest.FixtureRequest) -> DatasetDict:
+    """Train, validation (8 texts) and test ``token_split``s (seeds 0, 1, 2), sized and shaped by
+    the requesting module's ``SPLITS``: ``n_train``, ``n_test`` and ``token_split``'s options."""
+    options = dict(request.module.SPLITS)
+    n_train, n_test = options.pop("n_train"), options.pop("n_test")
+    return DatasetDict(
+        train=token_split(n_train, 0, **options),
+        validation=token_split(8, 1, **options),
+        test=token_split(n_test, 2, **options),
+    )
+
+
+@pytest.fixture(scope="module")
+def cnn_config(request: pytest.FixtureRequest) -> Callable[..., TrainConfig]:
+    """``cnn_config(**changes)``: the CNN recipe for ``splits`` (its sizes, batch 8, one epoch at
+    lr 0.1, a checkpoint after it), changed by the module's ``RECIPE``, then by ``changes``."""
+    sizes = {k: request.module.SPLITS[k] for k in ("n_train", "n_test")}
+    recipe = dict(
+        model="cnn", n_val=8, max_length=T, epochs=1, lr=0.1, batch_size=8, checkpoint_epochs=[1]
+    )
+    recipe |= sizes | getattr(request.module, "RECIPE", {})
+    return lambda **changes: TrainConfig.from_params(**(recipe | changes))
+
+
+@pytest.fixture(scope="module")
+def deletion_config(
+    request: pytest.FixtureRequest, cnn_config: Callable[..., TrainConfig]
+) -> Callable[..., DeletionConfig]:
+    """``deletion_config(**changes)``: a tiny sweep of ``cnn_config()`` (TracIn-WE and random,
+    k ∈ {3, 6}, 4 test points, seeds {0, 1}, sequential retrains), changed by the module's
+    ``SWEEP``, then by ``changes``."""
+    sweep = dict(
+        methods=("tracin-we", "random"),
+        ks=(3, 6),
+        n_test_points=4,
+        seeds=(0, 1),
+        backend="sequential",
+        n_bootstrap=200,
+    )
+    sweep |= getattr(request.module, "SWEEP", {})
+    return lambda **changes: DeletionConfig(**({"train": cnn_config()} | sweep | changes))
+
+
+class Interrupted(Exception):
+    """Stands in for a killed process (pytest reserves KeyboardInterrupt for itself)."""
+
+
+class RetrainCounter:
+    """``with count_retrains() as jobs:`` lists the retrains run in this process
+    (``retrain.train_job``) inside the block; with ``fail_after``, the next one raises
+    ``count_retrains.Interrupted`` instead."""
+
+    Interrupted = Interrupted
+
+    @contextmanager
+    def __call__(self, fail_after: int | None = None) -> Iterator[list[RetrainJob]]:
+        jobs: list[RetrainJob] = []
+        real = retrain.train_job
+
+        def counted(config: TrainConfig, job: RetrainJob, *args, **kwargs) -> torch.Tensor:
+            if fail_after is not None and len(jobs) >= fail_after:
+                raise Interrupted
+            jobs.append(job)
+            return real(config, job, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setattr(retrain, "train_job", counted)
+            yield jobs
+
+
+@pytest.fixture(scope="session")
+def count_retrains() -> RetrainCounter:
+    return RetrainCounter()

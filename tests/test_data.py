@@ -5,9 +5,11 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tracin_we.data import (
     DataConfig,
+    balanced_indices,
     clean_ag_news,
     fingerprint,
     flip_labels,
@@ -90,6 +92,29 @@ def test_stratified_sample_matches_class_proportions():
     labels = np.array([0] * 70 + [1] * 30)
     picked = stratified_sample(labels, 10, np.random.default_rng(0))
     assert len(set(picked)) == 10 and np.bincount(labels[picked]).tolist() == [7, 3]
+
+
+def test_balanced_indices_balanced_and_seeded():
+    labels = torch.arange(40) % 4
+    points = balanced_indices(labels, 10, seed=3, num_classes=4)
+    assert np.bincount(labels[points].numpy()).tolist() == [3, 3, 2, 2]
+    assert points == balanced_indices(labels, 10, seed=3, num_classes=4)
+    assert points != balanced_indices(labels, 10, seed=4, num_classes=4)
+    assert sorted(points, key=lambda i: (labels[i], i)) == points  # class by class, ascending
+    with pytest.raises(ValueError, match="n_test_points=44: class 0 has 10 examples, 11 needed"):
+        balanced_indices(labels, 44, seed=0, num_classes=4, name="n_test_points")
+
+
+def test_balanced_indices_interleaved_pick_each_class_equally_and_deterministically():
+    labels = [0, 1, 2] * 10
+    picks = balanced_indices(labels, 9, seed=0, interleave=True)
+    assert [labels[i] for i in picks] == [0, 1, 2] * 3
+    assert picks == balanced_indices(labels, 9, 0, interleave=True)
+    assert picks != balanced_indices(labels, 9, 1, interleave=True)
+    # The same draw as the class-by-class order, only ordered in rounds.
+    assert sorted(picks) == sorted(balanced_indices(labels, 9, seed=0))
+    with pytest.raises(ValueError, match="n=33: class 0 has 10 examples, 11 needed"):
+        balanced_indices(labels, 33, seed=0, interleave=True)
 
 
 def test_label_noise_flips_exactly_the_requested_share():

@@ -1,5 +1,5 @@
 """The case-deletion loop: validation before any retrain, deletion sets, DEL bookkeeping, the
-retrain cache, and the ensemble and dask backends against plain sequential retraining.
+retrain cache, and the joblib and dask backends against plain sequential retraining.
 
 One tiny sweep (CNN, 32 synthetic training texts, 4 test points, TracIn-WE and random, k ∈ {3, 6},
 both directions, seeds {0, 1}: 66 retrains of 4 SGD steps) is shared by the module.
@@ -13,93 +13,31 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from tracin_we import influence
-from tracin_we import retrain as retrain_module
 from tracin_we.checkpoints import CheckpointError
 from tracin_we.deletion import (
     DeletionConfig,
     DeletionResult,
     load_deletion,
     run_deletion,
-    select_test_points,
 )
 from tracin_we.inputs import model_inputs
 from tracin_we.retrain import RetrainJob, retrain_cached
-from tracin_we.train import TrainConfig, predict_proba, train
+from tracin_we.train import predict_proba, train
 
-N_TRAIN, N_TEST, T = 32, 16, 12
+N_TRAIN, N_TEST = 32, 16
+SPLITS = {"n_train": N_TRAIN, "n_test": N_TEST}  # conftest's splits, cnn_config, deletion_config
 KEYS = ["point", "method", "direction", "k", "seed"]
-TRAIN_CHUNK = retrain_module.train_chunk
-
-
-def split(n: int, seed: int) -> Dataset:
-    """Token ids with one label-revealing position (class c → ids 2000 + 3c + {0, 1, 2})."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    ids = torch.randint(1000, 1030, (n, T), generator=g)
-    ids[:, 1] = 2000 + 3 * labels + torch.randint(0, 3, (n,), generator=g)
-    return Dataset.from_dict(
-        {"input_ids": ids.tolist(), "attention_mask": [[1] * T] * n, "label": labels.tolist()}
-    )
 
 
 @pytest.fixture(scope="module")
-def splits() -> DatasetDict:
-    return DatasetDict(train=split(N_TRAIN, 0), validation=split(8, 1), test=split(N_TEST, 2))
-
-
-def deletion_config(**changes) -> DeletionConfig:
-    train_config = TrainConfig.from_params(
-        model="cnn",
-        n_train=N_TRAIN,
-        n_val=8,
-        n_test=N_TEST,
-        max_length=T,
-        epochs=1,
-        lr=0.1,
-        batch_size=8,
-        checkpoint_epochs=[1],
-    )
-    params = dict(
-        train=train_config,
-        methods=("tracin-we", "random"),
-        ks=(3, 6),
-        n_test_points=4,
-        seeds=(0, 1),
-        backend="sequential",
-        n_bootstrap=200,
-    )
-    return DeletionConfig(**(params | changes))
-
-
-class Interrupted(Exception):
-    """Stands in for a killed process (pytest reserves KeyboardInterrupt for itself)."""
-
-
-class Counter:
-    """Wraps ``retrain.train_chunk`` and counts the jobs it trains."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_after: int | None = None) -> None:
-        self.jobs: list[RetrainJob] = []
-        self.fail_after = fail_after
-        monkeypatch.setattr(retrain_module, "train_chunk", self)
-
-    def __call__(self, config, jobs, *args, **kwargs):
-        if self.fail_after is not None and len(self.jobs) >= self.fail_after:
-            raise Interrupted
-        self.jobs.extend(jobs)
-        return TRAIN_CHUNK(config, jobs, *args, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def sweep(splits, tmp_path_factory) -> tuple[DeletionResult, str]:
+def sweep(splits, tmp_path_factory, deletion_config, count_retrains) -> tuple[DeletionResult, str]:
     cache = str(tmp_path_factory.mktemp("cache"))
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        counter = Counter(monkeypatch)
+    with count_retrains() as trained:
         result = run_deletion(deletion_config(), splits, cache=cache, progress=False)
-    assert len(counter.jobs) == result.n_trained
+    assert len(trained) == result.n_trained
     return result, cache
 
 
@@ -120,7 +58,7 @@ def sweep(splits, tmp_path_factory) -> tuple[DeletionResult, str]:
         ({"ci": 1.0}, "ci=1.0"),
     ],
 )
-def test_config_refuses_bad_values(changes, message):
+def test_config_refuses_bad_values(changes, message, deletion_config):
     with pytest.raises(ValueError, match=message):
         deletion_config(**changes)
 
@@ -141,51 +79,44 @@ def test_config_from_flat_parameters():
         DeletionConfig.from_params(n_trian=10)
 
 
-def test_ensemble_refused_for_a_recipe_it_does_not_implement():
-    adam = replace(deletion_config().train, optimizer="adam")
-    with pytest.raises(ValueError, match="optimizer='adam'"):
-        deletion_config(train=adam, backend="ensemble")
-    deletion_config(train=adam, backend="joblib", worker="plain")
+def test_every_backend_takes_every_recipe(deletion_config):
+    adam = replace(deletion_config().train, optimizer="adam", max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="backend='ensemble' is unknown"):
+        deletion_config(train=adam, backend="ensemble")  # the stacked ensemble was removed
+    for backend in ("sequential", "joblib", "dask"):
+        assert deletion_config(train=adam, backend=backend).train.optimizer == "adam"
 
 
-def test_bad_input_refused_before_any_retraining(splits, tmp_path, monkeypatch):
-    counter = Counter(monkeypatch)
-    config = deletion_config(methods=("random",))
-    empty_test = DatasetDict(train=splits["train"], test=splits["test"].select([]))
-    with pytest.raises(ValueError, match="needs 1 test points of class 0; the test split has 0"):
-        run_deletion(config, empty_test, cache=tmp_path, progress=False)
-    with pytest.raises(ValueError, match="test points of class"):
-        run_deletion(
-            deletion_config(n_test_points=16),
-            DatasetDict(train=splits["train"], test=splits["test"].select(range(12))),
-            cache=tmp_path,
-        )
-    with pytest.raises(ValueError, match="must be < the 4 training examples"):
-        run_deletion(
-            config,
-            DatasetDict(train=splits["train"].select(range(4)), test=splits["test"]),
-            cache=tmp_path,
-        )
-    with pytest.raises(ValueError, match=r"scores\['random'\] has shape \(4, 32\)"):
-        run_deletion(config, splits, scores={"random": torch.zeros(4, N_TRAIN)}, cache=tmp_path)
-    with pytest.raises(ValueError, match=r"not in config\.methods"):
-        run_deletion(
-            config, splits, scores={"tracin-we": torch.zeros(N_TEST, N_TRAIN)}, cache=tmp_path
-        )
-    assert counter.jobs == []
+def test_bad_input_refused_before_any_retraining(splits, tmp_path, deletion_config, count_retrains):
+    with count_retrains() as trained:
+        config = deletion_config(methods=("random",))
+        empty_test = DatasetDict(train=splits["train"], test=splits["test"].select([]))
+        with pytest.raises(ValueError, match="n_test_points=4: class 0 has 0 examples, 1 needed"):
+            run_deletion(config, empty_test, cache=tmp_path, progress=False)
+        with pytest.raises(
+            ValueError, match=r"n_test_points=16: class \d has \d examples, 4 needed"
+        ):
+            run_deletion(
+                deletion_config(n_test_points=16),
+                DatasetDict(train=splits["train"], test=splits["test"].select(range(12))),
+                cache=tmp_path,
+            )
+        with pytest.raises(ValueError, match="must be < the 4 training examples"):
+            run_deletion(
+                config,
+                DatasetDict(train=splits["train"].select(range(4)), test=splits["test"]),
+                cache=tmp_path,
+            )
+        with pytest.raises(ValueError, match=r"scores\['random'\] has shape \(4, 32\)"):
+            run_deletion(config, splits, scores={"random": torch.zeros(4, N_TRAIN)}, cache=tmp_path)
+        with pytest.raises(ValueError, match=r"not in config\.methods"):
+            run_deletion(
+                config, splits, scores={"tracin-we": torch.zeros(N_TEST, N_TRAIN)}, cache=tmp_path
+            )
+    assert trained == []
 
 
-def test_test_points_balanced_and_seeded():
-    labels = torch.arange(40) % 4
-    points = select_test_points(labels, 10, seed=3, num_classes=4)
-    assert np.bincount(labels[points].numpy()).tolist() == [3, 3, 2, 2]
-    assert points == select_test_points(labels, 10, seed=3, num_classes=4)
-    assert points != select_test_points(labels, 10, seed=4, num_classes=4)
-    with pytest.raises(ValueError, match="needs 11 test points of class 0"):
-        select_test_points(labels, 44, seed=0, num_classes=4)
-
-
-def test_deletion_sets_are_top_k(sweep, splits):
+def test_deletion_sets_are_top_k(sweep, splits, deletion_config):
     result, cache = sweep
     config = deletion_config()
     original = train(config.train, splits, cache=cache, progress=False)
@@ -204,7 +135,7 @@ def test_deletion_sets_are_top_k(sweep, splits):
     assert result.plan["removed"].map(len).tolist() == result.plan["k"].tolist()
 
 
-def test_method_as_data_precomputed_matrix_and_options(sweep, splits, monkeypatch):
+def test_method_as_data_precomputed_matrix_and_options(sweep, splits, monkeypatch, deletion_config):
     """A precomputed matrix (test split × train split) stands in for the engine; method options
     reach ``influence.scores``."""
     _, cache = sweep
@@ -237,7 +168,7 @@ def test_method_as_data_precomputed_matrix_and_options(sweep, splits, monkeypatc
     assert proponents["removed"].tolist() == [tuple(sorted(r.tolist())) for r in expected]
 
 
-def test_table_del_and_auc_bookkeeping(sweep):
+def test_table_del_and_auc_bookkeeping(sweep, deletion_config):
     result, _ = sweep
     table, config = result.table, deletion_config()
     assert len(table) == 4 * 2 * 2 * 2 * 2
@@ -272,7 +203,7 @@ def test_crn_variances_follow_their_formulas(sweep):
     assert row["ci_halfwidth_independent"] >= row["ci_halfwidth"]
 
 
-def test_removing_nothing_reproduces_the_baseline_exactly(sweep, splits):
+def test_removing_nothing_reproduces_the_baseline_exactly(sweep, splits, deletion_config):
     result, cache = sweep
     config = deletion_config()
     test_t = model_inputs(splits["test"])
@@ -296,33 +227,32 @@ def test_removing_nothing_reproduces_the_baseline_exactly(sweep, splits):
     assert again.n_trained == 0 and torch.equal(again.probabilities[0], original)
 
 
-def test_each_retrain_once_and_reused_on_rerun(sweep, splits, monkeypatch):
+def test_each_retrain_once_and_reused_on_rerun(sweep, splits, deletion_config, count_retrains):
     result, cache = sweep
     distinct = {(removed, s) for removed in result.plan["removed"] for s in (0, 1)}
     assert result.n_trained == len(distinct | {((), 0), ((), 1)})
     assert result.n_reused == 2 + len(result.plan) * 2 - result.n_trained
-    counter = Counter(monkeypatch)
-    again = run_deletion(deletion_config(), splits, cache=cache, progress=False)
-    assert counter.jobs == [] and again.n_trained == 0
-    pd.testing.assert_frame_equal(again.table, result.table)
-    # Another method list reuses the retrains of the removal sets it shares.
-    subset = run_deletion(
-        deletion_config(methods=("random",), ks=(3,)), splits, cache=cache, progress=False
-    )
-    assert counter.jobs == [] and subset.n_trained == 0
+    with count_retrains() as trained:
+        again = run_deletion(deletion_config(), splits, cache=cache, progress=False)
+        assert trained == [] and again.n_trained == 0
+        pd.testing.assert_frame_equal(again.table, result.table)
+        # Another method list reuses the retrains of the removal sets it shares.
+        subset = run_deletion(
+            deletion_config(methods=("random",), ks=(3,)), splits, cache=cache, progress=False
+        )
+    assert trained == [] and subset.n_trained == 0
 
 
-def test_interrupted_sweep_resumes(splits, tmp_path, monkeypatch):
+def test_interrupted_sweep_resumes(splits, tmp_path, deletion_config, count_retrains):
     config = deletion_config(methods=("random",), ks=(3,))  # 2 + 16 retrains
-    Counter(monkeypatch, fail_after=5)
-    with pytest.raises(Interrupted):
+    with pytest.raises(count_retrains.Interrupted), count_retrains(fail_after=5):
         run_deletion(config, splits, cache=tmp_path, progress=False)
-    counter = Counter(monkeypatch)
-    result = run_deletion(config, splits, cache=tmp_path, progress=False)
-    assert result.n_trained == len(counter.jobs) == 18 - 5
+    with count_retrains() as trained:
+        result = run_deletion(config, splits, cache=tmp_path, progress=False)
+    assert result.n_trained == len(trained) == 18 - 5
 
 
-def test_results_saved_beside_their_config(sweep, splits):
+def test_results_saved_beside_their_config(sweep, splits, deletion_config):
     result, cache = sweep
     saved = load_deletion(result.out_dir)
     assert saved["config"]["ks"] == [3, 6] and "data_fingerprint" in saved["config"]
@@ -341,19 +271,19 @@ def matching_p(result: DeletionResult, reference: DeletionResult) -> tuple[np.nd
     return merged["p"].to_numpy(), merged["p_ref"].to_numpy()
 
 
-def test_ensemble_backend_equals_plain_retraining(sweep, splits, tmp_path):
-    config = deletion_config(backend="ensemble", methods=("random",))
+def test_joblib_backend_equals_plain_retraining(sweep, splits, tmp_path, deletion_config):
+    config = deletion_config(backend="joblib", methods=("random",))
     fast = run_deletion(config, splits, cache=tmp_path, progress=False)
     assert fast.n_trained == 2 + 4 * 2 * 2 * 2
     p, p_ref = matching_p(fast, sweep[0])
-    assert np.abs(p - p_ref).max() < 1e-5
+    assert np.array_equal(p, p_ref)  # bit for bit: workers run the same fit
 
 
 @pytest.mark.slow
-def test_dask_backend_matches_local(sweep, splits, tmp_path):
+def test_dask_backend_matches_local(sweep, splits, tmp_path, deletion_config):
     dask = pytest.importorskip("dask")
     distributed = pytest.importorskip("distributed")
-    config = deletion_config(backend="dask", worker="plain", methods=("random",))
+    config = deletion_config(backend="dask", methods=("random",))
     # Forked workers start in a fraction of a second; spawned ones re-import torch and
     # transformers (~12 s each on two busy cores). Safe here: the tasks run one torch thread.
     with (

@@ -1,21 +1,11 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 import torch
 
-from tracin_we.explain import balanced_indices, global_term, highlight_words
+from tracin_we.explain import global_term, highlight_words
 from tracin_we.influence import WordScores
 from tracin_we.tokenizer import load_tokenizer
-
-
-def test_balanced_indices_pick_each_class_equally_and_deterministically():
-    labels = [0, 1, 2] * 10
-    picks = balanced_indices(labels, 3, seed=0)
-    assert [labels[i] for i in picks] == [0, 1, 2] * 3
-    assert picks == balanced_indices(labels, 3, seed=0) != balanced_indices(labels, 3, seed=1)
-    with pytest.raises(ValueError, match="per_class=11 exceeds the 10 examples"):
-        balanced_indices(labels, 11, seed=0)
 
 
 def test_global_term_counts_a_shared_top_example():

@@ -6,76 +6,35 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from tracin_we import influence
-from tracin_we import retrain as retrain_module
 from tracin_we.fixing import (
     Edit,
     FixingConfig,
     apply_edit,
     fixed_share,
     fixing_plan,
-    influence_last_positions,
-    influence_last_vectors,
     most_negative_word,
     retrain_edits,
     run_fixing,
     select_mistakes,
-    word_spans,
     worst_words,
 )
+from tracin_we.influence.attribution import influence_last_positions, influence_last_vectors
 from tracin_we.inputs import CLS_ID, SEP_ID, model_inputs
-from tracin_we.tokenizer import load_tokenizer
-from tracin_we.train import TrainConfig, predict_proba, train
+from tracin_we.train import predict_proba, train
 
 N, T = 48, 12
-TRAIN_CHUNK = retrain_module.train_chunk
-
-
-def split(n: int, seed: int) -> Dataset:
-    """[CLS] + 9 noise tokens + [SEP] + padding, one noisy label-revealing position (ids
-    2000 + 3c + {0, 1, 2}, right class 3 times in 4), so a short training leaves mistakes."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    ids = torch.randint(1000, 1030, (n, T), generator=g)
-    shown = torch.where(torch.rand(n, generator=g) < 0.75, labels, (labels + 1) % 4)
-    ids[:, 1] = 2000 + 3 * shown + torch.randint(0, 3, (n,), generator=g)
-    ids[:, 0], ids[:, -2], ids[:, -1] = CLS_ID, SEP_ID, 0
-    mask = (ids != 0).long()
-    return Dataset.from_dict(
-        {
-            "input_ids": ids.tolist(),
-            "attention_mask": mask.tolist(),
-            "token_type_ids": [[0] * T] * n,
-            "label": labels.tolist(),
-        }
-    )
+# conftest's splits and cnn_config: [CLS] ... [SEP] [PAD] texts whose label-revealing token shows
+# the right class 3 times in 4, so a short training leaves mistakes; 2 epochs at lr 0.05.
+SPLITS = {"n_train": N, "n_test": 32, "flip": 0.25, "framed": True}
+RECIPE = {"epochs": 2, "lr": 0.05, "checkpoint_epochs": [1, 2]}
 
 
 @pytest.fixture(scope="module")
-def splits() -> DatasetDict:
-    return DatasetDict(train=split(N, 0), validation=split(8, 1), test=split(32, 2))
-
-
-def train_config(**changes) -> TrainConfig:
-    params = dict(
-        model="cnn",
-        n_train=N,
-        n_val=8,
-        n_test=32,
-        max_length=T,
-        epochs=2,
-        lr=0.05,
-        batch_size=8,
-        checkpoint_epochs=[1, 2],
-    )
-    return TrainConfig.from_params(**(params | changes))
-
-
-@pytest.fixture(scope="module")
-def trained(splits, tmp_path_factory):
-    result = train(train_config(), splits, cache=tmp_path_factory.mktemp("cache"), progress=False)
+def trained(splits, tmp_path_factory, cnn_config):
+    result = train(cnn_config(), splits, cache=tmp_path_factory.mktemp("cache"), progress=False)
     return result.load_model(), result.checkpoint_pairs()
 
 
@@ -124,7 +83,7 @@ def test_select_mistakes_refuses(kwargs, message):
         ({"k": -3}, "k=-3"),
         ({"k": 48}, "k=48"),
         ({"n_mistakes": 0}, "n_mistakes=0"),
-        ({"topk": 0}, "topk=0"),
+        ({"top_tokens": 0}, "top_tokens=0"),
         ({"p_range": (0.3, 1.5)}, "p_range="),
         ({"methods": ("tracin-last",)}, r"methods=\['tracin-last'\]"),
         ({"fixes": ()}, "fixes="),
@@ -132,9 +91,9 @@ def test_select_mistakes_refuses(kwargs, message):
         ({"damping": -1.0}, "damping="),
     ],
 )
-def test_config_refuses_bad_values(changes, message):
+def test_config_refuses_bad_values(changes, message, cnn_config):
     with pytest.raises(ValueError, match=message):
-        FixingConfig(**({"train": train_config(), "k": 5} | changes))
+        FixingConfig(**({"train": cnn_config(), "k": 5} | changes))
 
 
 def test_config_from_flat_parameters():
@@ -146,50 +105,6 @@ def test_config_from_flat_parameters():
 
 
 # ---- word influence ----------------------------------------------------------------------
-
-
-def test_influence_last_vectors_reproduce_influence_last_scores(splits, trained):
-    model, checkpoints = trained
-    train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
-    test_t = {k: v[:3] for k, v in test_t.items()}
-    expected = influence.scores("influence-last", model, checkpoints, train_t, test_t)
-    vectors = influence_last_vectors(model, checkpoints, train_t, test_t)
-    for j in range(3):
-        got = influence_last_positions(model, checkpoints, train_t, vectors[j]).score
-        torch.testing.assert_close(got, expected[j], rtol=1e-3, atol=1e-5)
-
-
-def test_position_influence_is_gradient_times_input(splits, trained):
-    """Σ_i (∂I/∂e_i)·e_i = d/dt I(t·e) at t = 1 (central difference), and 0 where masked."""
-    model, checkpoints = trained
-    train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
-    vector = influence_last_vectors(
-        model, checkpoints, train_t, {k: v[:1] for k, v in test_t.items()}
-    )[0]
-    examples = {k: v[:4] for k, v in train_t.items()}
-    split_up = influence_last_positions(model, checkpoints, examples, vector)
-    eps, scaled = 1e-3, []
-    for t in (1 + eps, 1 - eps):
-        handle = model.embeddings.register_forward_hook(lambda _m, _i, out, t=t: out * t)
-        try:
-            scaled.append(influence_last_positions(model, checkpoints, examples, vector).score)
-        finally:
-            handle.remove()
-    derivative = (scaled[0] - scaled[1]).double() / (2 * eps)
-    torch.testing.assert_close(split_up.positions.sum(1).double(), derivative, rtol=2e-2, atol=1e-4)
-    assert (split_up.positions[examples["attention_mask"] == 0] == 0).all()
-    assert split_up.positions.abs().sum() > 0
-
-
-def test_word_spans_join_word_pieces_and_skip_specials():
-    tokenizer = load_tokenizer()
-    encoded = tokenizer("the unaffordable cat", padding="max_length", max_length=10)
-    ids = torch.tensor(encoded["input_ids"])
-    mask = torch.tensor(encoded["attention_mask"])
-    spans = word_spans(ids, mask, tokenizer)
-    assert [tokenizer.decode(ids[s:e].tolist()) for s, e in spans] == ["the", "unaffordable", "cat"]
-    assert spans[0] == (1, 2) and spans[1][1] - spans[1][0] > 1
-    assert word_spans(ids, mask) == [(i, i + 1) for i in range(1, int(mask.sum()) - 1)]
 
 
 def test_most_negative_word():
@@ -208,7 +123,7 @@ def test_worst_words_pick_the_most_negative_word(splits, trained, method):
     train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
     test_t = {k: v[:2] for k, v in test_t.items()}
     opponents = torch.tensor([[3, 7], [0, 11]])
-    table = worst_words(method, model, checkpoints, train_t, test_t, opponents, topk=4)
+    table = worst_words(method, model, checkpoints, train_t, test_t, opponents, top_tokens=4)
     assert list(table["train_index"]) == [3, 7, 0, 11]
     chosen = table[table["start"] >= 0]
     assert len(chosen) and (chosen["contribution"] < 0).all()
@@ -223,7 +138,7 @@ def test_worst_words_pick_the_most_negative_word(splits, trained, method):
     else:
         example = {k: v[i].tolist() for k, v in train_t.items()}
         words = influence.word_scores(
-            model, checkpoints, example, {k: v[j].tolist() for k, v in test_t.items()}, k=4
+            model, checkpoints, example, {k: v[j].tolist() for k, v in test_t.items()}, top_tokens=4
         ).words
         positions = torch.zeros(T).index_put_(
             (torch.tensor(words["start"].values),),
@@ -256,44 +171,28 @@ def test_edit_replaces_exactly_the_chosen_positions(splits):
         Edit(masked=((1, 3, 3),))
 
 
-class Counter:
-    """Wraps ``retrain.train_chunk`` and counts the jobs it trains."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.jobs = []
-        monkeypatch.setattr(retrain_module, "train_chunk", self)
-
-    def __call__(self, config, jobs, *args, **kwargs):
-        self.jobs.extend(jobs)
-        return TRAIN_CHUNK(config, jobs, *args, **kwargs)
-
-
-def test_no_edit_reproduces_the_baseline_and_retrains_are_cached(splits, tmp_path, monkeypatch):
-    config = train_config()
+def test_no_edit_reproduces_the_baseline_and_retrains_are_cached(
+    splits, tmp_path, cnn_config, count_retrains
+):
+    config = cnn_config()
     train_t, test_t = tensors(splits, "train"), tensors(splits, "test")
     original = predict_proba(
         train(config, splits, cache=tmp_path, progress=False).load_model(), test_t
     )
-    counter = Counter(monkeypatch)
     edits = [Edit(), Edit(removed=(0, 1, 2)), Edit(masked=((0, 1, 3),))]
-    first = retrain_edits(
-        config, edits, [config.seed, 1], train_t, test_t, tmp_path, n_workers=1, progress=False
-    )
-    assert first.shape == (3, 2, 32, 4) and len(counter.jobs) == 6
+    with count_retrains() as trained:
+        first = retrain_edits(
+            config, edits, [config.seed, 1], train_t, test_t, tmp_path, n_workers=1, progress=False
+        )
+    assert first.shape == (3, 2, 32, 4) and len(trained) == 6
     torch.testing.assert_close(first[0, 0], original, rtol=0, atol=0)
     assert not torch.equal(first[1, 0], first[0, 0])
     assert not torch.equal(first[2, 0], first[0, 0])
-    again = retrain_edits(
-        config,
-        edits[::-1],
-        [1, config.seed],
-        train_t,
-        test_t,
-        tmp_path,
-        n_workers=1,
-        progress=False,
-    )
-    assert len(counter.jobs) == 6  # all read back
+    with count_retrains() as trained:
+        again = retrain_edits(
+            config, edits[::-1], [1, config.seed], train_t, test_t, tmp_path, 1, progress=False
+        )
+    assert trained == []  # all read back
     torch.testing.assert_close(again, first.flip(0, 1), rtol=0, atol=0)
 
 
@@ -336,12 +235,12 @@ def test_plan_and_share(splits):
     assert share["mean_dp"] == pytest.approx(0.1) and share["n_retrains"] == 4
 
 
-def test_run_fixing_end_to_end(splits, tmp_path, monkeypatch):
+def test_run_fixing_end_to_end(splits, tmp_path, cnn_config, count_retrains):
     config = FixingConfig(
-        train=train_config(), n_mistakes=2, p_range=(0.0, 1.0), k=3, seeds=(0, 1), n_workers=1
+        train=cnn_config(), n_mistakes=2, p_range=(0.0, 1.0), k=3, seeds=(0, 1), n_workers=1
     )
-    counter = Counter(monkeypatch)
-    result = run_fixing(config, splits, cache=tmp_path, progress=False)
+    with count_retrains() as trained:
+        result = run_fixing(config, splits, cache=tmp_path, progress=False)
     assert len(result.mistakes) == 2
     probs = predict_proba(
         train(config.train, splits, cache=tmp_path).load_model(), tensors(splits, "test")
@@ -355,7 +254,7 @@ def test_run_fixing_end_to_end(splits, tmp_path, monkeypatch):
     assert not control["fixed"].any()  # seed 0 is the trained model itself
     assert (result.summary.loc[result.summary["method"] == "control", "newly_fixed"] == 0).all()
     assert (result.summary["newly_fixed"] <= result.summary["share_fixed"]).all()
-    assert len(counter.jobs) == len(
+    assert len(trained) == len(
         {(r.edit, s) for r in result.plan.itertuples() for s in config.seeds}
     )
     assert (result.out_dir / "fixing.csv").is_file()

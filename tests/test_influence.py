@@ -21,10 +21,13 @@ from torch.func import functional_call
 from torch.utils.data import TensorDataset
 from transformers import BertConfig, BertForSequenceClassification
 
+from tests.conftest import example, texts
 from tracin_we import influence
-from tracin_we.influence import embedding
-from tracin_we.inputs import model_inputs
+from tracin_we.influence import attribution, embedding
+from tracin_we.influence.words import word_spans, word_text
+from tracin_we.inputs import SPECIAL_IDS, model_inputs
 from tracin_we.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
+from tracin_we.tokenizer import load_tokenizer
 
 VOCAB, LENGTH, CLASSES = 120, 12, 3
 CLS, SEP, PAD = 101, 102, 0
@@ -51,28 +54,6 @@ def cnn() -> nn.Module:
 
 
 MODELS = {"bert": bert, "cnn": cnn}
-
-
-def example(tokens: list[int], label: int) -> dict:
-    pad = LENGTH - len(tokens)
-    return {
-        "input_ids": tokens + [PAD] * pad,
-        "attention_mask": [1] * len(tokens) + [0] * pad,
-        "token_type_ids": [0] * LENGTH,
-        "label": label,
-    }
-
-
-def texts(n: int, seed: int) -> list[dict]:
-    """[CLS] w... [SEP] [PAD]...: 4–9 words from 12 ids, so texts share and repeat words."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        words = torch.randint(
-            103, 115, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g
-        ).tolist()
-        out.append(example([CLS, *words, SEP], i % CLASSES))
-    return out
 
 
 def checkpoints(model: nn.Module) -> list[tuple[dict, float]]:
@@ -229,10 +210,12 @@ def test_tracin_layer_equals_brute_force(name: str) -> None:
     assert torch.equal(ours, by_names)
 
 
-def test_influence_last_equals_explicit_inverse_hessian(setup) -> None:
-    model, ckpts, train, test = setup
-    damping = 1e-2
-    ours = influence.scores("influence-last", model, ckpts, train, test, damping=damping, **F64)
+def explicit_influence_last(
+    model: nn.Module, ckpts, train: list[dict], test: list[dict], damping: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """By autograd at the last checkpoint, θ = the last layer's (W, b) flattened: the explicit
+    Hessian H of the mean training loss over θ, and per-example gradients. Returns
+    v = (H + damping·I)⁻¹ ∇ℓ(z') (n_test, P), ∇ℓ(z) (n_train, P) and the scores v · ∇ℓ(z)."""
     model = copy.deepcopy(model).eval()
     model.load_state_dict(ckpts[-1][0])  # the last checkpoint only
     layer = classifier_layer(model)
@@ -254,7 +237,100 @@ def test_influence_last_equals_explicit_inverse_hessian(setup) -> None:
     hessian += damping * torch.eye(len(flat), dtype=flat.dtype)
     test_grads = per_example_grads(model, test, [layer.weight, layer.bias])
     train_grads = per_example_grads(model, train, [layer.weight, layer.bias])
-    assert_close(ours, test_grads @ torch.linalg.solve(hessian, train_grads.T))
+    vectors = torch.linalg.solve(hessian, test_grads.T).T
+    return vectors, train_grads, vectors @ train_grads.T
+
+
+def test_influence_last_equals_explicit_inverse_hessian(setup) -> None:
+    model, ckpts, train, test = setup
+    damping = 1e-2
+    ours = influence.scores("influence-last", model, ckpts, train, test, damping=damping, **F64)
+    assert_close(ours, explicit_influence_last(model, ckpts, train, test, damping)[2])
+
+
+def test_influence_last_vectors_and_positions_equal_explicit_inverse_hessian(setup) -> None:
+    """The vectors v(z') and the score Σ_c δ_c (v_c · [a, 1]) that the position split starts
+    from are Influence-Last's, against the explicit Hessian."""
+    model, ckpts, train, test = setup
+    damping = 1e-2
+    expected_vectors, _, expected = explicit_influence_last(model, ckpts, train, test, damping)
+    train_t, test_t = model_inputs(train), model_inputs(test)
+    vectors = attribution.influence_last_vectors(model, ckpts, train_t, test_t, damping, **F64)
+    classes, width = classifier_layer(model).weight.shape
+    assert vectors.shape == (len(test), classes, width + 1)
+    as_w_then_b = torch.cat([vectors[..., :width].flatten(1), vectors[..., width]], 1)
+    assert_close(as_w_then_b, expected_vectors)  # [W | b] per class vs W flattened, then b
+    for j in range(len(test)):
+        got = attribution.influence_last_positions(model, ckpts, train_t, vectors[j], **F64).score
+        torch.testing.assert_close(got, expected[j], rtol=1e-3, atol=1e-5)
+
+
+def test_position_influence_is_gradient_times_input(setup) -> None:
+    """Σ_i (∂I/∂e_i)·e_i = d/dt I(t·e) at t = 1 (central difference), and 0 where masked."""
+    model, ckpts, train, test = setup
+    train_t, test_t = model_inputs(train), model_inputs(test[:1])
+    vector = attribution.influence_last_vectors(model, ckpts, train_t, test_t, **F64)[0]
+    examples = {k: v[:4] for k, v in train_t.items()}
+    split_up = attribution.influence_last_positions(model, ckpts, examples, vector, **F64)
+    eps, scaled = 1e-3, []
+    for t in (1 + eps, 1 - eps):
+        handle = word_embeddings(model).register_forward_hook(lambda _m, _i, out, t=t: out * t)
+        try:
+            scaled.append(
+                attribution.influence_last_positions(model, ckpts, examples, vector, **F64).score
+            )
+        finally:
+            handle.remove()
+    derivative = (scaled[0] - scaled[1]).double() / (2 * eps)
+    torch.testing.assert_close(split_up.positions.sum(1).double(), derivative, rtol=2e-2, atol=1e-4)
+    assert (split_up.positions[examples["attention_mask"] == 0] == 0).all()
+    assert split_up.positions.abs().sum() > 0
+
+
+def test_influence_last_words_sum_positions_over_whole_words() -> None:
+    model = cnn()
+    ckpts = checkpoints(model)
+    train = [example([CLS, 103, 104, 104, 105, SEP], 0), example([CLS, 106, SEP], 1)]
+    test_t = model_inputs(texts(1, seed=1))
+    train_t = model_inputs(train)
+    vector = attribution.influence_last_vectors(model, ckpts, train_t, test_t, **F64)[0]
+    positions = attribution.influence_last_positions(model, ckpts, train_t, vector, **F64)
+    tables = attribution.influence_last_words(model, ckpts, train_t, vector, Pieces(), **F64)
+    assert list(tables[0].word) == ["playinging", "now"] and list(tables[1].word) == ["w106"]
+    assert list(zip(tables[0].start, tables[0].end, strict=True)) == [(1, 4), (4, 5)]
+    words_only = ~torch.isin(train_t["input_ids"], torch.tensor(SPECIAL_IDS))  # [PAD] is 0 anyway
+    for table, row, keep in zip(tables, positions.positions, words_only, strict=True):
+        assert table.contribution.sum() == pytest.approx(float(row[keep].sum()), rel=1e-10)
+        assert list(table.columns) == ["word", "start", "end", "contribution"]
+
+
+class Pieces:
+    """A tokenizer's ``convert_ids_to_tokens``: 104 is a "##" piece."""
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        names = {CLS: "[CLS]", SEP: "[SEP]", PAD: "[PAD]", 103: "play", 104: "##ing", 105: "now"}
+        return [names.get(i, f"w{i}") for i in ids]
+
+
+def test_word_spans_join_word_pieces_and_skip_specials() -> None:
+    tokenizer = load_tokenizer()
+    encoded = tokenizer("the unaffordable cat", padding="max_length", max_length=10)
+    ids = torch.tensor(encoded["input_ids"])
+    mask = torch.tensor(encoded["attention_mask"])
+    valid = mask.bool() & ~torch.isin(ids, torch.tensor(SPECIAL_IDS))
+    spans = word_spans(ids, valid, tokenizer)
+    assert [tokenizer.decode(ids[s:e].tolist()) for s, e in spans] == ["the", "unaffordable", "cat"]
+    assert [word_text(ids, s, e, tokenizer) for s, e in spans] == [
+        "the",
+        "unaffordable",
+        "cat",
+    ]
+    assert spans[0] == (1, 2) and spans[1][1] - spans[1][0] > 1
+    assert word_spans(ids, valid) == [(i, i + 1) for i in range(1, int(mask.sum()) - 1)]
+    # A piece continues only the word ending just before it, never across a left-out position.
+    ids = torch.tensor([CLS, 103, 104, PAD, 104, SEP])
+    keep = torch.tensor([False, True, True, False, True, False])
+    assert word_spans(ids, keep, Pieces()) == [(1, 3), (4, 5)]
 
 
 def test_representer_equals_formula(setup) -> None:
@@ -321,8 +397,9 @@ def position_grads(model: nn.Module, ex: dict) -> torch.Tensor:
     return seen[0].grad[0]
 
 
-def topk_brute_force(model: nn.Module, ckpts, train, test, k: int) -> torch.Tensor:
-    """TracIn-WE-Topk from per-position gradients: g_w from each text's k largest positions."""
+def topk_brute_force(model: nn.Module, ckpts, train, test, top_tokens: int) -> torch.Tensor:
+    """TracIn-WE-Topk from per-position gradients: g_w from each text's ``top_tokens`` largest
+    positions."""
     model = copy.deepcopy(model).eval()
     total = torch.zeros(len(test), len(train), dtype=torch.float64)
     for state, lr in ckpts:
@@ -333,7 +410,7 @@ def topk_brute_force(model: nn.Module, ckpts, train, test, k: int) -> torch.Tens
             valid = torch.tensor(ex["attention_mask"]).bool()
             norms = grads.norm(dim=-1).masked_fill(~valid, -1)
             out: dict[int, torch.Tensor] = {}
-            for i in norms.topk(min(k, int(valid.sum()))).indices.tolist():
+            for i in norms.topk(min(top_tokens, int(valid.sum()))).indices.tolist():
                 out[ex["input_ids"][i]] = out.get(ex["input_ids"][i], 0) + grads[i]
             return out
 
@@ -345,26 +422,29 @@ def topk_brute_force(model: nn.Module, ckpts, train, test, k: int) -> torch.Tens
     return total
 
 
-def test_topk_equals_brute_force_and_full_when_k_covers_text(setup) -> None:
+def test_topk_equals_brute_force_and_full_when_top_tokens_cover_text(setup) -> None:
     model, ckpts, train, test = setup
-    topk = influence.scores("tracin-we-topk", model, ckpts, train, test, k=3, **F64)
-    assert_close(topk, topk_brute_force(model, ckpts, train, test, k=3))
+    topk = influence.scores("tracin-we-topk", model, ckpts, train, test, top_tokens=3, **F64)
+    assert_close(topk, topk_brute_force(model, ckpts, train, test, top_tokens=3))
     full = influence.scores("tracin-we", model, ckpts, train, test, **F64)
     assert torch.equal(
-        influence.scores("tracin-we-topk", model, ckpts, train, test, k=LENGTH, **F64), full
+        influence.scores("tracin-we-topk", model, ckpts, train, test, top_tokens=LENGTH, **F64),
+        full,
     )
 
 
 def test_syn_with_identical_words_only_equals_topk(setup) -> None:
     model, ckpts, train, test = setup
-    syn = influence.scores("tracin-we-syn", model, ckpts, train, test, k=4, threshold=0.999, **F64)
-    topk = influence.scores("tracin-we-topk", model, ckpts, train, test, k=4, **F64)
+    syn = influence.scores(
+        "tracin-we-syn", model, ckpts, train, test, top_tokens=4, threshold=0.999, **F64
+    )
+    topk = influence.scores("tracin-we-topk", model, ckpts, train, test, top_tokens=4, **F64)
     assert_close(syn, topk)
 
 
 def test_syn_matches_synonyms_one_to_one() -> None:
     """Ids 103 and 104 get the same embedding row (cosine 1): the optimal one-to-one matching of
-    each pair's top-k words, found by enumerating all matchings, gives the score."""
+    each pair's top words, found by enumerating all matchings, gives the score."""
     model = cnn()
     ckpts = checkpoints(model)
     for state, _ in ckpts:
@@ -374,26 +454,28 @@ def test_syn_matches_synonyms_one_to_one() -> None:
         example([104, 111, 112, 113, 114, 105, 106, 107, 108, 109], 1),
     ]
     test = [example([104, 103, 115, 116, 117, 105, 118, 119, 111], 2)]
-    k, threshold = 4, 0.7
-    ours = influence.scores("tracin-we-syn", model, ckpts, train, test, k=k, **F64)
+    top_tokens, threshold = 4, 0.7
+    ours = influence.scores(
+        "tracin-we-syn", model, ckpts, train, test, top_tokens=top_tokens, **F64
+    )
     expected = torch.zeros(1, len(train), dtype=torch.float64)
     model = copy.deepcopy(model).eval()
     for state, lr in ckpts:
         model.load_state_dict(state)
         unit = F.normalize(word_embeddings(model).weight.detach(), dim=-1)
-        test_rows = _top_rows(model, test[0], k)
+        test_rows = _top_rows(model, test[0], top_tokens)
         for i, ex in enumerate(train):
             expected[0, i] += lr * _best_matching(
-                _top_rows(model, ex, k), test_rows, unit, threshold
+                _top_rows(model, ex, top_tokens), test_rows, unit, threshold
             )
     assert_close(ours, expected)
 
 
-def _top_rows(model: nn.Module, ex: dict, k: int) -> dict[int, torch.Tensor]:
+def _top_rows(model: nn.Module, ex: dict, top_tokens: int) -> dict[int, torch.Tensor]:
     grads = position_grads(model, ex)
     norms = grads.norm(dim=-1).masked_fill(~torch.tensor(ex["attention_mask"]).bool(), -1)
     rows: dict[int, torch.Tensor] = {}
-    for i in norms.topk(k).indices.tolist():
+    for i in norms.topk(top_tokens).indices.tolist():
         rows[ex["input_ids"][i]] = rows.get(ex["input_ids"][i], 0) + grads[i]
     return rows
 
@@ -497,11 +579,6 @@ def test_word_scores_sum_to_the_score() -> None:
     train = example([CLS, 103, 104, 104, 105, 106, 103, SEP], 0)
     test = example([CLS, 104, 103, 107, 106, SEP], 1)
 
-    class Pieces:
-        def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-            names = {CLS: "[CLS]", SEP: "[SEP]", 103: "play", 104: "##ing", 105: "now"}
-            return [names.get(i, f"w{i}") for i in ids]
-
     result = influence.word_scores(model, ckpts, train, test, tokenizer=Pieces(), **F64)
     score = influence.scores("tracin-we", model, ckpts, [train], [test], **F64)[0, 0]
     assert abs(result.score - float(score)) <= 1e-10 * abs(float(score))
@@ -510,8 +587,10 @@ def test_word_scores_sum_to_the_score() -> None:
     assert list(result.words.word) == ["[CLS]", "playinging", "w106", "play", "[SEP]"]
     assert list(result.words.start) == [0, 1, 5, 6, 7]
     assert result.words.contribution.sum() == pytest.approx(result.score, rel=1e-10)
-    topk = influence.word_scores(model, ckpts, train, test, k=3, **F64)
-    topk_score = influence.scores("tracin-we-topk", model, ckpts, [train], [test], k=3, **F64)
+    topk = influence.word_scores(model, ckpts, train, test, top_tokens=3, **F64)
+    topk_score = influence.scores(
+        "tracin-we-topk", model, ckpts, [train], [test], top_tokens=3, **F64
+    )
     assert topk.score == pytest.approx(float(topk_score[0, 0]), rel=1e-10)
     assert topk.tokens.token.isna().all()
 

@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from tests.conftest import texts
 from tracin_we import influence
 from tracin_we.influence import embedding
 from tracin_we.models import CNNClassifier
@@ -18,25 +19,6 @@ VOCAB, LENGTH, CLASSES = 120, 12, 3
 def model() -> CNNClassifier:
     torch.manual_seed(0)
     return CNNClassifier(CLASSES, vocab_size=VOCAB, embed_dim=8, channels=6)
-
-
-def texts(n: int, seed: int) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        words = torch.randint(
-            103, 115, (int(torch.randint(4, 10, (1,), generator=g)),), generator=g
-        ).tolist()
-        tokens = [101, *words, 102]
-        pad = LENGTH - len(tokens)
-        out.append(
-            {
-                "input_ids": tokens + [0] * pad,
-                "attention_mask": [1] * len(tokens) + [0] * pad,
-                "label": i % CLASSES,
-            }
-        )
-    return out
 
 
 def checkpoints(m: nn.Module) -> list[tuple[dict, float]]:
@@ -109,19 +91,19 @@ def test_cache_round_trip(case, tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(
         embedding, "embedding_grads", lambda *args: backward_passes.append(1) or grads(*args)
     )
-    plain = influence.scores("tracin-we-topk", m, ckpts, train, test, k=3, batch_size=4)
+    plain = influence.scores("tracin-we-topk", m, ckpts, train, test, top_tokens=3, batch_size=4)
     fresh = influence.scores(
-        "tracin-we-topk", m, ckpts, train, test, k=3, batch_size=4, cache_dir=tmp_path
+        "tracin-we-topk", m, ckpts, train, test, top_tokens=3, batch_size=4, cache_dir=tmp_path
     )
     assert len(list(tmp_path.glob("*.pt"))) == 2  # one file per checkpoint
     passes = len(backward_passes)
     cached = influence.scores(
-        "tracin-we-topk", m, ckpts, train, test, k=3, batch_size=4, cache_dir=tmp_path
+        "tracin-we-topk", m, ckpts, train, test, top_tokens=3, batch_size=4, cache_dir=tmp_path
     )
     assert len(backward_passes) - passes == 2  # the test set's only: 1 batch × 2 checkpoints
     assert torch.equal(plain, fresh) and torch.equal(fresh, cached)
-    influence.scores("tracin-we-topk", m, ckpts, train[1:], test, k=3, cache_dir=tmp_path)
-    influence.scores("tracin-we-topk", m, ckpts, train, test, k=4, cache_dir=tmp_path)
+    influence.scores("tracin-we-topk", m, ckpts, train[1:], test, top_tokens=3, cache_dir=tmp_path)
+    influence.scores("tracin-we-topk", m, ckpts, train, test, top_tokens=4, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.pt"))) == 6  # other data or options: other keys
     saved = torch.load(next(tmp_path.glob("*.pt")), weights_only=True)
     assert set(saved["features"]) == {"ids", "rows", "offsets"}
@@ -180,8 +162,12 @@ def test_cache_round_trip(case, tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
             r"options \['damping'\] do not apply to method='tracin-we'",
         ),
         (
-            lambda m, c, tr, te: influence.scores("tracin-we-topk", m, c, tr, te, k=0),
-            "k=0 must be a positive integer",
+            lambda m, c, tr, te: influence.scores("tracin-we-topk", m, c, tr, te, top_tokens=0),
+            "top_tokens=0 must be a positive integer",
+        ),
+        (
+            lambda m, c, tr, te: influence.scores("tracin-we-topk", m, c, tr, te, k=3),
+            r"options \['k'\] do not apply to method='tracin-we-topk'",  # k: training examples
         ),
         (lambda m, c, tr, te: influence.scores("tracin-layer", m, c, tr, te), "params is required"),
         (

@@ -7,11 +7,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from datasets import Dataset, DatasetDict
 
 from tracin_we import influence
-from tracin_we import retrain as retrain_module
-from tracin_we.deletion import DeletionConfig, auc_del, run_deletion
+from tracin_we.deletion import auc_del, run_deletion
 from tracin_we.influence.last_layer import tfidf_cosine
 from tracin_we.inputs import CLS_ID, SEP_ID
 from tracin_we.overlap import (
@@ -21,10 +19,12 @@ from tracin_we.overlap import (
     restrict_to_candidates,
     run_no_overlap,
 )
-from tracin_we.train import TrainConfig
 
-N_TRAIN, N_TEST, T = 32, 16, 12
-TRAIN_CHUNK = retrain_module.train_chunk
+N_TRAIN, N_TEST = 32, 16
+# conftest's splits, cnn_config, deletion_config: frozen word embeddings, one k, one seed.
+SPLITS = {"n_train": N_TRAIN, "n_test": N_TEST, "noise_ids": 60}
+RECIPE = {"freeze_embeddings": True}
+SWEEP = {"ks": (3,), "seeds": (0,)}
 
 
 def texts(rows: list[list[int]], length: int = 6) -> dict[str, torch.Tensor]:
@@ -95,56 +95,12 @@ def test_restricted_top_k_is_the_top_k_among_candidates(direction):
         restrict_to_candidates(scores, candidates, "up")
 
 
-def split(n: int, seed: int) -> Dataset:
-    """Token ids with one label-revealing position (class c → ids 2000 + 3c + {0, 1, 2})."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    ids = torch.randint(1000, 1060, (n, T), generator=g)
-    ids[:, 1] = 2000 + 3 * labels + torch.randint(0, 3, (n,), generator=g)
-    return Dataset.from_dict(
-        {"input_ids": ids.tolist(), "attention_mask": [[1] * T] * n, "label": labels.tolist()}
-    )
-
-
-@pytest.fixture(scope="module")
-def splits() -> DatasetDict:
-    return DatasetDict(train=split(N_TRAIN, 0), validation=split(8, 1), test=split(N_TEST, 2))
-
-
-def deletion_config(**changes) -> DeletionConfig:
-    train_config = TrainConfig.from_params(
-        model="cnn",
-        n_train=N_TRAIN,
-        n_val=8,
-        n_test=N_TEST,
-        max_length=T,
-        epochs=1,
-        lr=0.1,
-        batch_size=8,
-        checkpoint_epochs=[1],
-        freeze_embeddings=True,
-    )
-    params = dict(
-        train=train_config,
-        methods=("tracin-we", "random"),
-        ks=(3,),
-        n_test_points=4,
-        seeds=(0,),
-        backend="sequential",
-        n_bootstrap=200,
-    )
-    return DeletionConfig(**(params | changes))
-
-
-def test_no_overlap_sweep(splits, tmp_path, monkeypatch):
+def test_no_overlap_sweep(splits, tmp_path, deletion_config, count_retrains):
     config = deletion_config()
-    trained = []
-    monkeypatch.setattr(
-        retrain_module,
-        "train_chunk",
-        lambda cfg, jobs, *a, **kw: trained.extend(jobs) or TRAIN_CHUNK(cfg, jobs, *a, **kw),
-    )
-    result = run_no_overlap(config, splits, candidate_fraction=0.25, cache=tmp_path, progress=False)
+    with count_retrains() as trained:
+        result = run_no_overlap(
+            config, splits, candidate_fraction=0.25, cache=tmp_path, progress=False
+        )
     deletion = result.deletion
     assert result.candidates.shape == (4, N_TRAIN) and (result.candidates.sum(1) == 8).all()
     assert len(deletion.plan) == 4 * 2 * 2  # points × methods × directions (one k)
@@ -175,7 +131,7 @@ def test_no_overlap_sweep(splits, tmp_path, monkeypatch):
     assert table["paper DEL-"].isna().loc["random"]
 
 
-def test_k_above_the_candidates_refused(splits, tmp_path):
+def test_k_above_the_candidates_refused(splits, tmp_path, deletion_config):
     with pytest.raises(ValueError, match=r"ks=\[9\]: each k must be <= the 8 candidates"):
         run_no_overlap(
             deletion_config(ks=(9,)),

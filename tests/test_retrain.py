@@ -1,4 +1,4 @@
-"""Retraining engines against plain ``fit``: the stacked ensemble, worker processes, the store.
+"""Retraining against plain ``fit``: the backends, edited training sets, the store.
 
 Synthetic token tensors (48 examples of 12 tokens) and the CNN for 2 epochs of batch 8: a
 retrain takes a fraction of a second.
@@ -6,14 +6,12 @@ retrain takes a fraction of a second.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from torch import nn
 
-from tracin_we import retrain as retrain_module
 from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached, retrain_probabilities
 from tracin_we.train import TrainConfig, epoch_order, fit, new_model, predict_proba, train
 
@@ -74,36 +72,69 @@ def hard_jobs() -> list[RetrainJob]:
 
 
 @pytest.mark.parametrize("freeze", [False, True])
-def test_ensemble_equals_plain_fit_on_reduced_sets(freeze):
+def test_sequential_equals_plain_fit_on_reduced_sets(freeze):
     cfg, train_t, test_t = config(freeze_embeddings=freeze), tensors(), tensors(16, seed=1)
     jobs = hard_jobs()
     reference = torch.stack([plain(cfg, job, train_t, test_t) for job in jobs])
-    fast = retrain_probabilities(
-        cfg, jobs, train_t, test_t, "ensemble", chunk_size=3, progress=False
-    )
-    assert (fast - reference).abs().max() < 1e-5
+    out = retrain_probabilities(cfg, jobs, train_t, test_t, "sequential", progress=False)
+    assert torch.equal(out, reference)
     # The removals matter, so the agreement is not that of untrained models.
     assert (reference[1:5] - reference[0]).abs().amax(dim=(1, 2)).min() > 1e-4
 
 
-@pytest.mark.filterwarnings("ignore:There is a performance drop")
-def test_ensemble_exact_for_dropout_free_bert(monkeypatch):
-    """The embedding-row trick also holds for an HF BERT (dropout off: vmap draws other masks)."""
-
-    def no_dropout(cfg):
-        model, init = new_model(cfg)
-        for module in model.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
-        return model, init
-
-    monkeypatch.setattr(retrain_module, "new_model", no_dropout)
+def test_jobs_are_independent_of_their_order_even_with_dropout():
+    """Each job seeds its own init, batch order and dropout (an HF BERT has dropout), so the
+    order jobs run in, hence the backend, changes no probability."""
     cfg = config(model="bert-tiny", pretrained=False, epochs=1, checkpoint_epochs=[1])
     train_t, test_t = tensors(16), tensors(4, seed=1)
-    jobs = [RetrainJob(0, ()), RetrainJob(0, (1, 2, 3))]
-    reference = retrain_probabilities(cfg, jobs, train_t, test_t, "sequential", progress=False)
-    fast = retrain_probabilities(cfg, jobs, train_t, test_t, "ensemble", progress=False)
-    assert (fast - reference).abs().max() < 1e-5
+    jobs = [RetrainJob(0, ()), RetrainJob(1, (1, 2, 3)), RetrainJob(0, (1, 2, 3))]
+    forward = retrain_probabilities(cfg, jobs, train_t, test_t, "sequential", progress=False)
+    backward = retrain_probabilities(cfg, jobs[::-1], train_t, test_t, "sequential", progress=False)
+    assert torch.equal(forward, backward.flip(0))
+    assert not torch.equal(forward[0], forward[2])
+
+
+def test_edited_jobs_train_on_their_edit_and_are_stored_apart(tmp_path):
+    cfg, train_t, test_t = config(), tensors(), tensors(16, seed=1)
+    edit = Blank(rows=(0, 5))
+    jobs = [RetrainJob(0, ()), RetrainJob(0, ()), RetrainJob(0, (3,)), RetrainJob(0, ())]
+    edits = [None, edit, edit, Blank(rows=(0, 5))]
+    out = retrain_cached(
+        cfg,
+        jobs,
+        train_t,
+        test_t,
+        cache=tmp_path,
+        edits=edits,
+        backend="sequential",
+        progress=False,
+    )
+    assert (out.n_trained, out.n_reused) == (3, 1)  # the last is the second again
+    assert torch.equal(out.probabilities[0], plain(cfg, jobs[0], train_t, test_t))
+    edited = edit(train_t)
+    assert torch.equal(out.probabilities[1], plain(cfg, jobs[1], edited, test_t))
+    assert torch.equal(out.probabilities[2], plain(cfg, jobs[2], edited, test_t))
+    assert torch.equal(out.probabilities[3], out.probabilities[1])
+    assert not torch.equal(out.probabilities[1], out.probabilities[0])
+    again = retrain_cached(cfg, jobs, train_t, test_t, cache=tmp_path, edits=edits)
+    assert again.n_trained == 0 and torch.equal(again.probabilities, out.probabilities)
+    # The edited set's store is the store of the edited tensors.
+    direct = retrain_cached(cfg, jobs[2:3], edited, test_t, cache=tmp_path)
+    assert direct.n_trained == 0 and torch.equal(direct.probabilities[0], out.probabilities[2])
+    with pytest.raises(ValueError, match="edits has 1 entries for 4 jobs"):
+        retrain_probabilities(cfg, jobs, train_t, test_t, edits=[None])
+
+
+@dataclass(frozen=True)
+class Blank:
+    """An edit: the rows ``rows`` of the training set lose every token but the first."""
+
+    rows: tuple[int, ...]
+
+    def __call__(self, train: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = dict(train, attention_mask=train["attention_mask"].clone())
+        out["attention_mask"][list(self.rows), 1:] = 0
+        return out
 
 
 def as_dataset(t: dict[str, torch.Tensor]) -> Dataset:
@@ -123,8 +154,6 @@ def test_removing_nothing_reproduces_training_exactly(tmp_path):
     job = [RetrainJob(2, ())]
     again = retrain_probabilities(cfg, job, train_t, test_t, "sequential", progress=False)
     assert torch.equal(again[0], original)
-    fast = retrain_probabilities(cfg, job, train_t, test_t, "ensemble", progress=False)
-    assert (fast[0] - original).abs().max() < 1e-5
 
 
 def test_job_forms_and_refusals():
@@ -132,9 +161,6 @@ def test_job_forms_and_refusals():
     mask[[4, 2]] = False
     assert RetrainJob.of((1, mask), N) == RetrainJob.of((1, [4, 2, 2]), N) == RetrainJob(1, (2, 4))
     assert torch.equal(RetrainJob(1, (2, 4)).keep(N), mask)
-    assert retrain_module.seed_chunks(
-        [RetrainJob(0), RetrainJob(1), RetrainJob(0, (1,)), RetrainJob(0, (2,))], 2
-    ) == [[0, 2], [3], [1]]
     cfg, train_t = config(), tensors()
     with pytest.raises(ValueError, match="outside the 48"):
         RetrainJob.of((0, [48]), N)
@@ -142,52 +168,39 @@ def test_job_forms_and_refusals():
         RetrainJob(0, (-1,))
     with pytest.raises(ValueError, match="keep mask of shape"):
         RetrainJob.of((0, mask[:5]), N)
-    for bad, match in [
-        ({"backend": "gpu"}, "backend='gpu'"),
-        ({"worker": "x"}, "worker='x'"),
-        ({"chunk_size": 0}, "chunk_size=0"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            retrain_probabilities(cfg, [RetrainJob(0)], train_t, train_t, **bad)
+    for backend in ("gpu", "ensemble"):  # the stacked-ensemble engine was removed
+        with pytest.raises(ValueError, match=f"backend='{backend}' is unknown"):
+            retrain_probabilities(cfg, [RetrainJob(0)], train_t, train_t, backend)
     with pytest.raises(ValueError, match="jobs is empty"):
         retrain_probabilities(cfg, [], train_t, train_t)
-    with pytest.raises(ValueError, match="optimizer='adam'"):
-        retrain_probabilities(
-            config(optimizer="adam"), [RetrainJob(0)], train_t, train_t, "ensemble"
+    with pytest.raises(TypeError, match="worker"):
+        retrain_cached(cfg, [RetrainJob(0)], train_t, train_t, worker="plain")
+
+
+def test_store_trains_each_job_once_and_resumes(tmp_path, count_retrains):
+    with count_retrains() as trained:
+        cfg, train_t, test_t = config(), tensors(), tensors(16, seed=1)
+        jobs = [RetrainJob(0, (1,)), RetrainJob(0, (2,)), RetrainJob(1, (1,))]
+        # An interrupted sweep: only the first job finished.
+        first = retrain_cached(
+            cfg, jobs[:1], train_t, test_t, cache=tmp_path, backend="sequential", progress=False
         )
-
-
-def test_store_trains_each_job_once_and_resumes(tmp_path, monkeypatch):
-    trained: list[RetrainJob] = []
-    real = retrain_module.train_chunk
-
-    def counting(cfg, jobs, *args, **kwargs):
-        trained.extend(jobs)
-        return real(cfg, jobs, *args, **kwargs)
-
-    monkeypatch.setattr(retrain_module, "train_chunk", counting)
-    cfg, train_t, test_t = config(), tensors(), tensors(16, seed=1)
-    jobs = [RetrainJob(0, (1,)), RetrainJob(0, (2,)), RetrainJob(1, (1,))]
-    # An interrupted sweep: only the first job finished.
-    first = retrain_cached(
-        cfg, jobs[:1], train_t, test_t, cache=tmp_path, backend="sequential", progress=False
-    )
-    assert (first.n_trained, first.n_reused) == (1, 0)
-    repeated = [*jobs, (0, [2, 2]), jobs[0]]  # the same removed set given twice more
-    out = retrain_cached(
-        cfg, repeated, train_t, test_t, cache=tmp_path, backend="ensemble", progress=False
-    )
-    assert trained == [jobs[0], jobs[1], jobs[2]]
-    assert (out.n_trained, out.n_reused) == (2, 3)
-    assert torch.equal(out.probabilities[0], first.probabilities[0])
-    assert torch.equal(out.probabilities[1], out.probabilities[3])
-    store = RetrainStore(cfg, train_t, test_t, cache=tmp_path)
-    assert sorted(p.name for p in store.dir.glob("*.pt")) == sorted(
-        store.path(job).name for job in jobs
-    )
-    again = retrain_cached(cfg, repeated, train_t, test_t, cache=tmp_path, progress=False)
-    assert again.n_trained == 0 and len(trained) == 3
-    assert torch.equal(again.probabilities, out.probabilities)
+        assert (first.n_trained, first.n_reused) == (1, 0)
+        repeated = [*jobs, (0, [2, 2]), jobs[0]]  # the same removed set given twice more
+        out = retrain_cached(
+            cfg, repeated, train_t, test_t, cache=tmp_path, backend="sequential", progress=False
+        )
+        assert trained == [jobs[0], jobs[1], jobs[2]]
+        assert (out.n_trained, out.n_reused) == (2, 3)
+        assert torch.equal(out.probabilities[0], first.probabilities[0])
+        assert torch.equal(out.probabilities[1], out.probabilities[3])
+        store = RetrainStore(cfg, train_t, test_t, cache=tmp_path)
+        assert sorted(p.name for p in store.dir.glob("*.pt")) == sorted(
+            store.path(job).name for job in jobs
+        )
+        again = retrain_cached(cfg, repeated, train_t, test_t, cache=tmp_path, progress=False)
+        assert again.n_trained == 0 and len(trained) == 3
+        assert torch.equal(again.probabilities, out.probabilities)
     # Another recipe or other data never reads these files.
     assert RetrainStore(config(lr=0.1), train_t, test_t, tmp_path).dir != store.dir
     assert RetrainStore(cfg, tensors(seed=5), test_t, tmp_path).dir != store.dir
@@ -198,8 +211,7 @@ def test_joblib_workers_match_sequential():
     cfg, train_t, test_t = config(), tensors(), tensors(16, seed=1)
     jobs = hard_jobs()[:4]
     reference = retrain_probabilities(cfg, jobs, train_t, test_t, "sequential", progress=False)
-    for worker in ("plain", "ensemble"):
-        out = retrain_probabilities(
-            cfg, jobs, train_t, test_t, "joblib", worker=worker, n_workers=2, progress=False
-        )
-        assert (out - reference).abs().max() < 1e-5, worker
+    out = retrain_probabilities(
+        cfg, jobs, train_t, test_t, "joblib", n_workers=2, threads=1, progress=False
+    )
+    assert torch.equal(out, reference)  # both on one torch thread (conftest's)

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +255,36 @@ def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
         for c, t in zip(classes, take, strict=True)
     ]
     return rng.permutation(np.concatenate(chosen))
+
+
+def balanced_indices(
+    labels: Sequence[int] | np.ndarray,
+    n: int,
+    seed: int,
+    num_classes: int | None = None,
+    interleave: bool = False,
+    name: str = "n",
+) -> list[int]:
+    """``n`` indices of ``labels`` (a list, array or CPU tensor), ``n // C`` per class (the first
+    ``n % C`` classes one more), drawn without replacement with ``numpy.random.default_rng(seed)``
+    class after class, over classes ``range(num_classes)`` (default: the labels present): the
+    paper's balanced choice of test points. Returned class by class, ascending within a class;
+    with ``interleave``, in rounds of one per class, in the order drawn. ``name`` names ``n`` in
+    errors."""
+    labels = np.asarray(labels)
+    classes = list(range(num_classes)) if num_classes is not None else np.unique(labels).tolist()
+    if n < 1:
+        raise ValueError(f"{name}={n} must be >= 1")
+    rng, picks = np.random.default_rng(seed), []
+    for position, c in enumerate(classes):
+        quota = n // len(classes) + (position < n % len(classes))
+        pool = np.flatnonzero(labels == c)
+        if quota > len(pool):
+            raise ValueError(f"{name}={n}: class {c} has {len(pool)} examples, {quota} needed")
+        picks.append(rng.choice(pool, size=quota, replace=False).tolist())
+    if interleave:
+        return [p[r] for r in range(max(map(len, picks))) for p in picks if r < len(p)]
+    return [i for p in picks for i in sorted(p)]
 
 
 def make_splits(config: DataConfig) -> DatasetDict:

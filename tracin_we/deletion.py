@@ -35,18 +35,11 @@ from datasets import DatasetDict
 
 from tracin_we import influence
 from tracin_we.checkpoints import CheckpointError, atomic_write, write_json
-from tracin_we.data import fingerprint, make_splits
+from tracin_we.data import balanced_indices, fingerprint, make_splits
 from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
 from tracin_we.params import check_types, from_params
-from tracin_we.retrain import (
-    BACKENDS,
-    WORKERS,
-    RetrainJob,
-    check_engine,
-    engine_for,
-    retrain_cached,
-)
+from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
 from tracin_we.train import TrainConfig, cache_dir, config_key, train
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
@@ -73,11 +66,9 @@ class DeletionConfig:
     seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains per k
     directions: tuple[str, ...] = DIRECTIONS
     point_seed: int = 0  # which test points are drawn
-    # Options of influence.scores per method, e.g. {"tracin-we-topk": {"k": 10}}.
+    # Options of influence.scores per method, e.g. {"tracin-we-topk": {"top_tokens": 10}}.
     method_options: dict[str, dict] = field(default_factory=dict)
-    backend: str = "joblib"  # retrain.BACKENDS; joblib + plain workers: fastest on a 2-core CPU
-    worker: str = "plain"  # what each joblib/dask task runs: "plain" fit or an "ensemble" chunk
-    chunk_size: int = 16  # ensemble members trained at once
+    backend: str = "joblib"  # retrain.BACKENDS; joblib, one torch thread per core: fastest on a CPU
     n_bootstrap: int = 1000  # resamples of the test points for the CIs
     ci: float = 0.95
     bootstrap_seed: int = 0
@@ -103,12 +94,8 @@ class DeletionConfig:
             raise ValueError(f"seeds={list(self.seeds)} must be a non-empty list of distinct ints")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} is unknown; allowed: {list(BACKENDS)}")
-        if self.worker not in WORKERS:
-            raise ValueError(f"worker={self.worker!r} is unknown; allowed: {list(WORKERS)}")
-        check_engine(self.train, engine_for(self.backend, self.worker))
-        for name in ("chunk_size", "n_bootstrap"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.n_bootstrap < 1:
+            raise ValueError(f"n_bootstrap={self.n_bootstrap} must be a positive integer")
         if not 0 < self.ci < 1:
             raise ValueError(f"ci={self.ci} must be in (0, 1)")
         extra = sorted(set(self.method_options) - set(self.methods))
@@ -181,11 +168,12 @@ def run_deletion(
     n_train = len(train_t["labels"])
     if max(config.ks) >= n_train:
         raise ValueError(f"ks={list(config.ks)}: each k must be < the {n_train} training examples")
-    points = select_test_points(
+    points = balanced_indices(
         test_t["labels"],
         config.n_test_points,
         config.point_seed,
         config.train.data.task.num_classes,
+        name="n_test_points",
     )
     rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
     out_dir = _claim_out_dir(config, splits, rows, cache, out_dir, overwrite)
@@ -200,8 +188,6 @@ def run_deletion(
         test_t,
         cache=cache,
         backend=config.backend,
-        worker=config.worker,
-        chunk_size=config.chunk_size,
         client=client,
         device=device,
         progress=progress,
@@ -219,24 +205,6 @@ def run_deletion(
     )
     _save(result)
     return result
-
-
-def select_test_points(labels: torch.Tensor, n: int, seed: int, num_classes: int) -> list[int]:
-    """``n`` test indices, ``n // C`` per class (the first ``n % C`` classes one more), drawn
-    with ``numpy.random.default_rng(seed)``; class by class, ascending within a class."""
-    if n < 1:
-        raise ValueError(f"n_test_points={n} must be >= 1")
-    rng, chosen = np.random.default_rng(seed), []
-    for c in range(num_classes):
-        quota = n // num_classes + (c < n % num_classes)
-        pool = np.flatnonzero(labels.numpy() == c)
-        if quota > len(pool):
-            raise ValueError(
-                f"n_test_points={n} needs {quota} test points of class {c}; the "
-                f"test split has {len(pool)}"
-            )
-        chosen += sorted(rng.choice(pool, size=quota, replace=False).tolist())
-    return chosen
 
 
 def score_rows(

@@ -6,32 +6,15 @@ from __future__ import annotations
 import html
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
 from datasets import Dataset
 
 from tracin_we.influence import WordScores, top_k
+from tracin_we.influence.words import word_spans, word_text
 
 SPECIAL_TOKENS = {"[CLS]", "[SEP]", "[PAD]"}
-
-
-def balanced_indices(labels: list[int] | np.ndarray, per_class: int, seed: int) -> list[int]:
-    """``per_class`` seeded picks from each class, interleaved class by class (the paper's balanced
-    choice of test points)."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    picks = []
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        if per_class > len(members):
-            raise ValueError(
-                f"per_class={per_class} exceeds the {len(members)} examples of class {c}"
-            )
-        picks.append(rng.choice(members, size=per_class, replace=False))
-    return [int(i) for i in np.stack(picks, axis=1).ravel()]
 
 
 def influential_table(
@@ -116,21 +99,18 @@ def score_distributions(scores_by_method: dict[str, torch.Tensor]) -> plt.Figure
 def highlight_words(words: WordScores, tokenizer, input_ids: list[int]) -> str:
     """The training text as HTML, each shared word coloured by its contribution to the score
     (green = towards proponent, red = towards opponent; opacity ∝ |contribution|)."""
-    tokens = tokenizer.convert_ids_to_tokens(input_ids)
     spans = {(int(r.start), int(r.end)): float(r.contribution) for r in words.words.itertuples()}
     scale = max((abs(v) for v in spans.values()), default=1.0) or 1.0
-    pieces, i = [], 0
-    while i < len(tokens):
-        j = i + 1
-        while j < len(tokens) and tokens[j].startswith("##"):
-            j += 1
-        word = tokens[i] + "".join(t[2:] for t in tokens[i + 1 : j])
-        if word in SPECIAL_TOKENS and (i, j) not in spans:
-            i = j
+    pieces = []
+    for start, end in word_spans(
+        input_ids, torch.ones(len(input_ids), dtype=torch.bool), tokenizer
+    ):
+        word = word_text(input_ids, start, end, tokenizer)
+        if word in SPECIAL_TOKENS and (start, end) not in spans:
             continue
         text = html.escape(word)
-        if (i, j) in spans:
-            value = spans[(i, j)]
+        if (start, end) in spans:
+            value = spans[(start, end)]
             rgb = "0,150,0" if value > 0 else "200,0,0"
             alpha = 0.15 + 0.85 * abs(value) / scale
             text = (
@@ -138,5 +118,4 @@ def highlight_words(words: WordScores, tokenizer, input_ids: list[int]) -> str:
                 f'title="{value:+.3g}">{text}</span>'
             )
         pieces.append(text)
-        i = j
     return f'<p style="line-height: 1.8">{" ".join(pieces)}</p>'

@@ -16,18 +16,21 @@ mistake, method, fix and seed).
 
 Word influence (which word to replace), positive = proponent, summed over a word's positions i:
 
-- TracIn-WE-Topk: the word's term of the score, ``influence.word_scores(..., k=topk)``:
+- TracIn-WE-Topk: the word's term of the score, ``influence.word_scores(..., top_tokens=...)``:
   Σ_c η_c Σ_{i in the word} ∂ℓ(z)/∂e_i · g_{x_i}(z') (eq. 2–4, top-k positions only);
-- Influence-Last: gradient × input of the Influence-Last score I(z) = v(z') · ∇_θ ℓ(z), with θ the
-  final layer (W, b) and v(z') = (H + λI)⁻¹ ∇_θ ℓ(z') (``influence_last_vectors``): position i gets
-  (∂I/∂e_i) · e_i, e_i the word-embedding output. Its sum over all positions is
-  d/dt I(t·e)|_{t=1}: to first order, −(the change of I when the word's embeddings are zeroed),
-  which is what [PAD] with attention mask 0 does in the CNN. So the most negative word is the one
-  whose removal raises I the most (makes z the least of an opponent).
+- Influence-Last: gradient × input of its score, ``influence.attribution.influence_last_words``:
+  to first order, minus the change of the score when the word's embeddings are zeroed, which is
+  what [PAD] with attention mask 0 does in the CNN. So the most negative word is the one whose
+  removal raises the score the most (makes z the least of an opponent).
 
-[CLS], [SEP] and [PAD] are never replaced. Retrains go through ``retrain.retrain_cached``: an edited
-training set has its own ``RetrainStore`` (keyed by a digest of the edited tensors), one file per
-(edit, seed), written atomically, so nothing is trained twice and an interrupted run resumes.
+[CLS], [SEP] and [PAD] are never replaced. Retrains go through ``retrain.retrain_cached``: an edit's
+[PAD]-ed words are applied where its job trains, and its results live in the ``RetrainStore`` of
+the edited tensors, one file per (edit, seed), written atomically, so nothing is trained twice and
+an interrupted run resumes. The figure is ``reporting.fixing_figure``.
+
+Over 400 lines because it is the whole experiment in the order it runs — config, mistakes, the
+word to replace, edits, the plan, retrains, tables — each part used only here; the influence
+and retraining it needs live in ``influence`` and ``retrain``.
 """
 
 from __future__ import annotations
@@ -38,26 +41,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from datasets import DatasetDict
 from torch import nn
-from torch.func import grad, hessian, vmap
 
 from tracin_we import influence
-from tracin_we.checkpoints import StateDict, atomic_write, resolve_checkpoints, write_json
+from tracin_we.checkpoints import StateDict, atomic_write, write_json
 from tracin_we.data import fingerprint, make_splits
-from tracin_we.influence.context import prepared
-from tracin_we.influence.gradients import frozen, last_layer_features
-from tracin_we.influence.options import Options
-from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, forward, model_inputs
-from tracin_we.models import classifier_layer, word_embeddings
+from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
+from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, model_inputs
 from tracin_we.params import check_types, from_params
-from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached
+from tracin_we.retrain import RetrainJob, retrain_cached
 from tracin_we.tokenizer import load_tokenizer
 from tracin_we.train import (
     TrainConfig,
@@ -86,7 +82,7 @@ class FixingConfig:
     k: int = 50  # opponents removed or edited per mistake (paper: 50)
     methods: tuple[str, ...] = FIX_METHODS
     fixes: tuple[str, ...] = FIXES
-    topk: int = 10  # TracIn-WE-Topk: positions kept per text (paper: 10)
+    top_tokens: int = 10  # TracIn-WE-Topk: positions kept per text, eqs. 3–4 (paper: 10)
     damping: float = 1e-3  # Influence-Last: H + damping·I (influence.scores' default)
     seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains
     n_workers: int | None = None  # retrain processes; None: one per core
@@ -98,7 +94,7 @@ class FixingConfig:
         n_train = self.train.data.n_train
         if not (isinstance(self.k, int) and 0 < self.k < n_train):
             raise ValueError(f"k={self.k} must be an integer with 0 < k < n_train={n_train}")
-        for name in ("n_mistakes", "topk"):
+        for name in ("n_mistakes", "top_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         check_p_range(self.p_range)
@@ -163,122 +159,6 @@ def select_mistakes(
     return chosen[:n_mistakes].tolist()
 
 
-def _last_layer_loss(
-    theta: torch.Tensor, a: torch.Tensor, labels: torch.Tensor, bias: bool
-) -> torch.Tensor:
-    """Mean cross-entropy of the final layer θ = [W | b] flattened from (C, h + bias), given its
-    inputs a (n, h)."""
-    if bias:
-        a = torch.cat([a, a.new_ones(len(a), 1)], 1)
-    logits = a @ theta.view(-1, a.shape[1]).T
-    return F.cross_entropy(logits, labels)
-
-
-def influence_last_vectors(
-    model: nn.Module,
-    checkpoints: Checkpoints,
-    train: Tensors,
-    test: Tensors,
-    damping: float = 1e-3,
-    batch_size: int = 256,
-    device: str = "cpu",
-) -> torch.Tensor:
-    """v(z') = (H + damping·I)⁻¹ ∇_θ ℓ(z') per test example, (n_test, C, h + bias), float64.
-
-    θ = the final layer (W, b) at the last checkpoint, H = the Hessian of the mean training loss
-    over θ (``torch.func.hessian``). Influence-Last's score of z on z' is v(z') · ∇_θ ℓ(z)
-    (positive = proponent; equal to ``influence.scores("influence-last")``)."""
-    with prepared(model, Options(device=device)):
-        model.load_state_dict(resolve_checkpoints(checkpoints)[-1][0])
-        layer = classifier_layer(model)
-        bias = layer.bias is not None
-        theta = layer.weight.detach().double()
-        if bias:
-            theta = torch.cat([theta, layer.bias.detach().double().unsqueeze(1)], 1)
-        features = last_layer_features(model, train, batch_size, device)
-        test_features = last_layer_features(model, test, batch_size, device)
-    a, labels = features["a"].detach().double(), train["labels"].to(device)
-    curvature = hessian(_last_layer_loss)(theta.flatten(), a, labels, bias)
-    curvature += damping * torch.eye(len(curvature), dtype=curvature.dtype, device=device)
-    one = vmap(grad(_last_layer_loss), in_dims=(None, 0, 0, None))
-    test_grads = one(
-        theta.flatten(),
-        test_features["a"].detach().double().unsqueeze(1),
-        test["labels"].to(device).unsqueeze(1),
-        bias,
-    )  # (n_test, P)
-    solved = torch.linalg.solve(curvature, test_grads.T).T
-    return solved.reshape(len(solved), *theta.shape).cpu()
-
-
-class PositionInfluence(NamedTuple):
-    score: torch.Tensor  # (B,) Influence-Last score of each example on its test point
-    positions: torch.Tensor  # (B, T) gradient × input per position; 0 where masked
-
-
-def influence_last_positions(
-    model: nn.Module,
-    checkpoints: Checkpoints,
-    examples: Tensors,
-    vectors: torch.Tensor,
-    device: str = "cpu",
-) -> PositionInfluence:
-    """Influence-Last score I = v · ∇_θ ℓ(z) = Σ_c δ_c (v_c · [a, 1]) of each training example
-    (rows of ``examples``, (B, T)) on the test point of its ``vectors`` row ((B, C, h + bias) or
-    one (C, h + bias) for all), and its split over positions: (∂I/∂e_i) · e_i, e_i the
-    word-embedding output, δ = softmax − onehot(label), a the final layer's input."""
-    vectors = vectors.expand(len(examples["input_ids"]), *vectors.shape[-2:])
-    captured: dict[str, torch.Tensor] = {}
-
-    def leaf(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        captured["e"] = output.detach().requires_grad_()
-        return captured["e"]
-
-    with prepared(model, Options(device=device)):
-        model.load_state_dict(resolve_checkpoints(checkpoints)[-1][0])
-        layer = classifier_layer(model)
-        hooks = [
-            word_embeddings(model).register_forward_hook(leaf),
-            layer.register_forward_hook(
-                lambda _m, inputs, _out: captured.__setitem__("a", inputs[0])
-            ),
-        ]
-        batch = {k: v.to(device) for k, v in examples.items()}
-        try:
-            with torch.enable_grad(), frozen(model):
-                logits = forward(model, batch)
-                delta = logits.softmax(-1) - F.one_hot(batch["labels"], logits.shape[1])
-                a = captured["a"].flatten(1)
-                if layer.bias is not None:
-                    a = torch.cat([a, a.new_ones(len(a), 1)], 1)
-                score = torch.einsum("bc,bh,bch->b", delta, a, vectors.to(a))
-                (gradient,) = torch.autograd.grad(score.sum(), captured["e"])
-        finally:
-            for hook in hooks:
-                hook.remove()
-        positions = (gradient * captured["e"]).sum(-1) * batch["attention_mask"]
-    return PositionInfluence(score.detach().cpu(), positions.detach().cpu())
-
-
-def word_spans(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer=None
-) -> list[tuple[int, int]]:
-    """Whole words of one text as [start, end) position ranges: a WordPiece piece starting with
-    ``##`` continues the word before it; unmasked [CLS]/[SEP]/[PAD] and masked positions are no
-    word. Without a tokenizer every position is its own word."""
-    ids = input_ids.tolist()
-    pieces = tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [None] * len(ids)
-    spans: list[list[int]] = []
-    for i, (token, piece) in enumerate(zip(ids, pieces, strict=True)):
-        if not attention_mask[i] or token in SPECIAL_IDS:
-            continue
-        if piece is not None and piece.startswith("##") and spans and spans[-1][1] == i:
-            spans[-1][1] = i + 1
-        else:
-            spans.append([i, i + 1])
-    return [(s, e) for s, e in spans]
-
-
 def most_negative_word(words: pd.DataFrame, input_ids: torch.Tensor) -> pd.Series | None:
     """The row of ``words`` (columns ``start``, ``end``, ``contribution``) with the most negative
     contribution, words made only of [CLS]/[SEP]/[PAD] left out; None when none is negative."""
@@ -299,7 +179,7 @@ def worst_words(
     test: Tensors,
     opponents: torch.Tensor,
     tokenizer=None,
-    topk: int = 10,
+    top_tokens: int = 10,
     damping: float = 1e-3,
     device: str = "cpu",
 ) -> pd.DataFrame:
@@ -318,39 +198,28 @@ def worst_words(
     for j, indices in enumerate(opponents.tolist()):
         if vectors is not None:
             chosen = {k: v[indices] for k, v in train.items()}
-            positions = influence_last_positions(
-                model, checkpoints, chosen, vectors[j], device
-            ).positions
-        for rank, i in enumerate(indices):
-            ids = train["input_ids"][i]
-            if vectors is None:
-                words = influence.word_scores(
+            tables = influence_last_words(model, checkpoints, chosen, vectors[j], tokenizer, device)
+        else:
+            tables = [
+                influence.word_scores(
                     model,
                     checkpoints,
                     _example(train, i),
                     _example(test, j),
                     tokenizer,
-                    k=topk,
+                    top_tokens=top_tokens,
                     device=device,
                 ).words
-            else:
-                words = _span_table(
-                    positions[rank], word_spans(ids, train["attention_mask"][i], tokenizer)
-                )
-            worst = most_negative_word(words, ids)
-            rows.append(_word_row(j, rank, i, worst, ids, tokenizer))
+                for i in indices
+            ]
+        for rank, (i, words) in enumerate(zip(indices, tables, strict=True)):
+            ids = train["input_ids"][i]
+            rows.append(_word_row(j, rank, i, most_negative_word(words, ids), ids, tokenizer))
     return pd.DataFrame.from_records(rows)
 
 
 def _example(data: Tensors, i: int) -> dict:
     return {k: v[i].tolist() for k, v in data.items()}
-
-
-def _span_table(positions: torch.Tensor, spans: list[tuple[int, int]]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [(s, e, float(positions[s:e].sum())) for s, e in spans],
-        columns=["start", "end", "contribution"],
-    )
 
 
 def _word_row(
@@ -394,6 +263,10 @@ class Edit:
             )
         object.__setattr__(self, "masked", masked)
 
+    def __call__(self, train: Tensors) -> Tensors:
+        """The training tensors this edit trains on (``apply_edit``): a ``retrain.DataEdit``."""
+        return apply_edit(train, self)
+
 
 def apply_edit(train: Tensors, edit: Edit) -> Tensors:
     """``train`` with ``edit.masked`` applied (a copy; unchanged tensors are shared).
@@ -417,28 +290,6 @@ def apply_edit(train: Tensors, edit: Edit) -> Tensors:
     return out
 
 
-def _job(edit: Edit, seed: int) -> RetrainJob:
-    return RetrainJob(seed, edit.removed)
-
-
-def _retrain_one(
-    config: TrainConfig, edit: Edit, seed: int, train: Tensors, test: Tensors, cache: Path
-) -> tuple[Edit, int, torch.Tensor]:
-    """One (edit, seed) retrain through the edited set's store (a worker-process task)."""
-    edited = apply_edit(train, edit)
-    done = retrain_cached(
-        config,
-        [_job(edit, seed)],
-        edited,
-        test,
-        cache=cache,
-        backend="sequential",
-        threads=1,
-        progress=False,
-    )
-    return edit, seed, done.probabilities[0]
-
-
 def retrain_edits(
     config: TrainConfig,
     edits: Sequence[Edit],
@@ -453,26 +304,22 @@ def retrain_edits(
     retrained with ``config``'s recipe on each edited training set (``Edit()``: the baseline).
 
     Each distinct (edit, seed) is read from, or trained into, the ``RetrainStore`` of its edited
-    tensors; the missing ones run in ``n_workers`` processes (default: one per core) of one
-    torch thread each."""
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
-    root = cache_dir(cache).resolve()  # workers may not see this process's environment
-    tasks = list(dict.fromkeys((edit, int(seed)) for edit in edits for seed in seeds))
-    found = {
-        (e, s): RetrainStore(config, apply_edit(train, e), test, root).load(_job(e, s))
-        for e, s in tasks
-    }
-    missing = [task for task, probs in found.items() if probs is None]
-    if missing:
-        run = Parallel(n_jobs=n_workers or os.cpu_count() or 1, return_as="generator_unordered")
-        done = run(delayed(_retrain_one)(config, e, s, train, test, root) for e, s in missing)
-        for edit, seed, probs in tqdm(
-            done, total=len(missing), desc="retrain (fixing)", disable=not progress
-        ):
-            found[(edit, seed)] = probs
-    return torch.stack([torch.stack([found[(e, int(s))] for s in seeds]) for e in edits])
+    tensors (``retrain.retrain_cached``); the missing ones run in ``n_workers`` processes
+    (default: one per core) of one torch thread each."""
+    tasks = [(edit, int(seed)) for edit in edits for seed in seeds]
+    done = retrain_cached(
+        config,
+        [RetrainJob(seed, edit.removed) for edit, seed in tasks],
+        train,
+        test,
+        cache=cache,
+        edits=[edit if edit.masked else None for edit, _ in tasks],
+        backend="joblib",
+        n_workers=n_workers,
+        threads=1,
+        progress=progress,
+    )
+    return done.probabilities.view(len(edits), len(seeds), *done.probabilities.shape[1:])
 
 
 def fixing_plan(
@@ -604,7 +451,10 @@ def run_fixing(
     probabilities = predict_proba(model, test_t, device=device)
     mistakes = select_mistakes(probabilities, test_t["labels"], config.n_mistakes, config.p_range)
     mistakes_t = {k: v[mistakes] for k, v in test_t.items()}
-    options = {"tracin-we-topk": {"k": config.topk}, "influence-last": {"damping": config.damping}}
+    options = {
+        "tracin-we-topk": {"top_tokens": config.top_tokens},
+        "influence-last": {"damping": config.damping},
+    }
     opponents = {
         m: influence.top_k(
             influence.scores(
@@ -626,7 +476,7 @@ def run_fixing(
                 mistakes_t,
                 opponents[m],
                 tokenizer,
-                config.topk,
+                config.top_tokens,
                 config.damping,
                 device,
             )
@@ -683,27 +533,3 @@ def _save(result: FixingResult, resolved: dict) -> None:
         atomic_write(
             result.out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False)
         )
-
-
-def fixing_figure(summary: pd.DataFrame) -> plt.Figure:
-    """Per method and fix: the share of (mistake, seed) retrains predicting the true class, and
-    inside it the share the edit fixed where the same seed's unedited retrain did not; the
-    unedited control as a dashed line."""
-    edited = summary[summary["method"] != "control"]
-    control = summary.loc[summary["method"] == "control", "share_fixed"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.2))
-    labels = [f"{m}\n{f}" for m, f in zip(edited["method"], edited["fix"], strict=True)]
-    ax.bar(labels, edited["share_fixed"], color="tab:blue", alpha=0.45, label="fixed")
-    ax.bar(
-        labels,
-        edited["newly_fixed"],
-        width=0.5,
-        color="tab:blue",
-        label="fixed, same seed unedited still wrong",
-    )
-    if len(control):
-        ax.axhline(float(control.iloc[0]), color="k", ls="--", label="control (no edit)")
-    ax.legend(loc="upper right", fontsize=7)
-    ax.set(ylabel="share of (mistake, seed) retrains", ylim=(0, 1.15), title="targeted fixing")
-    fig.tight_layout()
-    return fig

@@ -29,7 +29,7 @@ import torch
 from datasets import DatasetDict
 
 from tracin_we.checkpoints import atomic_write, write_json
-from tracin_we.data import make_splits
+from tracin_we.data import balanced_indices, make_splits
 from tracin_we.deletion import (
     SUMMARY_NAMES,
     DeletionConfig,
@@ -38,7 +38,6 @@ from tracin_we.deletion import (
     crn_variance,
     run_deletion,
     score_rows,
-    select_test_points,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
 from tracin_we.inputs import SPECIAL_IDS, Tensors, model_inputs
@@ -135,11 +134,12 @@ def run_no_overlap(
     """
     splits = splits if splits is not None else make_splits(config.train.data)
     train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
-    points = select_test_points(
+    points = balanced_indices(
         test_t["labels"],
         config.n_test_points,
         config.point_seed,
         config.train.data.task.num_classes,
+        name="n_test_points",
     )
     candidates = least_overlap_candidates(
         train_t, {k: v[points] for k, v in test_t.items()}, candidate_fraction
@@ -174,7 +174,7 @@ def run_no_overlap(
 
 def _full_matrix(rows: torch.Tensor, points: list[int], n_test: int) -> torch.Tensor:
     """(n_test, n_train) with ``rows`` at ``points``: ``run_deletion`` takes whole-split matrices
-    and reads only the rows of its points (the same ``select_test_points`` draw); others are 0."""
+    and reads only the rows of its points (the same ``balanced_indices`` draw); others are 0."""
     full = torch.zeros(n_test, rows.shape[1])
     full[points] = rows
     return full

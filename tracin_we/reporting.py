@@ -149,3 +149,27 @@ def ndr_bars(table: pd.DataFrame) -> plt.Figure:
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
+
+
+def fixing_figure(summary: pd.DataFrame) -> plt.Figure:
+    """Per method and fix: the share of (mistake, seed) retrains predicting the true class, and
+    inside it the share the edit fixed where the same seed's unedited retrain did not; the
+    unedited control as a dashed line."""
+    edited = summary[summary["method"] != "control"]
+    control = summary.loc[summary["method"] == "control", "share_fixed"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    labels = [f"{m}\n{f}" for m, f in zip(edited["method"], edited["fix"], strict=True)]
+    ax.bar(labels, edited["share_fixed"], color="tab:blue", alpha=0.45, label="fixed")
+    ax.bar(
+        labels,
+        edited["newly_fixed"],
+        width=0.5,
+        color="tab:blue",
+        label="fixed, same seed unedited still wrong",
+    )
+    if len(control):
+        ax.axhline(float(control.iloc[0]), color="k", ls="--", label="control (no edit)")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set(ylabel="share of (mistake, seed) retrains", ylim=(0, 1.15), title="targeted fixing")
+    fig.tight_layout()
+    return fig

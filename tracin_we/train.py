@@ -1,9 +1,11 @@
-"""Training with the paper's recipe, saving the checkpoints that TracIn needs.
+"""Training with the paper's recipe (or Adam), saving the checkpoints that TracIn needs.
 
-Recipe (v1 §5): SGD with momentum 0.9 and a constant learning rate, cross-entropy, mini-batches in
-a seeded order. ``train(config)`` caches its result under a key derived from the resolved config and
-the data's fingerprint: a rerun with the same config reuses it, a different config never does, an
-interrupted run resumes from its last finished epoch, and every file is written atomically.
+Recipe: SGD + momentum 0.9 (the paper's, v1 §5) or Adam (β1 = ``momentum``: it trains a randomly
+initialised BERT-tiny, which the paper's SGD leaves at chance), a constant learning rate,
+cross-entropy, mini-batches in a seeded order. ``train(config)`` caches its result under a key
+derived from the resolved config and the data's fingerprint: a rerun with the same config reuses
+it, a different config never does, an interrupted run resumes from its last finished epoch, and
+every file is written atomically.
 """
 
 from __future__ import annotations
@@ -167,7 +169,8 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place with SGD + momentum on ``train`` (tensors from ``model_inputs``).
+    """Train ``model`` in place on ``train`` (tensors from ``model_inputs``) with SGD + momentum
+    (``config.optimizer="sgd"``, the paper's) or Adam (``"adam"``, β1 = ``config.momentum``).
 
     ``keep`` (bool, (N,)) drops examples: each epoch visits ``epoch_order`` and every mini-batch
     loses its dropped examples (a batch left empty is skipped), so deleting examples changes

@@ -9,8 +9,9 @@ in eval mode, of the cross-entropy at the ground-truth label.
 
 Methods (``METHODS``; formulas in docs/paper.md, arXiv 2202.11844 v1 eq. 2–4 and Table 3):
 
-- ``tracin-we``: TracIn on the word-embedding matrix, eq. 2; ``tracin-we-topk`` (option ``k``,
-  eqs. 3–4), ``tracin-we-syn`` (``k``, ``threshold``), ``tracin-we-noc`` (``special_token_ids``);
+- ``tracin-we``: TracIn on the word-embedding matrix, eq. 2; ``tracin-we-topk`` (option
+  ``top_tokens``: positions kept per text, eqs. 3–4), ``tracin-we-syn`` (``top_tokens``,
+  ``threshold``), ``tracin-we-noc`` (``special_token_ids``);
 - ``tracin-last``, ``tracin-layer`` (``params``: a regex or parameter names), ``grad-cos``
   (``layer``: "last", "embedding" or a parameter regex);
 - ``influence-last`` (``damping``) and ``representer`` (``l2``): at the last checkpoint only;
@@ -176,7 +177,7 @@ def _kernel(method: str, run: Run, datasets: list[Tensors]) -> Kernel:
     if method == "tracin-we":
         return WordEmbeddingKernel()
     if method == "tracin-we-topk":
-        return WordEmbeddingKernel(k=options.k)
+        return WordEmbeddingKernel(top_tokens=options.top_tokens)
     if method == "tracin-we-noc":
         exclude = options.special_token_ids
         if exclude is None:
@@ -184,7 +185,7 @@ def _kernel(method: str, run: Run, datasets: list[Tensors]) -> Kernel:
             exclude = (CLS_ID, SEP_ID, *common_token_ids(datasets, vocab_size))
         return WordEmbeddingKernel(exclude=tuple(sorted(set(exclude))))
     if method == "tracin-we-syn":
-        return SynonymKernel(options.k, options.threshold)
+        return SynonymKernel(options.top_tokens, options.threshold)
     if method == "tracin-last":
         return last_layer_kernel(run)
     if method == "tracin-layer":

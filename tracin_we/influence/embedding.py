@@ -24,30 +24,30 @@ CHUNK_ELEMENTS = 1 << 20
 
 
 def kept_positions(
-    batch: Tensors, grads: torch.Tensor, k: int | None, exclude: tuple[int, ...]
+    batch: Tensors, grads: torch.Tensor, top_tokens: int | None, exclude: tuple[int, ...]
 ) -> torch.Tensor:
-    """(B, T) bool: non-[PAD] positions whose token is not in ``exclude``; with ``k``, only the k
-    of those with the largest ‖∂ℓ/∂e_i‖ (TracIn-WE-Topk, eq. 3)."""
+    """(B, T) bool: non-[PAD] positions whose token is not in ``exclude``; with ``top_tokens``,
+    only that many of them with the largest ‖∂ℓ/∂e_i‖ (TracIn-WE-Topk, eq. 3)."""
     ids = batch["input_ids"]
     keep = batch["attention_mask"].bool()
     if exclude:
         keep &= ~torch.isin(ids, torch.tensor(exclude, device=ids.device))
-    if k is not None:
+    if top_tokens is not None:
         norms = grads.norm(dim=-1).masked_fill(~keep, -torch.inf)
-        top = norms.topk(min(k, ids.shape[1]), dim=1).indices
+        top = norms.topk(min(top_tokens, ids.shape[1]), dim=1).indices
         keep &= torch.zeros_like(keep).scatter_(1, top, True)
     return keep
 
 
 def embedding_rows(
-    run: Run, data: Tensors, k: int | None = None, exclude: tuple[int, ...] = ()
+    run: Run, data: Tensors, top_tokens: int | None = None, exclude: tuple[int, ...] = ()
 ) -> SparseRows:
     """Each example's rows g_w from its kept positions, one backward pass per batch."""
     vocab_size = word_embeddings(run.model).num_embeddings
     parts = []
     for batch in batches(data, run.options.batch_size, run.options.device):
         grads = embedding_grads(run.model, batch)
-        keep = kept_positions(batch, grads, k, exclude)
+        keep = kept_positions(batch, grads, top_tokens, exclude)
         parts.append(sparse_rows(batch["input_ids"], grads, keep, vocab_size))
     return SparseRows.cat(parts)
 
@@ -89,17 +89,18 @@ def _row_dots(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tens
 
 @dataclass(frozen=True)
 class WordEmbeddingKernel:
-    """TracIn-WE (``k=None``), TracIn-WE-Topk (``k``) and TracIn-WE-NoC (``exclude``)."""
+    """TracIn-WE (``top_tokens=None``), TracIn-WE-Topk (``top_tokens``) and TracIn-WE-NoC
+    (``exclude``)."""
 
-    k: int | None = None
+    top_tokens: int | None = None
     exclude: tuple[int, ...] = ()
 
     @property
     def kind(self) -> str:
-        return f"we:k={self.k}:exclude={sorted(self.exclude)}"
+        return f"we:top_tokens={self.top_tokens}:exclude={sorted(self.exclude)}"
 
     def features(self, run: Run, data: Tensors) -> Tensors:
-        return embedding_rows(run, data, self.k, self.exclude).as_dict()
+        return embedding_rows(run, data, self.top_tokens, self.exclude).as_dict()
 
     def pairwise(self, test: Tensors, train: Tensors) -> torch.Tensor:
         return sparse_dot(SparseRows(**test), SparseRows(**train))
@@ -110,19 +111,20 @@ class WordEmbeddingKernel:
 
 @dataclass(frozen=True)
 class SynonymKernel:
-    """TracIn-WE-Syn: on each text's top-k words, words w, w' whose embedding rows have cosine
-    > ``threshold`` are matched one-to-one maximising Σ |g_w · g_w'| (linear sum assignment);
-    the kernel is Σ over matched pairs of g_w · g_w'. Identical words always qualify."""
+    """TracIn-WE-Syn: on each text's ``top_tokens`` words, words w, w' whose embedding rows have
+    cosine > ``threshold`` are matched one-to-one maximising Σ |g_w · g_w'| (linear sum
+    assignment); the kernel is Σ over matched pairs of g_w · g_w'. Identical words always
+    qualify."""
 
-    k: int = 10
+    top_tokens: int = 10
     threshold: float = 0.7
 
     @property
     def kind(self) -> str:
-        return f"syn:k={self.k}"
+        return f"syn:top_tokens={self.top_tokens}"
 
     def features(self, run: Run, data: Tensors) -> Tensors:
-        rows = embedding_rows(run, data, self.k)
+        rows = embedding_rows(run, data, self.top_tokens)
         unit = F.normalize(word_embeddings(run.model).weight.detach()[rows.ids], dim=-1)
         return rows.as_dict() | {"unit": unit.to(rows.rows.dtype)}
 

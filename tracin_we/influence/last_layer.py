@@ -89,16 +89,34 @@ def _hessian(features: Tensors, labels: torch.Tensor, bias: bool) -> torch.Tenso
     return (total / len(a)).reshape(c * h, c * h)
 
 
+def damped_hessian(
+    features: Tensors, labels: torch.Tensor, bias: bool, damping: float
+) -> torch.Tensor:
+    """H + damping·I, float64, with H the exact Hessian of the mean cross-entropy over (W, b)
+    (``_hessian``), in ``_flat_grads``' order."""
+    hessian = _hessian(features, labels, bias)
+    hessian += damping * torch.eye(len(hessian), dtype=hessian.dtype, device=hessian.device)
+    return hessian
+
+
+def influence_last_vectors(run: Run, train: Tensors, test: Tensors) -> torch.Tensor:
+    """v(z') = (H + damping·I)⁻¹ ∇_θ ℓ(z') per test example, (n_test, C, h + bias), float64, at the
+    last checkpoint: Influence-Last's score of a training example z on z' is v(z') · ∇_θ ℓ(z)
+    (``influence_last`` solves against the training gradients instead)."""
+    kernel, train_features, test_features = _last_features(run, train, test)
+    hessian = damped_hessian(train_features, train["labels"], kernel.bias, run.options.damping)
+    test_grads = _flat_grads({k: v.double() for k, v in test_features.items()}, kernel.bias)
+    solved = torch.linalg.solve(hessian, test_grads.T).T
+    return solved.reshape(len(solved), test_features["delta"].shape[1], -1)
+
+
 def influence_last(run: Run, train: Tensors, test: Tensors | None) -> torch.Tensor:
     """Koh & Liang influence restricted to the last layer, at the last checkpoint:
     +∇ℓ(z')ᵀ (H + damping·I)⁻¹ ∇ℓ(z), H the exact Hessian of the mean training loss (the minus of
     Koh & Liang's I_up,loss, so positive = proponent). (n_test, n_train); with ``test=None``, the
     self-influences (n_train,)."""
     kernel, train_features, test_features = _last_features(run, train, test)
-    hessian = _hessian(train_features, train["labels"], kernel.bias)
-    hessian += run.options.damping * torch.eye(
-        len(hessian), dtype=hessian.dtype, device=hessian.device
-    )
+    hessian = damped_hessian(train_features, train["labels"], kernel.bias, run.options.damping)
     train_grads = _flat_grads(train_features, kernel.bias)
     solved = torch.linalg.solve(hessian, train_grads.double().T).to(train_grads.dtype)
     if test is None:

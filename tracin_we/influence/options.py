@@ -21,8 +21,8 @@ from tracin_we.models import classifier_layer, word_embeddings
 COMMON_OPTIONS = ("batch_size", "device", "dtype", "cache_dir")
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "tracin-we": (),
-    "tracin-we-topk": ("k",),
-    "tracin-we-syn": ("k", "threshold"),
+    "tracin-we-topk": ("top_tokens",),
+    "tracin-we-syn": ("top_tokens", "threshold"),
     "tracin-we-noc": ("special_token_ids",),
     "tracin-last": (),
     "tracin-layer": ("params",),
@@ -44,7 +44,7 @@ class Options:
     device: str | torch.device = "cpu"  # where gradients are taken; scores come back on the CPU
     dtype: torch.dtype = torch.float32  # the model runs in this dtype while scoring
     cache_dir: str | os.PathLike | None = None  # cache of training-set gradient rows, or None
-    k: int = 10  # TracIn-WE-Topk/Syn: positions kept per text (paper: 10)
+    top_tokens: int = 10  # TracIn-WE-Topk/Syn: positions kept per text, eqs. 3–4 (paper: 10)
     threshold: float = 0.7  # TracIn-WE-Syn: embedding cosine above which words match (paper: 0.7)
     # NoC: ids dropped (default: [CLS], [SEP] and ids in every input); TF-IDF: ids ignored
     # (default: [PAD], [CLS], [SEP]).
@@ -64,7 +64,7 @@ class Options:
             object.__setattr__(self, "params", tuple(self.params))
         checks = {
             "batch_size": (self.batch_size >= 1, "a positive integer"),
-            "k": (self.k >= 1, "a positive integer"),
+            "top_tokens": (self.top_tokens >= 1, "a positive integer"),
             "threshold": (-1.0 <= self.threshold <= 1.0, "a cosine in [-1, 1]"),
             "damping": (self.damping >= 0, ">= 0"),
             "l2": (self.l2 > 0, "> 0"),

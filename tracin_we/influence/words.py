@@ -48,14 +48,16 @@ def word_scores(
     train_example: dict,
     test_example: dict,
     tokenizer=None,
-    k: int | None = None,
+    top_tokens: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> WordScores:
     """Split the TracIn-WE score of ``train_example`` (z) on ``test_example`` (z') by shared token
-    and by whole word of z. With ``k``, TracIn-WE-Topk's score (the k positions of each text with
-    the largest ‖∂ℓ/∂e_i‖). ``tokenizer`` (optional) names the tokens and finds word pieces."""
-    options = Options(device=device, dtype=dtype, k=k if k is not None else Options.k)
+    and by whole word of z. With ``top_tokens``, TracIn-WE-Topk's score (that many positions of
+    each text, those with the largest ‖∂ℓ/∂e_i‖). ``tokenizer`` (optional) names the tokens and
+    finds word pieces."""
+    chosen = Options.top_tokens if top_tokens is None else top_tokens  # validated by Options
+    options = Options(device=device, dtype=dtype, top_tokens=chosen)
     num_classes, vocab_size = model_sizes(model, "tracin-we", options)
     train = prepare_data("train_example", [train_example], num_classes, vocab_size)
     test = prepare_data("test_example", [test_example], num_classes, vocab_size)
@@ -65,30 +67,59 @@ def word_scores(
     shared = torch.zeros(len(ids), dtype=torch.bool)
     with prepared(model, options):
         for _, lr in run.each_checkpoint():
-            part, part_shared = _position_contributions(run, train, test, k)
+            part, part_shared = _position_contributions(run, train, test, top_tokens)
             contribution += lr * part.double().cpu()
             shared |= part_shared.cpu()
-    pieces = (
-        tokenizer.convert_ids_to_tokens(ids.tolist())
-        if tokenizer is not None
-        else [None] * len(ids)
-    )
+    pieces = _pieces(ids, tokenizer)
     return WordScores(
         float(contribution.sum()),
         _token_table(ids, contribution, shared, pieces),
-        _word_table(train["attention_mask"][0].bool(), contribution, shared, pieces, ids),
+        _word_table(ids, train["attention_mask"][0].bool(), contribution, shared, tokenizer),
     )
 
 
+def word_spans(
+    input_ids: torch.Tensor, valid: torch.Tensor, tokenizer=None
+) -> list[tuple[int, int]]:
+    """Whole words of one text, as [start, end) position ranges over its ``valid`` positions
+    ((T,) bool): a WordPiece piece starting with ``##`` continues the word ending just before
+    it. Without a tokenizer every valid position is its own word."""
+    pieces = _pieces(input_ids, tokenizer)
+    spans: list[list[int]] = []
+    for i in torch.as_tensor(valid).nonzero().flatten().tolist():
+        piece = pieces[i]
+        if piece is not None and piece.startswith("##") and spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    return [(start, end) for start, end in spans]
+
+
+def word_text(input_ids: torch.Tensor, start: int, end: int, tokenizer=None) -> str:
+    """The word at positions [start, end): its pieces joined without ``##`` (token ids without a
+    tokenizer)."""
+    ids = torch.as_tensor(input_ids)[start:end].tolist()
+    pieces = _pieces(ids, tokenizer)
+    return "".join(
+        str(i) if p is None else p[2:] if p.startswith("##") else p
+        for i, p in zip(ids, pieces, strict=True)
+    )
+
+
+def _pieces(input_ids: torch.Tensor | list[int], tokenizer) -> list[str | None]:
+    ids = torch.as_tensor(input_ids).tolist()
+    return tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [None] * len(ids)
+
+
 def _position_contributions(
-    run: Run, train: Tensors, test: Tensors, k: int | None
+    run: Run, train: Tensors, test: Tensors, top_tokens: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """At the loaded checkpoint, for each position i of the training text: ∂ℓ/∂e_i · g_{x_i}(z')
     (T,) and whether x_i is a (kept) token of the test text (T,) bool."""
     batch = next(batches(train, 1, run.options.device))
     grads = embedding_grads(run.model, batch)
-    keep = kept_positions(batch, grads, k, ())[0]
-    test_rows = embedding_rows(run, test, k)
+    keep = kept_positions(batch, grads, top_tokens, ())[0]
+    test_rows = embedding_rows(run, test, top_tokens)
     ids = batch["input_ids"][0]
     if not len(test_rows.ids):
         return grads.new_zeros(len(ids)), torch.zeros_like(keep)
@@ -116,30 +147,16 @@ def _token_table(
 
 
 def _word_table(
+    ids: torch.Tensor,
     valid: torch.Tensor,
     contribution: torch.Tensor,
     shared: torch.Tensor,
-    pieces: list[str | None],
-    ids: torch.Tensor,
+    tokenizer,
 ) -> pd.DataFrame:
-    """Whole words of the training text: a piece starting with ``##`` continues the word before;
-    without token strings every position is its own word, named by its id."""
-    spans: list[list[int]] = []  # [start, end) per word
-    for i in valid.nonzero().flatten().tolist():
-        piece = pieces[i]
-        if piece is not None and piece.startswith("##") and spans and spans[-1][1] == i:
-            spans[-1][1] = i + 1
-        else:
-            spans.append([i, i + 1])
-    rows = []
-    for start, end in spans:
-        if shared[start:end].any():
-            text = "".join(_strip(pieces[i], int(ids[i])) for i in range(start, end))
-            rows.append((text, start, end, float(contribution[start:end].sum())))
+    """The training text's whole words holding a shared token."""
+    rows = [
+        (word_text(ids, start, end, tokenizer), start, end, float(contribution[start:end].sum()))
+        for start, end in word_spans(ids, valid, tokenizer)
+        if shared[start:end].any()
+    ]
     return pd.DataFrame(rows, columns=["word", "start", "end", "contribution"])
-
-
-def _strip(piece: str | None, token_id: int) -> str:
-    if piece is None:
-        return str(token_id)
-    return piece[2:] if piece.startswith("##") else piece
