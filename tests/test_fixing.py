@@ -25,8 +25,7 @@ from tracin_we.fixing import (
     word_spans,
     worst_words,
 )
-from tracin_we.influence.options import CLS_ID, SEP_ID
-from tracin_we.inputs import model_inputs
+from tracin_we.inputs import CLS_ID, SEP_ID, model_inputs
 from tracin_we.tokenizer import load_tokenizer
 from tracin_we.train import TrainConfig, predict_proba, train
 

@@ -13,7 +13,7 @@ from tracin_we import influence
 from tracin_we import retrain as retrain_module
 from tracin_we.deletion import DeletionConfig, auc_del, run_deletion
 from tracin_we.influence.last_layer import tfidf_cosine
-from tracin_we.influence.options import CLS_ID, SEP_ID
+from tracin_we.inputs import CLS_ID, SEP_ID
 from tracin_we.overlap import (
     least_overlap_candidates,
     overlap_summary,
