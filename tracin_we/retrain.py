@@ -36,12 +36,13 @@ common-random-numbers choice; exact equality with ``fit`` is only claimed for dr
 (HF BERT runs, but vmap has no batching rule for CPU scaled-dot-product attention and loops.)
 
 ``RetrainStore`` keeps one file per finished job, keyed by (training config, data, removed set,
-seed), so that no model is ever trained twice and an interrupted sweep resumes (``retrain_cached``).
+seed, torch threads per retrain), so that no model is ever trained twice and an interrupted sweep
+resumes (``retrain_cached``). Files follow ``tracin_we.persistence``'s rule: a damaged one is
+deleted and retrained.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -54,13 +55,11 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from tracin_we.checkpoints import CheckpointError, save_torch, write_json
 from tracin_we.inputs import MODEL_INPUTS, Tensors, select
 from tracin_we.models import word_embeddings
+from tracin_we.persistence import CheckpointError, Folder, cache_dir, config_key, tensor_digest
 from tracin_we.train import (
     TrainConfig,
-    cache_dir,
-    config_key,
     epoch_order,
     fit,
     new_model,
@@ -108,7 +107,7 @@ class RetrainJob:
 
     @property
     def removed_hash(self) -> str:
-        return hashlib.sha256(",".join(map(str, self.removed)).encode()).hexdigest()[:16]
+        return config_key(list(self.removed), 16)
 
 
 def retrain_probabilities(
@@ -422,8 +421,11 @@ class RetrainStore:
     """Finished jobs on disk: ``<cache>/retrain/<model>-<dataset>-<key>/<removed hash>-s<seed>.pt``.
 
     ``key`` hashes the training config (its ``seed`` excluded: each job names its own), the model
-    init and the train and test tensors, so a store never serves results of another recipe or
-    data. Each file holds the job's seed, removed indices (checked on load) and probabilities.
+    init, the train and test tensors and ``threads``, the torch thread count of each retrain
+    (``retrain_threads``; results differ in the last bits between thread counts, see
+    ``train.resolved_config``), so a store never serves results of another recipe, data or
+    thread layout. Each file holds the job's seed, removed indices (checked on load) and
+    probabilities, and is verified when read: a damaged one is deleted and retrained.
     """
 
     def __init__(
@@ -432,36 +434,42 @@ class RetrainStore:
         train: Tensors,
         test: Tensors,
         cache: str | os.PathLike | None = None,
+        threads: int | None = None,
     ) -> None:
         neutral = replace(config, seed=0)
-        resolved = resolved_config(neutral, new_model(neutral)[1], tensor_digest(train, test))
+        threads = threads or torch.get_num_threads()
+        resolved = resolved_config(
+            neutral, new_model(neutral)[1], tensor_digest(train, test), threads
+        )
         key = config_key(resolved)
-        self.dir = (
+        self.folder = Folder(
             cache_dir(cache)
             / "retrain"
             / f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
         )
-        if not (self.dir / "config.json").is_file():
-            write_json(self.dir / "config.json", resolved)
+        self.dir = self.folder.path
+        self.folder.remove_stale_tmp()
+        if self.folder.read_json("config.json", recompute=True) is None:
+            self.folder.write_json("config.json", resolved)
 
     def path(self, job: RetrainJob) -> Path:
         return self.dir / f"{job.removed_hash}-s{job.seed}.pt"
 
     def load(self, job: RetrainJob) -> torch.Tensor | None:
-        path = self.path(job)
-        if not path.is_file():
+        """The job's probabilities (n_test, C), or None when not stored (or damaged: deleted)."""
+        name = self.path(job).name
+        saved = self.folder.load_torch(name, recompute=True)
+        if saved is None:
             return None
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling errors have many types; all mean "unreadable"
-            raise CheckpointError(f"{str(path)!r} cannot be read ({err}); delete it") from err
         if saved.get("seed") != job.seed or tuple(saved["removed"].tolist()) != job.removed:
-            raise CheckpointError(f"{str(path)!r} holds another job; delete it to retrain")
+            raise CheckpointError(
+                f"{str(self.path(job))!r} holds another job; delete it to retrain"
+            )
         return saved["probabilities"]
 
     def save(self, job: RetrainJob, probabilities: torch.Tensor) -> None:
-        save_torch(
-            self.path(job),
+        self.folder.save_torch(
+            self.path(job).name,
             {
                 "seed": job.seed,
                 "removed": torch.tensor(job.removed, dtype=torch.long),
@@ -470,14 +478,16 @@ class RetrainStore:
         )
 
 
-def tensor_digest(*tensor_dicts: Tensors) -> str:
-    """A short hash of the model inputs and labels of each tensor dict."""
-    digest = hashlib.sha256()
-    for tensors in tensor_dicts:
-        for name in sorted(tensors):
-            digest.update(name.encode())
-            digest.update(tensors[name].contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def retrain_threads(
+    backend: str = "joblib", n_workers: int | None = None, threads: int | None = None
+) -> int:
+    """The torch thread count each retrain of ``retrain_probabilities`` runs with: ``threads``,
+    else one core's share per joblib worker, 1 per dask task, this process's setting locally."""
+    if threads:
+        return threads
+    if backend == "joblib":
+        return max(1, (os.cpu_count() or 1) // (n_workers or os.cpu_count() or 1))
+    return 1 if backend == "dask" else torch.get_num_threads()
 
 
 def retrain_cached(
@@ -492,7 +502,10 @@ def retrain_cached(
     """``retrain_probabilities`` that trains each distinct job once: jobs found in ``store``
     (default: ``RetrainStore(config, train, test, cache)``) are read back, the rest trained and
     saved as each chunk finishes, so an interrupted call resumes where it stopped."""
-    store = store or RetrainStore(config, train, test, cache)
+    threads = retrain_threads(
+        options.get("backend", "joblib"), options.get("n_workers"), options.get("threads")
+    )
+    store = store or RetrainStore(config, train, test, cache, threads)
     jobs = [RetrainJob.of(job, len(train["labels"])) for job in jobs]
     unique = list(dict.fromkeys(jobs))
     found = {job: store.load(job) for job in unique}
