@@ -194,17 +194,18 @@ def length_limits(model: nn.Module) -> tuple[int, int | None]:
     return model.length_limits() if hasattr(model, "length_limits") else (1, None)
 
 
-def check_length(model: nn.Module | str, max_length: int, what: str = "max_length") -> None:
+def check_length(
+    model: nn.Module | str, max_length: int, what: str = "max_length", name: str | None = None
+) -> None:
     """``ValueError`` naming the model when ``max_length`` tokens per input are outside its
-    ``length_limits``; ``model`` is a model or a built-in name (its architecture on the meta
-    device: nothing is allocated or drawn)."""
-    name = model if isinstance(model, str) else type(model).__name__
+    ``length_limits``. ``model``: a model (named ``name``, default its class) or a built-in name,
+    whose architecture is then built on the meta device (nothing allocated, no random draw)."""
+    name = name or (model if isinstance(model, str) else type(model).__name__)
     low, high = _builtin_limits(model) if isinstance(model, str) else length_limits(model)
     if max_length < low or (high is not None and max_length > high):
         raise ValueError(
             f"{what}={max_length} does not fit model={name!r}: it takes {low} to "
             f"{high if high is not None else 'any number of'} tokens per input"
-            + (" (its convolutions shorten the text)" if max_length < low else "")
         )
 
 

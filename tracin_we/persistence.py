@@ -78,7 +78,8 @@ def tensor_digest(*items: torch.Tensor | Mapping[str, torch.Tensor], length: int
         for name, tensor in named:
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{position}/{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-            digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
+            if tensor.numel():  # an empty split (n_val=0) has no bytes, and no stride to view
+                digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:length]
 
 

@@ -317,7 +317,7 @@ def train(
     """
     splits = splits if splits is not None else make_splits(config.data)
     model, init = new_model(config)
-    check_length(model, config.data.max_length)
+    check_length(model, config.data.max_length, name=config.model)
     resolved = resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
     key = config_key(resolved)
     name = f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
