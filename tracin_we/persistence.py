@@ -141,7 +141,8 @@ class Folder:
         if self._records is None or reload:
             self._records = {}
             manifest = self.path / MANIFEST
-            lines = manifest.read_text().splitlines() if manifest.is_file() else []
+            raw = manifest.read_bytes() if manifest.is_file() else b""
+            lines = raw.decode(errors="replace").splitlines()
             for line in lines:
                 try:
                     record = json.loads(line)
@@ -150,7 +151,7 @@ class Folder:
                     continue
         return self._records
 
-    def write(self, name: str, data: bytes) -> str:
+    def write(self, name: str, data: bytes | memoryview) -> str:
         """Write ``data`` to ``name`` atomically and record its sha256 (returned)."""
         digest = hashlib.sha256(data).hexdigest()
         atomic_write(self.path / name, lambda tmp: tmp.write_bytes(data))
@@ -162,7 +163,7 @@ class Folder:
     def save_torch(self, name: str, obj: Any) -> str:
         buffer = io.BytesIO()
         torch.save(obj, buffer)
-        return self.write(name, buffer.getvalue())
+        return self.write(name, buffer.getbuffer())  # a view: no second copy of the weights
 
     def write_json(self, name: str, data: Any) -> str:
         return self.write(name, json.dumps(data, indent=2, default=str).encode())
@@ -182,7 +183,7 @@ class Folder:
         if recorded == digest:
             return data
         if recorded is None:
-            why = f"{MANIFEST} has no record of it: not written by this version of tracin-we"
+            why = f"{MANIFEST} has no record of it: another version wrote it, or a killed one"
         else:
             why = f"its sha256 differs from the one recorded in {MANIFEST} when it was written"
         return self.damaged(name, why, recompute, remedy)
