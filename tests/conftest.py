@@ -1,5 +1,6 @@
-"""Shared fixtures: the offline AG News data, a private cache, tiny local data files, synthetic
-token data with the CNN recipe and deletion sweep that trains on it, and a retrain counter."""
+"""Shared fixtures: the offline AG News data, a private cache, tiny local data files, quick
+training configs, synthetic token data with the CNN recipe and deletion sweep that trains on it,
+a retrain counter and a small influence setup."""
 
 from __future__ import annotations
 
@@ -214,3 +215,60 @@ class RetrainCounter:
 @pytest.fixture(scope="session")
 def count_retrains() -> RetrainCounter:
     return RetrainCounter()
+
+
+# ---- quick training configs and a small influence setup (persistence, reliability) ----
+
+
+@pytest.fixture
+def train_config(tiny_data_dir: Path):
+    """A factory of quick training configs on ``tiny_data_dir``: the CNN, 64 texts of 16 tokens,
+    3 epochs of 4 SGD steps; keyword arguments change any parameter."""
+    from tracin_we.train import TrainConfig
+
+    def make(**changes) -> TrainConfig:
+        params = dict(
+            model="cnn",
+            n_train=64,
+            n_val=16,
+            n_test=32,
+            max_length=16,
+            epochs=3,
+            lr=0.05,
+            batch_size=16,
+            checkpoint_epochs=[1, 3],
+            data_dir=str(tiny_data_dir),
+        )
+        return TrainConfig.from_params(**(params | changes))
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def token_splits() -> DatasetDict:
+    """Synthetic tokenized splits (32 train, 8 validation, 16 test texts of 12 tokens)."""
+    return DatasetDict(
+        train=token_split(32, 0), validation=token_split(8, 1), test=token_split(16, 2)
+    )
+
+
+@pytest.fixture
+def influence_case():
+    """A small CNN (vocabulary 120), two checkpoints and tokenized train (8) and test (4) texts."""
+    from tracin_we.models import CNNClassifier
+
+    torch.manual_seed(0)
+    model = CNNClassifier(3, vocab_size=120, embed_dim=8, channels=6)
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    checkpoints = [(first, 0.3), ({k: v * 1.1 for k, v in first.items()}, 0.05)]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(103, 115, (12, 12), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    data = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.arange(12) % 3,
+    }
+    train = {k: v[:8] for k, v in data.items()}
+    test = {k: v[8:] for k, v in data.items()}
+    return model, checkpoints, train, test

@@ -95,7 +95,8 @@ def test_cache_round_trip(case, tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     fresh = influence.scores(
         "tracin-we-topk", m, ckpts, train, test, top_tokens=3, batch_size=4, cache_dir=tmp_path
     )
-    assert len(list(tmp_path.glob("*.pt"))) == 2  # one file per checkpoint
+    gradients = tmp_path / "gradients"  # cache_dir is the cache root (tracin_we.persistence)
+    assert len(list(gradients.glob("*.pt"))) == 2  # one file per checkpoint
     passes = len(backward_passes)
     cached = influence.scores(
         "tracin-we-topk", m, ckpts, train, test, top_tokens=3, batch_size=4, cache_dir=tmp_path
@@ -104,8 +105,8 @@ def test_cache_round_trip(case, tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     assert torch.equal(plain, fresh) and torch.equal(fresh, cached)
     influence.scores("tracin-we-topk", m, ckpts, train[1:], test, top_tokens=3, cache_dir=tmp_path)
     influence.scores("tracin-we-topk", m, ckpts, train, test, top_tokens=4, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.pt"))) == 6  # other data or options: other keys
-    saved = torch.load(next(tmp_path.glob("*.pt")), weights_only=True)
+    assert len(list(gradients.glob("*.pt"))) == 6  # other data or options: other keys
+    saved = torch.load(next(gradients.glob("*.pt")), weights_only=True)
     assert set(saved["features"]) == {"ids", "rows", "offsets"}
 
 

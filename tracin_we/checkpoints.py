@@ -1,7 +1,8 @@
-"""Checkpoint files: atomic writes, safe loads, integrity checks, Trainer folders.
+"""Checkpoint files: verified loads, ``(state_dict, lr)`` pairs, Trainer folders.
 
 A checkpoint is a ``torch.save``d dict ``{"state_dict", "lr", "epoch", "config"}`` that loads with
-``weights_only=True``; TracIn takes checkpoints as ``(state_dict, learning_rate)`` pairs.
+``weights_only=True``; TracIn takes checkpoints as ``(state_dict, learning_rate)`` pairs. Writing,
+hashing and the damaged-file rule live in ``tracin_we.persistence``.
 """
 
 from __future__ import annotations
@@ -10,63 +11,41 @@ import hashlib
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from tracin_we.persistence import CheckpointError, Folder, load_torch_bytes
+
+# Re-exported for modules that still import them from here (fixing.py); new code imports
+# tracin_we.persistence.
+from tracin_we.persistence import atomic_write as atomic_write
+from tracin_we.persistence import write_json as write_json
 
 StateDict = dict[str, torch.Tensor]
 CheckpointLike = tuple[StateDict | str | os.PathLike, float]
 
 
-class CheckpointError(ValueError):
-    """A saved checkpoint or result is corrupted or does not match the requested config."""
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``:
-    an interrupted run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
-
-
-def save_torch(path: Path, obj: Any) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
-    """Load a checkpoint dict with ``weights_only=True``, checking its hash when one is given."""
+    """Load a checkpoint dict with ``weights_only=True``. Its bytes are checked against
+    ``expected_sha256`` (a finished run's ``result.json`` record), else against its folder's
+    manifest when tracin-we wrote it; a file from elsewhere is loaded as it is."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if expected_sha256 is not None and sha256(path) != expected_sha256:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupted (sha256 differs from the one recorded when "
-            "it was written); delete its run folder to retrain"
-        )
+    remedy, folder = f"delete its run folder {str(path.parent)!r} to retrain", Folder(path.parent)
+    if expected_sha256 is None and path.name in folder.records():
+        data = folder.read(path.name, recompute=False, remedy=remedy)
+    else:
+        data = path.read_bytes()
+        if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupted (sha256 differs from the one recorded "
+                f"when it was written); {remedy}"
+            )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_bytes(data)
     except Exception as err:  # unpickling errors have many types; all mean "unreadable"
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {err}") from err
     return obj if "state_dict" in obj else {"state_dict": obj}
@@ -83,6 +62,13 @@ def resolve_checkpoints(checkpoints: Iterable[CheckpointLike]) -> list[tuple[Sta
             raise ValueError(f"checkpoints[{i}] has learning rate {lr}; it must be > 0")
         if not isinstance(state, dict):
             state = load_checkpoint(state)["state_dict"]
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise ValueError(
+                f"checkpoints[{i}] has non-finite weights in {bad[:5]}"
+                f"{' ...' if len(bad) > 5 else ''}: it comes from a diverged run; retrain "
+                "with a lower lr"
+            )
         resolved.append((state, float(lr)))
     if not resolved:
         raise ValueError("checkpoints is empty; give at least one (state_dict_or_path, lr) pair")

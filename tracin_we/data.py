@@ -9,7 +9,6 @@ environment variable ``TRACIN_WE_DATA_DIR``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -18,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from datasets import Dataset, DatasetDict
 
 from tracin_we.params import check_types
+from tracin_we.persistence import tensor_digest
 from tracin_we.tokenizer import load_tokenizer
 
 DATA_DIR_ENV = "TRACIN_WE_DATA_DIR"
@@ -374,10 +375,10 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
 
 def fingerprint(splits: DatasetDict) -> str:
     """A short hash of every split's token ids and labels: the data's identity in cache keys."""
-    digest = hashlib.sha256()
+    columns = {}
     for name in sorted(splits):
         split = splits[name].with_format("numpy")
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(split["input_ids"], dtype=np.int64).tobytes())
-        digest.update(np.ascontiguousarray(split["label"], dtype=np.int64).tobytes())
-    return digest.hexdigest()[:16]
+        for column in ("input_ids", "label"):
+            values = np.ascontiguousarray(split[column], dtype=np.int64)
+            columns[f"{name}/{column}"] = torch.from_numpy(values)
+    return tensor_digest(columns)

@@ -19,7 +19,7 @@ resumes.
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import math
 import os
@@ -34,13 +34,13 @@ import torch
 from datasets import DatasetDict
 
 from tracin_we import influence
-from tracin_we.checkpoints import CheckpointError, atomic_write, write_json
 from tracin_we.data import balanced_indices, fingerprint, make_splits
 from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
 from tracin_we.params import check_types, from_params
+from tracin_we.persistence import CheckpointError, Folder, cache_dir, config_key, tensor_digest
 from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
-from tracin_we.train import TrainConfig, cache_dir, config_key, train
+from tracin_we.train import TrainConfig, train
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
 SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}
@@ -230,6 +230,12 @@ def score_rows(
                 f"{shape} (test split × train split)"
             )
     rows = {m: given[m][points].float() for m in config.methods if m in given}
+    for method, row in rows.items():
+        if torch.isnan(row).any():
+            raise ValueError(
+                f"scores[{method!r}] has NaN at {int(torch.isnan(row).sum())} entries of the "
+                "chosen test points' rows; NaN scores cannot be ranked: recompute them"
+            )
     missing = [m for m in config.methods if m not in given]
     if missing:
         original = train(config.train, splits, cache=cache, device=device, progress=False)
@@ -379,19 +385,18 @@ def _claim_out_dir(
     resolved = json.loads(json.dumps(asdict(config), default=str))
     resolved["train"]["data"].pop("data_dir")
     resolved["data_fingerprint"] = fingerprint(splits)
-    resolved["scores_sha256"] = {
-        m: hashlib.sha256(r.numpy().tobytes()).hexdigest()[:16] for m, r in rows.items()
-    }
-    path = Path(out_dir) if out_dir else cache_dir(cache) / "deletion" / config_key(resolved)
-    config_path = path / "config.json"
-    saved = json.loads(config_path.read_text()) if config_path.is_file() else resolved
-    if saved != resolved and not overwrite:
+    resolved["scores_sha256"] = {m: tensor_digest(r) for m, r in rows.items()}
+    folder = Folder(out_dir if out_dir else cache_dir(cache) / "deletion" / config_key(resolved))
+    folder.remove_stale_tmp()
+    remedy = "pass overwrite=True to rewrite the sweep, or delete the folder"
+    saved = None if overwrite else folder.read_json("config.json", recompute=False, remedy=remedy)
+    if saved not in (None, resolved):
         raise CheckpointError(
-            f"out_dir={str(path)!r} holds another deletion sweep; choose "
+            f"out_dir={str(folder)!r} holds another deletion sweep; choose "
             "another out_dir or pass overwrite=True"
         )
-    write_json(config_path, resolved)
-    return path
+    folder.write_json("config.json", resolved)
+    return folder.path
 
 
 def _save(result: DeletionResult) -> None:
@@ -399,26 +404,37 @@ def _save(result: DeletionResult) -> None:
         point=[result.points[i] for i in result.plan["position"]],
         removed=result.plan["removed"].map(lambda r: " ".join(map(str, r))),
     )
-    for name, frame in (
-        ("deletion", result.table),
-        ("auc_del", result.summary),
-        ("crn", result.crn),
-        ("deletion_sets", sets.drop(columns="position")),
-    ):
-        atomic_write(
-            result.out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False)
-        )
+    save_tables(
+        result.out_dir,
+        {
+            "deletion": result.table,
+            "auc_del": result.summary,
+            "crn": result.crn,
+            "deletion_sets": sets.drop(columns="position"),
+        },
+    )
+
+
+def save_tables(out_dir: Path, tables: Mapping[str, pd.DataFrame]) -> None:
+    """Each table as ``<name>.csv`` in ``out_dir``, recorded in its manifest (persistence)."""
+    folder = Folder(out_dir)
+    for name, frame in tables.items():
+        folder.write(f"{name}.csv", frame.to_csv(index=False).encode())
 
 
 def load_deletion(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
     """A saved sweep, for plotting without retraining: ``config`` and the tables ``deletion``,
-    ``auc_del``, ``crn`` and ``deletion_sets`` (``removed``: space-separated training indices)."""
-    out_dir = Path(out_dir)
-    if not (out_dir / "config.json").is_file():
+    ``auc_del``, ``crn`` and ``deletion_sets`` (``removed``: space-separated training indices).
+    Every file is verified; a damaged one is refused naming it."""
+    folder = Folder(out_dir)
+    remedy = "rerun run_deletion with this config (retrains come from the cache) to rewrite it"
+    config = folder.read_json("config.json", recompute=False, remedy=remedy)
+    if config is None:
         raise ValueError(f"out_dir={str(out_dir)!r} holds no deletion sweep (no config.json)")
-    loaded: dict[str, pd.DataFrame | dict] = {
-        "config": json.loads((out_dir / "config.json").read_text())
-    }
+    loaded: dict[str, pd.DataFrame | dict] = {"config": config}
     for name in ("deletion", "auc_del", "crn", "deletion_sets"):
-        loaded[name] = pd.read_csv(out_dir / f"{name}.csv")
+        data = folder.read(f"{name}.csv", recompute=False, remedy=remedy)
+        if data is None:
+            raise CheckpointError(f"{str(folder.path / f'{name}.csv')!r} is missing; {remedy}")
+        loaded[name] = pd.read_csv(io.BytesIO(data))
     return loaded

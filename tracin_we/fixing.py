@@ -48,11 +48,12 @@ from datasets import DatasetDict
 from torch import nn
 
 from tracin_we import influence
-from tracin_we.checkpoints import StateDict, atomic_write, write_json
+from tracin_we.checkpoints import StateDict
 from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
 from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, model_inputs
 from tracin_we.params import check_types, from_params
+from tracin_we.persistence import atomic_write, write_json
 from tracin_we.retrain import RetrainJob, retrain_cached
 from tracin_we.tokenizer import load_tokenizer
 from tracin_we.train import (

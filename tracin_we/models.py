@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from functools import lru_cache
+from functools import cache, lru_cache
 from urllib.parse import urlparse
 
 import torch
@@ -41,7 +41,8 @@ class CNNClassifier(nn.Module):
     → Conv1D(50, 1, relu) → global max pool → Linear(50, C).
 
     Padding positions get a zero embedding, so [PAD] receives no gradient (as BERT's attention mask
-    ensures for BERT). Inputs must be at least 9 tokens long (two valid width-5 convolutions).
+    ensures for BERT). Inputs must be at least 9 tokens long (two valid width-5 convolutions):
+    ``length_limits``.
     """
 
     def __init__(
@@ -81,6 +82,13 @@ class CNNClassifier(nn.Module):
 
     def classifier_layer(self) -> nn.Linear:
         return self.classifier
+
+    def length_limits(self) -> tuple[int, int | None]:
+        """(fewest, most) tokens per input: a valid convolution of width k and dilation d
+        shortens the sequence by d·(k − 1) − 2·padding, and the max-pool needs one position."""
+        convs = [m for m in self.convs if isinstance(m, nn.Conv1d)]
+        shrink = sum(c.dilation[0] * (c.kernel_size[0] - 1) - 2 * c.padding[0] for c in convs)
+        return 1 + shrink, None
 
 
 # BERT-family models take a ready (B, 1, 1, T) additive mask as they would build it themselves;
@@ -135,6 +143,19 @@ class HFClassifier(nn.Module):
             raise ValueError(f"model: no nn.Linear with {num_labels} outputs found")
         return heads[-1]
 
+    def length_limits(self) -> tuple[int, int | None]:
+        """(1, positions): the position-embedding rows, less the offset of models that number
+        positions after the padding index (RoBERTa); else the config's maximum, if any."""
+        embeddings = getattr(self.model.base_model, "embeddings", None)
+        positions = getattr(embeddings, "position_embeddings", None)
+        if isinstance(positions, nn.Embedding):
+            offset = 0 if positions.padding_idx is None else positions.padding_idx + 1
+            return 1, positions.num_embeddings - offset
+        config = self.model.config
+        return 1, getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if not any(k.startswith("model.") for k in state_dict):
             return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
@@ -168,6 +189,50 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
     return module
 
 
+def length_limits(model: nn.Module) -> tuple[int, int | None]:
+    """(fewest, most or None) tokens per input that ``model`` accepts."""
+    return model.length_limits() if hasattr(model, "length_limits") else (1, None)
+
+
+def check_length(
+    model: nn.Module | str, max_length: int, what: str = "max_length", name: str | None = None
+) -> None:
+    """``ValueError`` naming the model when ``max_length`` tokens per input are outside its
+    ``length_limits``. ``model``: a model (named ``name``, default its class) or a built-in name,
+    whose architecture is then built on the meta device (nothing allocated, no random draw)."""
+    name = name or (model if isinstance(model, str) else type(model).__name__)
+    low, high = _builtin_limits(model) if isinstance(model, str) else length_limits(model)
+    if max_length < low or (high is not None and max_length > high):
+        raise ValueError(
+            f"{what}={max_length} does not fit model={name!r}: it takes {low} to "
+            f"{high if high is not None else 'any number of'} tokens per input"
+        )
+
+
+@cache
+def _builtin_limits(name: str) -> tuple[int, int | None]:
+    if name not in BUILTIN_MODELS:
+        return 1, None  # a Hugging Face model: checked once built (train, scores)
+    with torch.device("meta"):
+        model = CNNClassifier(2) if name == "cnn" else HFClassifier(_bert_tiny(2, VOCAB_SIZE))
+    return length_limits(model)
+
+
+def _bert_tiny(num_labels: int, vocab_size: int) -> BertForSequenceClassification:
+    """The BERT-tiny architecture (google/bert_uncased_L-2_H-128_A-2), randomly initialised."""
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=512,
+        num_labels=num_labels,
+    )
+    model = BertForSequenceClassification(config)
+    model.set_attn_implementation("eager")  # vmap has batching rules for it, not for SDPA
+    return model
+
+
 def build_model(
     name: str, num_labels: int, seed: int, pretrained: bool = True, vocab_size: int = VOCAB_SIZE
 ) -> tuple[nn.Module, str]:
@@ -193,17 +258,7 @@ def build_model(
             "BERT-tiny architecture (2 layers, hidden 128, 2 heads, vocab %d)",
             vocab_size,
         )
-        config = BertConfig(
-            vocab_size=vocab_size,
-            hidden_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=512,
-            num_labels=num_labels,
-        )
-        model = BertForSequenceClassification(config)
-        model.set_attn_implementation("eager")  # vmap has batching rules for it, not for SDPA
-        return HFClassifier(model), f"random(seed={seed})"
+        return HFClassifier(_bert_tiny(num_labels, vocab_size)), f"random(seed={seed})"
     if os.path.isdir(name) or "/" in name:
         return _from_pretrained(name, num_labels), f"pretrained:{name}"
     raise ValueError(

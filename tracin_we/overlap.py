@@ -16,8 +16,6 @@ and their tables are pooled into one AUC-DEL± summary (``deletion.auc_del``). S
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -28,7 +26,6 @@ import pandas as pd
 import torch
 from datasets import DatasetDict
 
-from tracin_we.checkpoints import atomic_write, write_json
 from tracin_we.data import balanced_indices, make_splits
 from tracin_we.deletion import (
     SUMMARY_NAMES,
@@ -37,12 +34,13 @@ from tracin_we.deletion import (
     auc_del,
     crn_variance,
     run_deletion,
+    save_tables,
     score_rows,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
 from tracin_we.inputs import SPECIAL_IDS, Tensors, model_inputs
 from tracin_we.paper import NO_OVERLAP
-from tracin_we.train import cache_dir
+from tracin_we.persistence import Folder, cache_dir, config_key
 
 
 def least_overlap_candidates(
@@ -187,12 +185,7 @@ def _pool(
     CRN table recomputed over both (same bootstrap draws as a single sweep)."""
     table = pd.concat([p.table for p in parts], ignore_index=True)
     plan = pd.concat([p.plan for p in parts], ignore_index=True)
-    names = sorted(p.out_dir.name for p in parts)
-    out_dir = (
-        cache_dir(cache)
-        / "no_overlap"
-        / hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12]
-    )
+    out_dir = cache_dir(cache) / "no_overlap" / config_key(sorted(p.out_dir.name for p in parts))
     result = DeletionResult(
         table,
         auc_del(table, config),
@@ -203,17 +196,10 @@ def _pool(
         sum(p.n_trained for p in parts),
         sum(p.n_reused for p in parts),
     )
-    write_json(
-        out_dir / "sweeps.json", {p.table["direction"].iloc[0]: str(p.out_dir) for p in parts}
-    )
-    for name, frame in (
-        ("deletion", result.table),
-        ("auc_del", result.summary),
-        ("crn", result.crn),
-    ):
-        atomic_write(
-            out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False)
-        )
+    folder = Folder(out_dir)
+    folder.remove_stale_tmp()
+    folder.write_json("sweeps.json", {p.table["direction"].iloc[0]: str(p.out_dir) for p in parts})
+    save_tables(out_dir, {"deletion": result.table, "auc_del": result.summary, "crn": result.crn})
     return result
 
 

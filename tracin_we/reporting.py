@@ -12,7 +12,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from tracin_we.checkpoints import atomic_write, write_json
+from tracin_we.persistence import atomic_write, write_json
 
 
 def record_metrics(path: str | Path, **metrics: Any) -> dict:

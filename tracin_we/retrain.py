@@ -20,12 +20,13 @@ for each other. Hence the default: joblib workers of one thread each. Measure wi
 ``python benchmarks/bench_retrain.py``.
 
 ``RetrainStore`` keeps one file per finished job, keyed by (training config, data, removed set,
-seed), so that no model is ever trained twice and an interrupted sweep resumes (``retrain_cached``).
+seed, torch threads per retrain), so that no model is ever trained twice and an interrupted sweep
+resumes (``retrain_cached``). Files follow ``tracin_we.persistence``'s rule: a damaged one is
+deleted and retrained.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -35,12 +36,10 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from tracin_we.checkpoints import CheckpointError, save_torch, write_json
 from tracin_we.inputs import Tensors
+from tracin_we.persistence import CheckpointError, Folder, cache_dir, config_key, tensor_digest
 from tracin_we.train import (
     TrainConfig,
-    cache_dir,
-    config_key,
     fit,
     new_model,
     predict_proba,
@@ -88,7 +87,7 @@ class RetrainJob:
 
     @property
     def removed_hash(self) -> str:
-        return hashlib.sha256(",".join(map(str, self.removed)).encode()).hexdigest()[:16]
+        return config_key(list(self.removed), 16)
 
 
 def retrain_probabilities(
@@ -157,9 +156,10 @@ def _run(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(position in ``tasks``, probabilities (n_test, C)) of each task, in the order they finish."""
     task = _Task(config, device)
+    threads = retrain_threads(backend, n_workers, threads)
     if backend == "sequential":
         before = torch.get_num_threads()
-        torch.set_num_threads(threads or before)
+        torch.set_num_threads(threads)
         try:
             for position, (job, edit) in enumerate(
                 tqdm(tasks, desc="retrain (sequential)", disable=not progress)
@@ -172,15 +172,11 @@ def _run(
 
     if backend == "joblib":
         n_workers = n_workers or os.cpu_count() or 1
-        # One torch thread per core: OpenMP threads of processes sharing a core spin-wait for
-        # each other (measured: a CNN step 20× slower with 2 threads on 2 busy cores).
-        threads = threads or max(1, (os.cpu_count() or 1) // n_workers)
         setting = parallel_config(backend="loky", n_jobs=n_workers)
     else:
         # Scattered to the workers once instead of pickled into every task.
         options = {"scatter": [train, test]} | ({"client": client} if client is not None else {})
         setting = parallel_config(backend="dask", n_jobs=n_workers or -1, **options)
-        threads = threads or 1
     call = delayed(replace(task, threads=threads))
     with setting:
         done = Parallel(return_as="generator_unordered")(
@@ -230,8 +226,11 @@ class RetrainStore:
     """Finished jobs on disk: ``<cache>/retrain/<model>-<dataset>-<key>/<removed hash>-s<seed>.pt``.
 
     ``key`` hashes the training config (its ``seed`` excluded: each job names its own), the model
-    init and the train and test tensors, so a store never serves results of another recipe or
-    data. Each file holds the job's seed, removed indices (checked on load) and probabilities.
+    init, the train and test tensors and ``threads``, the torch thread count of each retrain
+    (``retrain_threads``; results differ in the last bits between thread counts, see
+    ``train.resolved_config``), so a store never serves results of another recipe, data or
+    thread layout. Each file holds the job's seed, removed indices (checked on load) and
+    probabilities, and is verified when read: a damaged one is deleted and retrained.
     """
 
     def __init__(
@@ -240,36 +239,42 @@ class RetrainStore:
         train: Tensors,
         test: Tensors,
         cache: str | os.PathLike | None = None,
+        threads: int | None = None,
     ) -> None:
         neutral = replace(config, seed=0)
-        resolved = resolved_config(neutral, new_model(neutral)[1], tensor_digest(train, test))
+        threads = threads or torch.get_num_threads()
+        resolved = resolved_config(
+            neutral, new_model(neutral)[1], tensor_digest(train, test), threads
+        )
         key = config_key(resolved)
-        self.dir = (
+        self.folder = Folder(
             cache_dir(cache)
             / "retrain"
             / f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
         )
-        if not (self.dir / "config.json").is_file():
-            write_json(self.dir / "config.json", resolved)
+        self.dir = self.folder.path
+        self.folder.remove_stale_tmp()
+        if self.folder.read_json("config.json", recompute=True) is None:
+            self.folder.write_json("config.json", resolved)
 
     def path(self, job: RetrainJob) -> Path:
         return self.dir / f"{job.removed_hash}-s{job.seed}.pt"
 
     def load(self, job: RetrainJob) -> torch.Tensor | None:
-        path = self.path(job)
-        if not path.is_file():
+        """The job's probabilities (n_test, C), or None when not stored (or damaged: deleted)."""
+        name = self.path(job).name
+        saved = self.folder.load_torch(name, recompute=True)
+        if saved is None:
             return None
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling errors have many types; all mean "unreadable"
-            raise CheckpointError(f"{str(path)!r} cannot be read ({err}); delete it") from err
         if saved.get("seed") != job.seed or tuple(saved["removed"].tolist()) != job.removed:
-            raise CheckpointError(f"{str(path)!r} holds another job; delete it to retrain")
+            raise CheckpointError(
+                f"{str(self.path(job))!r} holds another job; delete it to retrain"
+            )
         return saved["probabilities"]
 
     def save(self, job: RetrainJob, probabilities: torch.Tensor) -> None:
-        save_torch(
-            self.path(job),
+        self.folder.save_torch(
+            self.path(job).name,
             {
                 "seed": job.seed,
                 "removed": torch.tensor(job.removed, dtype=torch.long),
@@ -278,14 +283,18 @@ class RetrainStore:
         )
 
 
-def tensor_digest(*tensor_dicts: Tensors) -> str:
-    """A short hash of the model inputs and labels of each tensor dict."""
-    digest = hashlib.sha256()
-    for tensors in tensor_dicts:
-        for name in sorted(tensors):
-            digest.update(name.encode())
-            digest.update(tensors[name].contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+def retrain_threads(
+    backend: str = "joblib", n_workers: int | None = None, threads: int | None = None
+) -> int:
+    """The torch thread count each retrain of ``retrain_probabilities`` runs with: ``threads``,
+    else one core's share per joblib worker, 1 per dask task, this process's setting locally.
+    One torch thread per core: OpenMP threads of processes sharing a core spin-wait for each
+    other (measured: a CNN step 20× slower with 2 threads on 2 busy cores)."""
+    if threads:
+        return threads
+    if backend == "joblib":
+        return max(1, (os.cpu_count() or 1) // (n_workers or os.cpu_count() or 1))
+    return 1 if backend == "dask" else torch.get_num_threads()
 
 
 def retrain_cached(
@@ -306,9 +315,12 @@ def retrain_cached(
     cache)``. ``options``: ``retrain_probabilities``' (backend, n_workers, ...)."""
     jobs = _checked(jobs, train, options.get("backend", "joblib"))
     tasks = list(zip(jobs, _edits_for(jobs, edits), strict=True))
-    stores = {None: store or RetrainStore(config, train, test, cache)}
+    threads = retrain_threads(
+        options.get("backend", "joblib"), options.get("n_workers"), options.get("threads")
+    )
+    stores = {None: store or RetrainStore(config, train, test, cache, threads)}
     for edit in dict.fromkeys(edit for _, edit in tasks if edit is not None):
-        stores[edit] = RetrainStore(config, edit(train), test, cache)
+        stores[edit] = RetrainStore(config, edit(train), test, cache, threads)
     unique = list(dict.fromkeys(tasks))
     found = {(job, edit): stores[edit].load(job) for job, edit in unique}
     missing = [task for task, probs in found.items() if probs is None]

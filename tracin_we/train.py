@@ -6,13 +6,20 @@ cross-entropy, mini-batches in a seeded order. ``train(config)`` caches its resu
 derived from the resolved config and the data's fingerprint: a rerun with the same config reuses
 it, a different config never does, an interrupted run resumes from its last finished epoch, and
 every file is written atomically.
+Files follow ``tracin_we.persistence``'s rule: written atomically, recorded with their sha256,
+verified on every read; damaged partial state of an interrupted run is discarded (training
+restarts from scratch, logged), a damaged finished run is refused. The torch thread count is part
+of the cache key.
+
+Training stops with ``FloatingPointError`` as soon as it diverges: a non-finite (or absurdly
+large, ``DIVERGED_LOSS``) loss at any step, non-finite weights at the end of an epoch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -25,24 +32,22 @@ from datasets import DatasetDict
 from torch import nn
 from tqdm.auto import tqdm
 
-from tracin_we.checkpoints import (
-    CheckpointError,
-    load_checkpoint,
-    save_torch,
-    sha256,
-    write_json,
-)
+from tracin_we.checkpoints import load_checkpoint
 from tracin_we.data import DataConfig, fingerprint, make_splits
 from tracin_we.inputs import forward, model_inputs, select
-from tracin_we.models import build_model, word_embeddings
+from tracin_we.models import build_model, check_length, word_embeddings
 from tracin_we.params import check_types, from_params
+from tracin_we.persistence import CheckpointError, Folder, cache_dir, config_key, file_sha256
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "TRACIN_WE_CACHE"
 OPTIMIZERS = ("sgd", "adam")
 # Part of every cache key: bump it when the training loop changes its numbers (v2: fused Adam).
 RECIPE_VERSION = 2
+# A mini-batch's mean cross-entropy above this means p(true class) < e^-10000 on average: no model
+# that is learning gets there; one whose weights run away does, and may never reach inf or NaN
+# (BERT-tiny, SGD lr 1e6: loss 4e7 after one epoch, LayerNorm keeps every activation finite).
+DIVERGED_LOSS = 1e4
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class TrainConfig:
                 f"model={self.model!r} is unknown; allowed: 'bert-tiny', 'cnn', or a Hugging Face "
                 "AutoModelForSequenceClassification name ('org/name') or local folder"
             )
+        check_length(self.model, self.data.max_length)  # built-ins here, others once built
 
     @classmethod
     def from_params(cls, **params) -> TrainConfig:
@@ -176,6 +182,10 @@ def fit(
     loses its dropped examples (a batch left empty is skipped), so deleting examples changes
     nothing else — the common-random-numbers design of the case-deletion study.
     ``on_epoch(epoch, model, optimizer, mean_loss)`` runs after each epoch (1-based).
+
+    Raises ``FloatingPointError`` naming the epoch and step at the first non-finite loss (or one
+    above ``DIVERGED_LOSS``), checked every step before its update, and when the weights hold a
+    non-finite value, checked once per epoch, before ``on_epoch`` saves them.
     """
     model.to(device)
     frozen = word_embeddings(model).weight if config.freeze_embeddings else None
@@ -207,15 +217,30 @@ def fit(
                     continue
             batch = select(train, index, device)
             loss = F.cross_entropy(forward(model, batch), batch["labels"])
+            value = loss.item()
+            if not (math.isfinite(value) and value <= DIVERGED_LOSS):
+                where = f"epoch {epoch + 1}, step {start // config.batch_size + 1}/{len(batches)}"
+                raise FloatingPointError(_diverged(f"the loss is {value:.3g} at {where}", config))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            total, count = total + loss.item() * len(index), count + len(index)
+            total, count = total + value * len(index), count + len(index)
+        bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            where = f"after epoch {epoch + 1}'s last step ({len(batches)}/{len(batches)})"
+            raise FloatingPointError(_diverged(f"weights {bad[:3]} are non-finite {where}", config))
         if on_epoch is not None:
             on_epoch(epoch + 1, model, optimizer, total / max(count, 1))
     return model
+
+
+def _diverged(what: str, config: TrainConfig) -> str:
+    return (
+        f"training diverged: {what} (optimizer={config.optimizer!r}, lr={config.lr}); "
+        "lower lr" + (" or set max_grad_norm" if config.max_grad_norm is None else "")
+    )
 
 
 @torch.no_grad()
@@ -243,21 +268,24 @@ def accuracy(model: nn.Module, data: dict[str, torch.Tensor], device: str = "cpu
     )
 
 
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where cached results go: ``path``, else ``$TRACIN_WE_CACHE``, else ``./runs/cache``."""
-    return Path(path or os.environ.get(CACHE_ENV) or Path.cwd() / "runs" / "cache")
+def resolved_config(config: TrainConfig, init: str, data_fingerprint: str, threads: int) -> dict:
+    """The config as saved beside every result: what defines the run, without where data lives.
 
-
-def resolved_config(config: TrainConfig, init: str, data_fingerprint: str) -> dict:
-    """The config as saved beside every result: what defines the run, without where data lives."""
+    ``threads``, the torch (intra-op) thread count training ran with, is part of it and so of the
+    cache key: the float reductions of CPU kernels are split by thread, so the same run on 1 and
+    on 2 threads differs in the last bits after a few steps (measured, 256 AG News texts, 2
+    epochs: BERT-tiny Adam max |Δw| 1.1e-6, CNN SGD 6e-8; the reliability issue saw 1e-3 after a
+    full run), while any one thread count gives bitwise-identical weights every time.
+    """
     resolved = asdict(config)
     resolved["data"].pop("data_dir")
-    resolved |= {"init": init, "data_fingerprint": data_fingerprint, "recipe": RECIPE_VERSION}
+    resolved |= {
+        "init": init,
+        "data_fingerprint": data_fingerprint,
+        "recipe": RECIPE_VERSION,
+        "threads": threads,
+    }
     return json.loads(json.dumps(resolved))  # as it reads back from config.json (tuples → lists)
-
-
-def config_key(resolved: dict) -> str:
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def train(
@@ -271,39 +299,41 @@ def train(
 ) -> TrainResult:
     """Train ``config`` (or reuse its cached result) and return its checkpoints and metrics.
 
-    The run folder defaults to ``<cache>/train/<model>-<dataset>-<key>``; a given ``run_dir``
-    holding another config is refused unless ``overwrite``. Each checkpoint stores its state dict,
-    the learning rate in force, its epoch and the resolved config.
+    The run folder defaults to ``<cache>/train/<model>-<dataset>-<key>`` (``persistence``). A
+    given ``run_dir`` holding another config is refused unless ``overwrite``, which deletes the
+    files tracin-we wrote there and refuses a folder holding anything else. Each checkpoint
+    stores its state dict, the learning rate in force, its epoch and the resolved config.
     """
     splits = splits if splits is not None else make_splits(config.data)
     model, init = new_model(config)
-    resolved = resolved_config(config, init, fingerprint(splits))
+    check_length(model, config.data.max_length, name=config.model)
+    resolved = resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
     key = config_key(resolved)
-    run_dir = (
-        Path(run_dir)
-        if run_dir
-        else (
-            cache_dir(cache)
-            / "train"
-            / f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
-        )
-    )
-    saved = _read_saved_config(run_dir)
+    name = f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
+    folder = Folder(Path(run_dir) if run_dir else cache_dir(cache) / "train" / name)
+    folder.remove_stale_tmp()
+    remedy = f"delete the run folder {str(folder)!r} to retrain"
+    try:
+        saved = folder.read_json("config.json", recompute=False, remedy=remedy)
+    except CheckpointError:
+        if not overwrite:
+            raise
+        saved = "damaged"
     if saved is not None and saved != resolved:
         if not overwrite:
             raise CheckpointError(
-                f"run_dir={str(run_dir)!r} holds a run of another config; choose another run_dir "
+                f"run_dir={str(folder)!r} holds a run of another config; choose another run_dir "
                 "or pass overwrite=True"
             )
-        for stale in run_dir.glob("*"):
-            stale.unlink()
-    if (run_dir / "result.json").is_file():
-        log.info("reusing %s", run_dir)
-        return _load_result(run_dir, config)
-    write_json(run_dir / "config.json", resolved)
+        folder.clear()
+    result = folder.read_json("result.json", recompute=False, remedy=remedy)
+    if result is not None:
+        log.info("reusing %s", folder)
+        return _load_result(folder.path, config, result)
+    folder.write_json("config.json", resolved)
     tensors = {k: model_inputs(splits[k]) for k in splits}
     _check_vocab(model, tensors)
-    return _run(model, init, config, resolved, tensors, run_dir, device, progress)
+    return _run(model, init, config, resolved, tensors, folder, device, progress)
 
 
 def _run(
@@ -312,25 +342,19 @@ def _run(
     config: TrainConfig,
     resolved: dict,
     tensors: dict[str, dict[str, torch.Tensor]],
-    run_dir: Path,
+    folder: Folder,
     device: str,
     progress: bool,
 ) -> TrainResult:
     history: list[dict] = []
     start_epoch, optimizer_state = 0, None
-    resume = run_dir / "resume.pt"
-    if resume.is_file():
-        state = load_checkpoint(resume)
+    state, checkpoints = _resume_state(folder, config, resolved)
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer_state, start_epoch = state["optimizer"], state["epoch"]
         history = json.loads(state["history"])
         torch.set_rng_state(state["rng"])
-        log.info("resuming %s after epoch %d", run_dir, start_epoch)
-    checkpoints: dict[int, Checkpoint] = {}
-    for epoch in config.checkpoint_epochs:  # those saved before an interruption
-        path = run_dir / f"epoch{epoch}.pt"
-        if epoch <= start_epoch and path.is_file():
-            checkpoints[epoch] = Checkpoint(path, epoch, config.lr, sha256(path))
+        log.info("resuming %s after epoch %d", folder, start_epoch)
     started = time.perf_counter()
 
     def on_epoch(
@@ -343,18 +367,12 @@ def _run(
                 "val_accuracy": accuracy(model, tensors["validation"], device),
             }
         )
-        state = {
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "lr": config.lr,
-            "epoch": epoch,
-            "config": json.dumps(resolved),
-        }
+        state = _checkpoint_state(model, config, resolved, epoch)
         if epoch in config.checkpoint_epochs:
-            path = run_dir / f"epoch{epoch}.pt"
-            save_torch(path, state)
-            checkpoints[epoch] = Checkpoint(path, epoch, config.lr, sha256(path))
-        save_torch(
-            resume,
+            sha = folder.save_torch(f"epoch{epoch}.pt", state)
+            checkpoints[epoch] = Checkpoint(folder.path / f"epoch{epoch}.pt", epoch, config.lr, sha)
+        folder.save_torch(
+            "resume.pt",
             state
             | {
                 "optimizer": optimizer.state_dict(),
@@ -374,17 +392,8 @@ def _run(
         progress=progress,
         on_epoch=on_epoch,
     )
-    final_path = run_dir / "final.pt"
-    save_torch(
-        final_path,
-        {
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "lr": config.lr,
-            "epoch": config.epochs,
-            "config": json.dumps(resolved),
-        },
-    )
-    final = Checkpoint(final_path, config.epochs, config.lr, sha256(final_path))
+    sha = folder.save_torch("final.pt", _checkpoint_state(model, config, resolved, config.epochs))
+    final = Checkpoint(folder.path / "final.pt", config.epochs, config.lr, sha)
     metrics = {
         "test_accuracy": accuracy(model, tensors["test"], device),
         "val_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
@@ -392,8 +401,8 @@ def _run(
         "n_train": len(tensors["train"]["labels"]),
     }
     ordered = [checkpoints[e] for e in sorted(checkpoints)]
-    write_json(
-        run_dir / "result.json",
+    folder.write_json(
+        "result.json",
         {
             "init": init,
             "metrics": metrics,
@@ -402,30 +411,52 @@ def _run(
             "final": _checkpoint_record(final),
         },
     )
-    resume.unlink(missing_ok=True)
-    return TrainResult(run_dir, config, init, ordered, final, metrics, history)
+    (folder.path / "resume.pt").unlink(missing_ok=True)
+    return TrainResult(folder.path, config, init, ordered, final, metrics, history)
+
+
+def _checkpoint_state(model: nn.Module, config: TrainConfig, resolved: dict, epoch: int) -> dict:
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "lr": config.lr,
+        "epoch": epoch,
+        "config": json.dumps(resolved),
+    }
+
+
+def _resume_state(
+    folder: Folder, config: TrainConfig, resolved: dict
+) -> tuple[dict | None, dict[int, Checkpoint]]:
+    """The interrupted run's ``resume.pt`` and the checkpoints it had saved, each verified; None
+    and no checkpoints (train from scratch, logged) when any of them is damaged or missing."""
+    state = folder.load_torch("resume.pt", recompute=True)
+    if state is None:
+        return None, {}
+    if state.get("config") != json.dumps(resolved):
+        folder.damaged("resume.pt", "it belongs to another config", recompute=True)
+        return None, {}
+    checkpoints = {}
+    for epoch in config.checkpoint_epochs:
+        name = f"epoch{epoch}.pt"
+        if epoch > state["epoch"]:
+            continue
+        if folder.read(name, recompute=True) is None:
+            log.warning("%s: %s is missing or damaged; training again from scratch", folder, name)
+            (folder.path / "resume.pt").unlink()
+            return None, {}
+        sha = folder.records()[name]
+        checkpoints[epoch] = Checkpoint(folder.path / name, epoch, config.lr, sha)
+    return state, checkpoints
 
 
 def _checkpoint_record(c: Checkpoint) -> dict:
     return {"file": c.path.name, "epoch": c.epoch, "lr": c.lr, "sha256": c.sha256}
 
 
-def _read_saved_config(run_dir: Path) -> dict | None:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{str(path)!r} is corrupted: {err}") from err
-
-
-def _load_result(run_dir: Path, config: TrainConfig) -> TrainResult:
-    saved = json.loads((run_dir / "result.json").read_text())
-
+def _load_result(run_dir: Path, config: TrainConfig, saved: dict) -> TrainResult:
     def checkpoint(record: dict) -> Checkpoint:
         path = run_dir / record["file"]
-        if not path.is_file() or sha256(path) != record["sha256"]:
+        if not path.is_file() or file_sha256(path) != record["sha256"]:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} is missing or corrupted (sha256 differs from "
                 "result.json); delete the run folder to retrain"
@@ -445,7 +476,7 @@ def _load_result(run_dir: Path, config: TrainConfig) -> TrainResult:
 
 def _check_vocab(model: nn.Module, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
     rows = word_embeddings(model).num_embeddings
-    top = max(int(t["input_ids"].max()) for t in tensors.values() if "input_ids" in t)
+    top = max(int(t["input_ids"].max()) for t in tensors.values() if len(t.get("input_ids", [])))
     if top >= rows:
         raise ValueError(
             f"tokenizer: token id {top} is outside the model's {rows}-row "

@@ -17,8 +17,11 @@ Methods (``METHODS``; formulas in docs/paper.md, arXiv 2202.11844 v1 eq. 2–4 a
 - ``influence-last`` (``damping``) and ``representer`` (``l2``): at the last checkpoint only;
 - ``tracin-tfidf`` (``special_token_ids``): TF-IDF cosine × the last layer's δ · δ'; ``random``.
 
-Every method takes ``batch_size``, ``device``, ``dtype`` and ``cache_dir`` (training-set gradient
-rows cached per checkpoint). Bad input raises ``ValueError`` before any gradient is taken.
+Every method takes ``batch_size``, ``device``, ``dtype`` and ``cache_dir`` (the cache root of
+``tracin_we.persistence``: training-set gradient rows are cached per checkpoint in
+``<cache_dir>/gradients``). Bad input raises ``ValueError`` before any gradient is taken: among
+it, checkpoints with non-finite weights and texts longer or shorter than the model accepts. A
+result holding NaN or ±inf is an error too, not a score.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from tracin_we.influence.options import (
 )
 from tracin_we.influence.words import WordScores, word_scores
 from tracin_we.inputs import CLS_ID, PAD_ID, SEP_ID, Tensors
-from tracin_we.models import word_embeddings
+from tracin_we.models import check_length, word_embeddings
 
 __all__ = [
     "METHODS",
@@ -95,7 +98,7 @@ def scores(
         )
     with prepared(model, options_):
         out = _influence(method, Run(model, checkpoints_, options_), train_t, test_t)
-    return out.to(device="cpu", dtype=options_.dtype)
+    return _finite(out.to(device="cpu", dtype=options_.dtype), method)
 
 
 def self_influence(
@@ -111,12 +114,19 @@ def self_influence(
     options_, data_t, _, checkpoints_ = _validated(method, model, checkpoints, options, data=data)
     with prepared(model, options_):
         out = _influence(method, Run(model, checkpoints_, options_), data_t, None)
-    return out.to(device="cpu", dtype=options_.dtype)
+    return _finite(out.to(device="cpu", dtype=options_.dtype), method)
 
 
 def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> InfluentialResults:
     """Per test example (row of ``scores``, (n_test, n_train)), the ``k`` training examples with the
-    largest scores (proponents) or the most negative first (opponents); ties keep index order."""
+    largest scores (proponents) or the most negative first (opponents); ties keep index order.
+    NaN scores are refused (they have no rank); ±inf rank first or last."""
+    nan_rows = torch.isnan(scores).any(1).nonzero().flatten().tolist()
+    if nan_rows:
+        raise ValueError(
+            f"scores has NaN in rows {nan_rows[:10]}{' ...' if len(nan_rows) > 10 else ''}; "
+            "NaN scores cannot be ranked: recompute them (influence.scores refuses to return NaN)"
+        )
     if not 1 <= k <= scores.shape[1]:
         raise ValueError(
             f"k={k} must be in [1, {scores.shape[1]}] (the number of training examples)"
@@ -143,12 +153,25 @@ def _validated(
     options_ = parse_options(method, options)
     num_classes, vocab_size = model_sizes(model, method, options_)
     tensors = [prepare_data(name, value, num_classes, vocab_size) for name, value in data.items()]
+    for name, tensor in zip(data, tensors, strict=True):
+        check_length(model, tensor["input_ids"].shape[1], f"{name}'s length")
     if method == "tracin-layer":
         select_params(model, options_.params, "params")
     if method == "grad-cos" and options_.layer not in ("last", "embedding"):
         select_params(model, options_.layer, "layer")
     checkpoints_ = resolve_checkpoints(checkpoints)
     return options_, tensors[0], tensors[1] if len(tensors) > 1 else None, checkpoints_
+
+
+def _finite(out: torch.Tensor, method: str) -> torch.Tensor:
+    """``out`` when every entry is finite, else ``ValueError``."""
+    bad = int((~torch.isfinite(out)).sum())
+    if bad:
+        raise ValueError(
+            f"method={method!r} gave {bad} non-finite scores of {out.numel()}: the model or its "
+            "checkpoints overflow on this data (for influence-last/representer: raise damping/l2)"
+        )
+    return out
 
 
 def _influence(method: str, run: Run, train: Tensors, test: Tensors | None) -> torch.Tensor:

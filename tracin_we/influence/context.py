@@ -4,28 +4,27 @@
 requested device and dtype) and puts the model back as it was afterwards. TracIn-style methods
 are a sum over checkpoints of a kernel between per-example features (``Kernel``), so
 ``tracin(run, kernel, train, test)`` serves all of them; the training set's features are computed
-once per checkpoint and, with ``cache_dir``, cached under a hash of the checkpoint's tensors, the
-data's ids and labels, and the kind of feature.
+once per checkpoint and, with the ``cache_dir`` option (the cache root of
+``tracin_we.persistence``), cached in ``<cache_dir>/gradients/`` under a hash of the checkpoint's
+tensors, the data's tensors and the kind of feature. Each file is verified when read; a damaged
+one is recomputed (``persistence``'s rule).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
 from typing import Protocol
 
 import torch
 from torch import nn
 
-from tracin_we.checkpoints import StateDict, save_torch
+from tracin_we.checkpoints import StateDict
 from tracin_we.influence.options import Options
 from tracin_we.inputs import Tensors
-
-log = logging.getLogger(__name__)
+from tracin_we.persistence import Folder, cache_dir, config_key, tensor_digest
 
 
 class Kernel(Protocol):
@@ -66,29 +65,29 @@ class Run:
         self.model.load_state_dict(state)
         return state
 
-    def train_features(self, kernel: Kernel, state: StateDict, train: Tensors) -> Tensors:
-        """``kernel.features(self, train)`` at the loaded checkpoint ``state``, from the cache
-        when ``cache_dir`` is set and it holds them (written atomically, read weights-only)."""
+    @cached_property
+    def gradient_cache(self) -> Folder | None:
+        """``<cache_dir>/gradients``, or None without the ``cache_dir`` option."""
         if self.options.cache_dir is None:
+            return None
+        folder = Folder(cache_dir(self.options.cache_dir) / "gradients")
+        folder.remove_stale_tmp()
+        return folder
+
+    def train_features(self, kernel: Kernel, state: StateDict, train: Tensors) -> Tensors:
+        """``kernel.features(self, train)`` at the loaded checkpoint ``state``, from the gradient
+        cache when the ``cache_dir`` option is set and it holds them, verified."""
+        folder = self.gradient_cache
+        if folder is None:
             return kernel.features(self, train)
-        meta = "|".join(
-            [
-                kernel.kind,
-                type(self.model).__name__,
-                str(self.options.dtype),
-                _state_hash(state),
-                _data_hash(train),
-            ]
-        )
-        key = hashlib.sha256(meta.encode()).hexdigest()
-        path = Path(self.options.cache_dir) / f"{kernel.kind.split(':')[0]}-{key[:24]}.pt"
-        saved = _load(path)
+        meta = [kernel.kind, type(self.model).__name__, str(self.options.dtype)]
+        key = config_key([*meta, tensor_digest(state), tensor_digest(train)], 24)
+        name = f"{kernel.kind.split(':')[0]}-{key}.pt"
+        saved = folder.load_torch(name, recompute=True)
         if saved is not None and saved.get("key") == key:
             return {k: v.to(self.options.device) for k, v in saved["features"].items()}
         features = kernel.features(self, train)
-        save_torch(
-            path, {"key": key, "meta": meta, "features": {k: v.cpu() for k, v in features.items()}}
-        )
+        folder.save_torch(name, {"key": key, "features": {k: v.cpu() for k, v in features.items()}})
         return features
 
 
@@ -126,31 +125,3 @@ def prepared(model: nn.Module, options: Options) -> Iterator[nn.Module]:
         model.to(device=device, dtype=dtype)
         model.load_state_dict(snapshot)
         model.train(training)
-
-
-def _load(path: Path) -> dict | None:
-    """A cache file's content, or None when it is missing or unreadable (then rewritten)."""
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types; all mean "recompute"
-        log.warning("cache file %s is unreadable (%s); recomputing it", path, err)
-        return None
-
-
-def _state_hash(state: StateDict) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.flatten().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _data_hash(data: Tensors) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(data):
-        digest.update(name.encode())
-        digest.update(data[name].to(torch.int64).contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -6,7 +6,6 @@ flattened, (n, P): memory grows with the number of chosen parameters. Positive =
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +13,7 @@ import torch
 from tracin_we.influence.context import Kernel, Run
 from tracin_we.influence.gradients import param_grads
 from tracin_we.inputs import Tensors
+from tracin_we.persistence import config_key
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ParamKernel:
 
     @property
     def kind(self) -> str:
-        return "params:" + hashlib.sha256("\n".join(self.names).encode()).hexdigest()[:16]
+        return "params:" + config_key(list(self.names), 16)
 
     def features(self, run: Run, data: Tensors) -> Tensors:
         grads = param_grads(

@@ -43,7 +43,9 @@ class Options:
     batch_size: int = 32  # examples per forward/backward pass
     device: str | torch.device = "cpu"  # where gradients are taken; scores come back on the CPU
     dtype: torch.dtype = torch.float32  # the model runs in this dtype while scoring
-    cache_dir: str | os.PathLike | None = None  # cache of training-set gradient rows, or None
+    # The cache root (tracin_we.persistence): training-set gradient rows go to <cache_dir>/gradients
+    # (verified on read, recomputed when damaged); None: nothing is cached.
+    cache_dir: str | os.PathLike | None = None
     top_tokens: int = 10  # TracIn-WE-Topk/Syn: positions kept per text, eqs. 3–4 (paper: 10)
     threshold: float = 0.7  # TracIn-WE-Syn: embedding cosine above which words match (paper: 0.7)
     # NoC: ids dropped (default: [CLS], [SEP] and ids in every input); TF-IDF: ids ignored

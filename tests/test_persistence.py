@@ -1,0 +1,276 @@
+"""What is written to disk: the manifest and the damaged-file rule, a training run killed with
+``kill -9`` (then its partial state bit-flipped), bit flips in every cache, overwrite and stale
+temporary files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from tracin_we import influence
+from tracin_we.deletion import DeletionConfig, load_deletion, run_deletion
+from tracin_we.influence import embedding
+from tracin_we.inputs import model_inputs
+from tracin_we.persistence import MANIFEST, CheckpointError, Folder, file_sha256
+from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached
+from tracin_we.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = {"capture_output": True, "text": True, "check": True}
+
+
+def flip_bit(path: Path, tensor: Callable[[dict], torch.Tensor] | None = None) -> None:
+    """Flip one bit in the middle of the file, or of the bytes of ``tensor(content)``: a damage
+    that ``torch.load`` does not notice (a weight changes by a few ulps or more)."""
+    raw = bytearray(path.read_bytes())
+    at, size = 0, len(raw)
+    if tensor is not None:
+        needle = tensor(torch.load(path, weights_only=True)).contiguous().numpy().tobytes()
+        at, size = raw.find(needle), len(needle)
+        assert at >= 0
+    raw[at + size // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def classifier_weight(content: dict) -> torch.Tensor:
+    return content["state_dict"]["classifier.weight"]
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def damaged_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+
+
+# The manifest and the damaged-file rule.
+
+
+def test_folder_records_and_verifies_what_it_writes(tmp_path, caplog):
+    folder = Folder(tmp_path)
+    sha = folder.save_torch("a.pt", {"x": torch.arange(1000.0)})
+    folder.write_json("b.json", {"k": 1})
+    assert sha == file_sha256(tmp_path / "a.pt")
+    assert set(Folder(tmp_path).records()) == {"a.pt", "b.json"}  # read back from the manifest
+    assert torch.equal(folder.load_torch("a.pt", recompute=False)["x"], torch.arange(1000.0))
+    flip_bit(tmp_path / "a.pt", lambda content: content["x"])
+    with pytest.raises(CheckpointError, match=r"a\.pt.* is damaged .*sha256 differs.*delete it"):
+        folder.load_torch("a.pt", recompute=False)
+    with caplog.at_level(logging.WARNING):
+        assert folder.load_torch("a.pt", recompute=True) is None  # discarded for recomputing
+    assert not (tmp_path / "a.pt").exists() and damaged_warnings(caplog)
+    (tmp_path / "c.json").write_text("{}")  # not written by the project: no record
+    with pytest.raises(CheckpointError, match="no record of it"):
+        folder.read_json("c.json", recompute=False, remedy="delete the cache")
+    assert folder.read_json("missing.json", recompute=False) is None
+
+
+def test_a_manifest_line_cut_short_is_skipped(tmp_path):
+    folder = Folder(tmp_path)
+    folder.write_json("a.json", [1])
+    with open(tmp_path / MANIFEST, "a") as manifest:
+        manifest.write('{"file": "b.json", "sha')  # a writer killed mid-line
+    assert Folder(tmp_path).read_json("a.json", recompute=False) == [1]
+
+
+def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **TEXT)
+    host = socket.gethostname()
+    stale = tmp_path / f".resume.pt.{dead.stdout.strip()}@{host}.abcd1234.tmp"
+    untagged = tmp_path / ".resume.pt.k2j4h5g6.tmp"  # an older version's
+    live = tmp_path / f".epoch1.pt.{os.getpid()}@{host}.abcd1234.tmp"
+    user = tmp_path / ".notes.tmp"  # not one of ours
+    for path in (stale, untagged, live, user):
+        path.write_bytes(b"partial")
+    removed = Folder(tmp_path).remove_stale_tmp()
+    assert sorted(removed) == sorted([stale, untagged])
+    assert live.exists() and user.exists()
+
+
+# A training run killed with kill -9, then its partial state damaged.
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import json, sys, time
+    from tracin_we import persistence, train as train_module
+
+    params, run_dir, hang = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+    real_fit, real_write = train_module.fit, persistence.atomic_write
+
+    def fit(*args, on_epoch, **kwargs):  # hang once epoch 2 is saved: killed there
+        def after(epoch, *rest):
+            on_epoch(epoch, *rest)
+            if hang == "after epoch 2" and epoch == 2:
+                print("ready", flush=True)
+                time.sleep(600)
+        return real_fit(*args, on_epoch=after, **kwargs)
+
+    resume_writes = []
+
+    def atomic_write(path, write):  # or hang while writing epoch 2's resume.pt
+        def slow(tmp):
+            write(tmp)
+            resume_writes.extend([1] if path.name == "resume.pt" else [])
+            if hang == "writing resume.pt" and len(resume_writes) == 2:
+                print("ready", flush=True)
+                time.sleep(600)
+        real_write(path, slow)
+
+    train_module.fit, persistence.atomic_write = fit, atomic_write
+    train_module.torch.set_num_threads(1)
+    train_module.train(train_module.TrainConfig.from_params(**params), run_dir=run_dir,
+                       progress=False)
+    """
+)
+
+
+def kill_during_training(config: TrainConfig, run_dir: Path, hang: str) -> None:
+    """Train ``config`` in a subprocess and ``kill -9`` it at ``hang``."""
+    params = {k: v for k, v in config.__dict__.items() if k != "data"} | config.data.__dict__
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", KILLED_RUN, json.dumps(params), str(run_dir), hang]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
+        assert process.stdout.readline().strip() == "ready", "the run ended before its kill"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (run_dir / "result.json").exists()
+
+
+@pytest.mark.parametrize("damaged", ["resume.pt", "epoch1.pt"])
+def test_killed_run_with_damaged_state_is_recomputed_not_used(
+    train_config, tmp_path, caplog, damaged
+):
+    config = train_config(checkpoint_epochs=[1, 2, 3])
+    reference = train(config, run_dir=tmp_path / "reference", progress=False)
+    run_dir = tmp_path / "run"
+    kill_during_training(config, run_dir, "after epoch 2")
+    flip_bit(run_dir / damaged, classifier_weight)
+    with caplog.at_level(logging.WARNING):
+        resumed = train(config, run_dir=run_dir, progress=False)
+    assert any(damaged in m for m in damaged_warnings(caplog))  # logged
+    for ours, theirs in zip(
+        [*resumed.checkpoints, resumed.final],
+        [*reference.checkpoints, reference.final],
+        strict=True,
+    ):
+        assert file_sha256(ours.path) == ours.sha256  # result.json records the intact file
+        assert states_equal(
+            torch.load(ours.path, weights_only=True)["state_dict"],
+            torch.load(theirs.path, weights_only=True)["state_dict"],
+        )
+    assert states_equal(
+        dict(resumed.checkpoint_pairs()[0][0]), dict(reference.checkpoint_pairs()[0][0])
+    )
+
+
+def test_killed_write_leaves_no_temporary_file_after_the_rerun(train_config, tmp_path):
+    config = train_config()
+    reference = train(config, run_dir=tmp_path / "reference", progress=False)
+    run_dir = tmp_path / "run"
+    kill_during_training(config, run_dir, "writing resume.pt")
+    assert list(run_dir.glob(".resume.pt.*.tmp"))  # the killed writer's
+    resumed = train(config, run_dir=run_dir, progress=False)
+    assert not list(run_dir.glob(".*.tmp"))
+    assert states_equal(
+        torch.load(resumed.final.path, weights_only=True)["state_dict"],
+        torch.load(reference.final.path, weights_only=True)["state_dict"],
+    )
+
+
+def test_damaged_result_json_is_refused_naming_it(train_config, tmp_path):
+    config = train_config(epochs=1, checkpoint_epochs=[1])
+    result = train(config, run_dir=tmp_path / "run", progress=False)
+    path = result.run_dir / "result.json"
+    path.write_text(path.read_text()[:-20])  # truncated
+    with pytest.raises(CheckpointError, match=r"result\.json.* is damaged.*delete the run folder"):
+        train(config, run_dir=tmp_path / "run", progress=False)
+
+
+# Bit flips in the other caches: detected and recomputed.
+
+
+def test_gradient_cache_bit_flip_is_recomputed(influence_case, tmp_path, caplog, monkeypatch):
+    model, checkpoints, train_t, test_t = influence_case
+    passes = []
+    grads = embedding.embedding_grads
+    monkeypatch.setattr(embedding, "embedding_grads", lambda *a: passes.append(1) or grads(*a))
+    options = dict(cache_dir=tmp_path, batch_size=4)
+    fresh = influence.scores("tracin-we", model, checkpoints, train_t, test_t, **options)
+    files = sorted((tmp_path / "gradients").glob("*.pt"))
+    assert len(files) == 2
+    flip_bit(files[0], lambda content: content["features"]["rows"])
+    before = len(passes)
+    with caplog.at_level(logging.WARNING):
+        again = influence.scores("tracin-we", model, checkpoints, train_t, test_t, **options)
+    assert torch.equal(again, fresh)
+    assert len(passes) - before == 2 + 2  # the test set's 2 checkpoints + 2 train batches again
+    assert damaged_warnings(caplog) and files[0].name in damaged_warnings(caplog)[0]
+    assert Folder(tmp_path / "gradients").read(files[0].name, recompute=False) is not None
+
+
+def test_retrain_store_bit_flip_is_retrained(tmp_path, caplog, token_splits):
+    config = TrainConfig.from_params(
+        model="cnn", n_train=32, n_test=16, max_length=12, epochs=1, batch_size=8,
+        checkpoint_epochs=[1],
+    )  # fmt: skip
+    train_t, test_t = (model_inputs(token_splits[k]) for k in ("train", "test"))
+    jobs = [RetrainJob(0, ()), RetrainJob(0, (1, 2))]
+    options = dict(cache=tmp_path, backend="sequential", progress=False)
+    first = retrain_cached(config, jobs, train_t, test_t, **options)
+    path = RetrainStore(config, train_t, test_t, tmp_path).path(jobs[1])
+    flip_bit(path, lambda content: content["probabilities"])
+    with caplog.at_level(logging.WARNING):
+        again = retrain_cached(config, jobs, train_t, test_t, **options)
+    assert (again.n_trained, again.n_reused) == (1, 1)
+    assert torch.equal(again.probabilities, first.probabilities)
+    assert damaged_warnings(caplog)
+
+
+def test_damaged_deletion_table_is_refused_naming_it(tmp_path, token_splits, monkeypatch):
+    config = DeletionConfig(
+        train=TrainConfig.from_params(
+            model="cnn", n_train=32, n_val=8, n_test=16, max_length=12, epochs=1, batch_size=8,
+            checkpoint_epochs=[1],
+        ),
+        methods=("random",), ks=(3,), n_test_points=4, seeds=(0,), backend="sequential",
+        n_bootstrap=20,
+    )  # fmt: skip
+    result = run_deletion(config, token_splits, cache=tmp_path, progress=False)
+    assert set(load_deletion(result.out_dir)) >= {"config", "deletion", "auc_del"}
+    table = result.out_dir / "auc_del.csv"
+    table.write_text(table.read_text().replace("random", "rAndom"))
+    with pytest.raises(CheckpointError, match=r"auc_del\.csv.* is damaged.*rerun run_deletion"):
+        load_deletion(result.out_dir)
+
+
+# overwrite=True removes what the project wrote, and nothing else.
+
+
+def test_overwrite_refuses_a_folder_with_foreign_files(train_config, tmp_path):
+    run_dir = tmp_path / "named"
+    train(train_config(epochs=1, checkpoint_epochs=[1]), run_dir=run_dir, progress=False)
+    (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "plots").mkdir()
+    ours = sorted(p.name for p in run_dir.iterdir())
+    other = train_config(epochs=2, checkpoint_epochs=[2])
+    with pytest.raises(CheckpointError, match=r"notes\.txt.*plots/.*nothing was deleted"):
+        train(other, run_dir=run_dir, overwrite=True, progress=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == ours
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    (run_dir / "notes.txt").unlink()
+    (run_dir / "plots").rmdir()
+    result = train(other, run_dir=run_dir, overwrite=True, progress=False)
+    assert [c.epoch for c in result.checkpoints] == [2]
+    assert not (run_dir / "epoch1.pt").exists()
