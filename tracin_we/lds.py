@@ -440,7 +440,7 @@ def lds_scatter(
         ax.scatter(rows[method], rows["f"], s=14)
         ax.set(
             title=f"{method}: ρ = {rho[0]:.2f}",
-            xlabel="g = Σ scores of the kept examples",
+            xlabel="g = Σ_{i ∈ S} score[j, i]",
             ylabel="f = retrained margin (logit p_c)",
         )
     fig.suptitle(f"test point {point}")
@@ -458,8 +458,11 @@ def convergence_plot(table: pd.DataFrame) -> plt.Figure:
             rows["n_subsets"], rows["low"], rows["high"], alpha=0.12, color=line.get_color()
         )
         right.plot(rows["n_subsets"], rows["width"], marker="o", color=line.get_color())
+    sizes = sorted(table["n_subsets"].unique())
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(m) for m in sizes])
+        ax.minorticks_off()
         ax.set_xlabel("M (subsets retrained)")
     left.set(ylabel="mean LDS")
     right.set(ylabel="CI width of the mean LDS")
