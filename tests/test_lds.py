@@ -30,8 +30,10 @@ from tracin_we.lds import (
     spearman,
     subset_jobs,
     summarize,
+    two_way_means,
     typical_point,
 )
+from tracin_we.stats import paired_bootstrap
 from tracin_we.train import TrainConfig, fit, new_model, predict_proba, train
 
 N_TRAIN, N_TEST, T = 32, 16, 12
@@ -84,8 +86,8 @@ def test_true_scores_give_lds_one_and_random_scores_about_zero():
     assert np.allclose(table[table["method"] == "tracin-we"]["LDS"], 1.0)
     assert np.allclose(table[table["method"] == "tracin-last"]["LDS"], -1.0)
     assert abs(by_method.mean()["random"]) < 0.05  # 200 points × ρ of sd ≈ 1/√63
-    config = LDSConfig(methods=("tracin-we", "tracin-last", "random"), n_bootstrap=500)
-    summary, differences = summarize(table, config)
+    config = LDSConfig(methods=("tracin-we", "tracin-last", "random"), n_bootstrap=200)
+    _, summary, differences = summarize(f, g, points, config)
     summary = summary.set_index("method")
     spread = 3 * table[table["method"] == "random"]["LDS"].std() / np.sqrt(len(points))
     assert abs(summary.loc["random", "mean"]) < spread  # within 3 standard errors of 0
@@ -102,14 +104,47 @@ def test_noise_lowers_lds_and_more_subsets_narrow_it():
     g = {"tracin-we": predictions(w, masks)}
     rho = lds_table(noisy, g, range(60))["LDS"]
     assert 0.3 < rho.mean() < 0.99
-    config = LDSConfig(methods=("tracin-we",))
+    config = LDSConfig(methods=("tracin-we",), n_bootstrap=200)
     curve = convergence(noisy, g, range(60), config)
     assert curve["n_subsets"].tolist() == convergence_grid(64) == [4, 8, 16, 32, 64]
     assert curve["width"].iloc[-1] < curve["width"].iloc[0]
-    full = summarize(lds_table(noisy, g, range(60)), config)[0]
+    full = summarize(noisy, g, range(60), config)[1]
     assert curve.iloc[-1]["mean"] == pytest.approx(full["mean"].iloc[0])
     with pytest.raises(ValueError, match="sizes has 65"):
         convergence(noisy, g, range(60), config, sizes=[8, 65])
+
+
+def test_two_way_bootstrap_resamples_points_and_subsets():
+    w, masks, f = additive_case(n_points=30, n_subsets=20)
+    noisy = f + 3.0 * torch.randn(
+        f.shape, generator=torch.Generator().manual_seed(4), dtype=f.dtype
+    )
+    ties = predictions(torch.randn(w.shape), masks).round()  # ties before resampling too
+    ties[0] = 1.0  # a constant row: ρ := 0
+    g = {"tracin-we": predictions(w, masks), "random": ties}
+    replicates = two_way_means(noisy, g, n_bootstrap=50, seed=7)
+    assert replicates.shape == (50, 2)
+    assert np.array_equal(replicates, two_way_means(noisy, g, n_bootstrap=50, seed=7))
+    # Replicate 3 by hand: the seed's point draw (as stats.bootstrap_index) and subset draw.
+    points = np.random.default_rng(7).integers(0, 30, size=(50, 30))[3]
+    subsets = np.random.default_rng([7, 1]).integers(0, 20, size=(50, 20))[3]
+    for k, method in enumerate(g):
+        rho = [
+            spearmanr(noisy[j, subsets].numpy(), g[method][j, subsets].numpy()).statistic
+            for j in points
+        ]
+        rho = np.nan_to_num(rho)  # scipy: NaN for the constant row
+        assert replicates[3, k] == pytest.approx(np.mean(rho))
+    # Test points only: the per-point values bootstrapped as stats.paired_bootstrap does.
+    config = LDSConfig(methods=tuple(g), n_bootstrap=300, resample_subsets=False)
+    per_point, one_way, _ = summarize(noisy, g, range(30), config)
+    values = per_point.pivot(index="point", columns="method", values="LDS")[list(g)]
+    expected, _ = paired_bootstrap(values, True, references=["tracin-we"], n_bootstrap=300)
+    pd.testing.assert_frame_equal(one_way.drop(columns="constant"), expected)
+    # With 20 subsets the subsets' own sampling noise widens the interval.
+    _, two_way, _ = summarize(noisy, g, range(30), replace(config, resample_subsets=True))
+    width = (two_way["high"] - two_way["low"]) / (one_way["high"] - one_way["low"])
+    assert (width > 1.2).all()
 
 
 def test_spearman_matches_scipy_and_constant_rows_are_zero():

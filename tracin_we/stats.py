@@ -56,17 +56,30 @@ def paired_bootstrap(
       ``higher_is_better``, else lower); ``verdict``: ``"reference better"``, ``"method better"``
       or ``"inconclusive"`` (the CI contains 0).
     """
-    if not 0 < ci < 1:
-        raise ValueError(f"ci={ci} must be in (0, 1)")
-    missing = [r for r in references if r not in values.columns]
-    if missing:
-        raise ValueError(f"references={list(references)}: {missing} not among the methods")
-    if values.empty or values.isna().to_numpy().any():
-        raise ValueError("values must hold one value per (test point, method), without NaN")
+    _check(values, references, ci)
+    table = values.to_numpy(dtype=float)
+    resampled = table[bootstrap_index(len(table), n_bootstrap, seed)].mean(1)  # (B, m)
+    return compare(values, resampled, higher_is_better, references, ci)
+
+
+def compare(
+    values: pd.DataFrame,
+    resampled: np.ndarray,
+    higher_is_better: bool,
+    references: Sequence[str] = REFERENCES,
+    ci: float = 0.95,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``paired_bootstrap``'s tables from given bootstrap replicates ``resampled`` (B, n_methods)
+    of every method's mean, all drawn on the same resamples (for example a bootstrap that also
+    resamples what each per-point value was computed from, ``lds.two_way_means``). ``values``
+    (n_points, n_methods) gives the point estimates and the shares."""
+    _check(values, references, ci)
+    if resampled.ndim != 2 or resampled.shape[1] != values.shape[1]:
+        raise ValueError(
+            f"resampled has shape {resampled.shape}; expected (n_bootstrap, {values.shape[1]})"
+        )
     table = values.to_numpy(dtype=float)  # (n, m)
-    draws = bootstrap_index(len(table), n_bootstrap, seed)
     tail = (1 - ci) / 2
-    resampled = table[draws].mean(1)  # (B, m): every method on the same resamples
     low, high = np.quantile(resampled, [tail, 1 - tail], axis=0)
     means = pd.DataFrame(
         {"method": values.columns, "mean": table.mean(0), "low": low, "high": high}
@@ -94,6 +107,16 @@ def paired_bootstrap(
                 }
             )
     return means, pd.DataFrame.from_records(records)
+
+
+def _check(values: pd.DataFrame, references: Sequence[str], ci: float) -> None:
+    if not 0 < ci < 1:
+        raise ValueError(f"ci={ci} must be in (0, 1)")
+    missing = [r for r in references if r not in values.columns]
+    if missing:
+        raise ValueError(f"references={list(references)}: {missing} not among the methods")
+    if values.empty or values.isna().to_numpy().any():
+        raise ValueError("values must hold one value per (test point, method), without NaN")
 
 
 def _verdict(low: float, high: float) -> str:
