@@ -161,3 +161,15 @@ def test_07_layers_and_aggregation(ag_news_dir, tmp_path):
         "07_ndr_vs_deletion.png",
         "07_noise_detection.png",
     ]
+
+
+def test_08_lds(ag_news_dir, tmp_path):
+    metrics, figures = run_smoke("08", tmp_path)
+    assert metrics["n_points"] == 8 and metrics["n_subsets"] == 6
+    assert set(metrics["lds"]) == {"tracin-last", "tracin-we", "random"}
+    assert all(-1.0 <= v <= 1.0 for v in metrics["lds"].values())
+    assert all(
+        metrics["lds_low"][m] <= v <= metrics["lds_high"][m] for m, v in metrics["lds"].items()
+    )
+    assert set(metrics["tracin_we_minus"]) == {"tracin-last", "random"}
+    assert figures == ["08_lds.png", "08_lds_convergence.png", "08_lds_scatter.png"]

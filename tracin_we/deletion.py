@@ -19,7 +19,6 @@ resumes.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from tracin_we.data import balanced_indices, fingerprint, make_splits
 from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
 from tracin_we.params import check_types, from_params
-from tracin_we.persistence import CheckpointError, Folder, cache_dir, config_key, tensor_digest
+from tracin_we.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
 from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
 from tracin_we.train import TrainConfig, train
 
@@ -176,7 +176,8 @@ def run_deletion(
         name="n_test_points",
     )
     rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
-    out_dir = _claim_out_dir(config, splits, rows, cache, out_dir, overwrite)
+    resolved = result_identity(config, splits, rows)
+    out_dir = claim_result_folder(resolved, "deletion", "deletion sweep", cache, out_dir, overwrite)
     plan = deletion_plan(config, rows)
     jobs = [RetrainJob(s, ()) for s in config.seeds] + [
         RetrainJob(s, removed) for removed in plan["removed"] for s in config.seeds
@@ -372,31 +373,17 @@ def _normal_quantile(q: float) -> float:
     return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(q, dtype=torch.float64)))
 
 
-def _claim_out_dir(
-    config: DeletionConfig,
-    splits: DatasetDict,
-    rows: Mapping[str, torch.Tensor],
-    cache: str | os.PathLike | None,
-    out_dir: str | os.PathLike | None,
-    overwrite: bool,
-) -> Path:
-    """Write ``config.json`` (the resolved config, data fingerprint and a hash of the score
-    rows) to the output folder; a folder holding another sweep is refused unless ``overwrite``."""
+def result_identity(config: Any, splits: DatasetDict, rows: Mapping[str, torch.Tensor]) -> dict:
+    """What defines an evaluation over score rows (deletion, LDS): the resolved ``config``
+    (without where the data lives), the data's fingerprint and a hash of each method's rows."""
     resolved = json.loads(json.dumps(asdict(config), default=str))
     resolved["train"]["data"].pop("data_dir")
     resolved["data_fingerprint"] = fingerprint(splits)
     resolved["scores_sha256"] = {m: tensor_digest(r) for m, r in rows.items()}
-    folder = Folder(out_dir if out_dir else cache_dir(cache) / "deletion" / config_key(resolved))
-    folder.remove_stale_tmp()
-    remedy = "pass overwrite=True to rewrite the sweep, or delete the folder"
-    saved = None if overwrite else folder.read_json("config.json", recompute=False, remedy=remedy)
-    if saved not in (None, resolved):
-        raise CheckpointError(
-            f"out_dir={str(folder)!r} holds another deletion sweep; choose "
-            "another out_dir or pass overwrite=True"
-        )
-    folder.write_json("config.json", resolved)
-    return folder.path
+    return resolved
+
+
+TABLES = ("deletion", "auc_del", "crn", "deletion_sets")  # what a sweep's folder holds
 
 
 def _save(result: DeletionResult) -> None:
@@ -415,26 +402,9 @@ def _save(result: DeletionResult) -> None:
     )
 
 
-def save_tables(out_dir: Path, tables: Mapping[str, pd.DataFrame]) -> None:
-    """Each table as ``<name>.csv`` in ``out_dir``, recorded in its manifest (persistence)."""
-    folder = Folder(out_dir)
-    for name, frame in tables.items():
-        folder.write(f"{name}.csv", frame.to_csv(index=False).encode())
-
-
 def load_deletion(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
     """A saved sweep, for plotting without retraining: ``config`` and the tables ``deletion``,
     ``auc_del``, ``crn`` and ``deletion_sets`` (``removed``: space-separated training indices).
     Every file is verified; a damaged one is refused naming it."""
-    folder = Folder(out_dir)
     remedy = "rerun run_deletion with this config (retrains come from the cache) to rewrite it"
-    config = folder.read_json("config.json", recompute=False, remedy=remedy)
-    if config is None:
-        raise ValueError(f"out_dir={str(out_dir)!r} holds no deletion sweep (no config.json)")
-    loaded: dict[str, pd.DataFrame | dict] = {"config": config}
-    for name in ("deletion", "auc_del", "crn", "deletion_sets"):
-        data = folder.read(f"{name}.csv", recompute=False, remedy=remedy)
-        if data is None:
-            raise CheckpointError(f"{str(folder.path / f'{name}.csv')!r} is missing; {remedy}")
-        loaded[name] = pd.read_csv(io.BytesIO(data))
-    return loaded
+    return load_tables(out_dir, TABLES, "deletion sweep", remedy)

@@ -34,13 +34,12 @@ from tracin_we.deletion import (
     auc_del,
     crn_variance,
     run_deletion,
-    save_tables,
     score_rows,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
 from tracin_we.inputs import SPECIAL_IDS, Tensors, model_inputs
 from tracin_we.paper import NO_OVERLAP
-from tracin_we.persistence import Folder, cache_dir, config_key
+from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
 
 
 def least_overlap_candidates(

@@ -1,0 +1,528 @@
+"""Linear datamodeling score (LDS): do a method's scores predict what retraining on subsets does?
+
+The evaluation of TRAK (Park et al., 2023) that dattri, Kronfluence and Bergson also use; the
+paper's own evaluation is case deletion (arXiv 2202.11844 v1 §5, ``deletion``). Draw M random
+subsets S_1..S_M of the training set, each keeping ``round(α·n)`` examples; retrain with the
+original recipe on each (for each retrain seed s, ``RetrainJob(s, removed = complement of S_m)``);
+then for test point z_j of ground-truth class c:
+
+    f_j(S_m) = mean_s [log p_c − log(1 − p_c)](z_j; θ_s trained on S_m)   (the class margin)
+    g_j(S_m) = Σ_{i ∈ S_m} score[j, i]                                   (the method's prediction)
+    LDS_j    = Spearman ρ over m = 1..M between f_j(S_m) and g_j(S_m)
+
+The margin is the logit of p_c (log-odds of the true class, TRAK's multi-class output), computed
+from the retrained softmax probabilities with 1 − p_c taken as Σ_{c'≠c} p_c' (exact where p_c
+rounds to 1). Spearman is rank-based, so any increasing function of p_c gives the same LDS; the
+margin is what the scatter plots show. Scores follow ``influence.scores``: positive = proponent,
+so a good method has LDS near 1 and ``random`` near 0. A constant f_j or g_j (for example a score
+row of zeros) ranks nothing: its ρ is set to 0 and counted in ``constant``.
+
+The report: the mean LDS per method over the test points with a percentile bootstrap CI, and
+every method's paired difference against TracIn-WE and TracIn-Last from the same resamples
+(``stats.compare``). Every LDS_j is measured on the same M subsets, so the bootstrap resamples
+the subsets as well as the test points (``two_way_means``); resampling test points alone
+(``resample_subsets=False``) holds the subsets fixed and, on the default CNN run, gave CIs 2.6×
+narrower than the two-way ones, while the first and second 32 of 64 subsets disagreed by up to
+0.15 in mean LDS. Subsets are drawn one after another from one generator, so the
+first M' of a draw of M are the draw of M': ``convergence`` reads LDS against M' off the same
+retrains. Retrains go through ``retrain.retrain_cached`` (cached, resumable, parallel) and
+share its store with case deletion's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from datasets import DatasetDict
+from scipy.stats import rankdata
+
+from tracin_we import influence
+from tracin_we.data import balanced_indices, make_splits
+from tracin_we.deletion import result_identity, score_rows
+from tracin_we.influence.options import parse_options
+from tracin_we.inputs import model_inputs
+from tracin_we.params import check_types, from_params
+from tracin_we.persistence import claim_result_folder, load_tables, save_tables
+from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
+from tracin_we.stats import (
+    HIGHER_IS_BETTER,
+    REFERENCES,
+    bootstrap_index,
+    compare,
+    paired_bootstrap,
+)
+from tracin_we.train import TrainConfig
+
+# The paper's Table 3 order (v1 §5), then the control.
+PAPER_ORDER = (
+    "influence-last",
+    "representer",
+    "tracin-last",
+    "tracin-we",
+    "tracin-we-topk",
+    "tracin-we-syn",
+    "tracin-tfidf",
+    "random",
+)
+
+
+@dataclass(frozen=True)
+class LDSConfig:
+    """An LDS evaluation: M subsets of fraction α, retrained with ``train``'s recipe."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)  # the original recipe, retrained
+    methods: tuple[str, ...] = PAPER_ORDER  # influence.METHODS, in the order reported
+    # Options of influence.scores per method, e.g. {"tracin-layer": {"params": "conv1"}}.
+    method_options: dict[str, dict] = field(default_factory=dict)
+    n_subsets: int = 64  # M: retrained subsets (× len(seeds) retrains)
+    alpha: float = 0.5  # share of the training set each subset keeps (TRAK: 0.5)
+    subset_seed: int = 0  # which subsets are drawn
+    seeds: tuple[int, ...] = (0,)  # retrain seeds per subset, f averaged over them; one seed:
+    # every subset shares init and batch order (common random numbers)
+    n_test_points: int = 100  # balanced over classes
+    point_seed: int = 0  # which test points are drawn
+    backend: str = "joblib"  # retrain.BACKENDS
+    n_bootstrap: int = 1000  # resamples for the CIs
+    # Resample the subsets too (two_way_means); False: test points only, given these subsets.
+    resample_subsets: bool = True
+    ci: float = 0.95
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        unknown = [m for m in self.methods if m not in influence.METHODS]
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            raise ValueError(
+                f"methods={list(self.methods)}: give distinct values among "
+                f"{list(influence.METHODS)}" + (f"; unknown: {unknown}" if unknown else "")
+            )
+        extra = sorted(set(self.method_options) - set(self.methods))
+        if extra:
+            raise ValueError(f"method_options has {extra}, which are not in methods")
+        for method, options in self.method_options.items():
+            parse_options(method, options)  # unknown options → ValueError naming them
+        if not (isinstance(self.n_subsets, int) and self.n_subsets >= 3):
+            raise ValueError(f"n_subsets={self.n_subsets} must be an integer >= 3 (Spearman ρ)")
+        n_train = self.train.data.n_train
+        if not (0 < self.alpha < 1 and 1 <= round(self.alpha * n_train) < n_train):
+            raise ValueError(
+                f"alpha={self.alpha} must be in (0, 1) with 1 <= round(alpha * n_train) < "
+                f"n_train={n_train}"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={list(self.seeds)} must be a non-empty list of distinct ints")
+        if not 0 < self.n_test_points <= self.train.data.n_test:
+            raise ValueError(
+                f"n_test_points={self.n_test_points} must be in [1, n_test="
+                f"{self.train.data.n_test}]"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is unknown; allowed: {list(BACKENDS)}")
+        if self.n_bootstrap < 1:
+            raise ValueError(f"n_bootstrap={self.n_bootstrap} must be a positive integer")
+        if not 0 < self.ci < 1:
+            raise ValueError(f"ci={self.ci} must be in (0, 1)")
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The methods every other is compared with: TracIn-WE and TracIn-Last, where run."""
+        return tuple(r for r in REFERENCES if r in self.methods)
+
+    @classmethod
+    def from_params(cls, **params) -> LDSConfig:
+        """Build from flat notebook/preset parameters: this class's own fields, the rest going to
+        ``TrainConfig.from_params`` (unknown names are an error there)."""
+        return from_params(cls, params)
+
+
+def draw_subsets(n_train: int, n_subsets: int, alpha: float, seed: int) -> torch.Tensor:
+    """Keep masks (n_subsets, n_train) bool, each with ``round(alpha · n_train)`` True, drawn in
+    turn from ``numpy.random.default_rng(seed)``: the first M' rows do not depend on M."""
+    size = round(alpha * n_train)
+    if not 1 <= size < n_train:
+        raise ValueError(f"alpha={alpha} keeps {size} of {n_train}; keep between 1 and n - 1")
+    rng = np.random.default_rng(seed)
+    masks = torch.zeros(n_subsets, n_train, dtype=torch.bool)
+    for m in range(n_subsets):
+        masks[m, torch.from_numpy(rng.choice(n_train, size=size, replace=False))] = True
+    return masks
+
+
+def subset_jobs(masks: torch.Tensor, seeds: Sequence[int]) -> list[RetrainJob]:
+    """One retrain per (subset, seed), subset-major: ``RetrainJob(seed, removed = ~mask)``."""
+    removed = [tuple(torch.nonzero(~mask).flatten().tolist()) for mask in masks]
+    return [RetrainJob(int(s), r) for r in removed for s in seeds]
+
+
+def margins(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The class margin log p_c − log(1 − p_c) in float64, (..., n), from probabilities
+    (..., n, C) and true classes (n,). 1 − p_c is summed over the other classes (exact where
+    p_c rounds to 1); zeros are clamped to the smallest float64 so the margin stays finite."""
+    p = probabilities.double()
+    index = labels.expand(p.shape[:-1]).unsqueeze(-1)
+    tiny = torch.finfo(torch.float64).tiny
+    true = p.gather(-1, index).squeeze(-1)
+    others = p.scatter(-1, index, 0.0).sum(-1)
+    return true.clamp_min(tiny).log() - others.clamp_min(tiny).log()
+
+
+def subset_outputs(
+    probabilities: torch.Tensor, points: Sequence[int], labels: torch.Tensor, n_seeds: int
+) -> torch.Tensor:
+    """f (n_points, M): the margins at the test ``points`` (classes ``labels`` (n_test,)) of the
+    retrains (M · n_seeds, n_test, C) of ``subset_jobs``, averaged over seeds."""
+    index = torch.as_tensor(list(points))
+    f = margins(probabilities[:, index], labels[index])  # (M · S, n_points)
+    return f.view(-1, n_seeds, len(index)).mean(1).T
+
+
+def predictions(rows: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """g (n_points, M) = Σ_{i ∈ S_m} score[j, i]: score rows (n_points, n) summed over each keep
+    mask (M, n), in float64."""
+    return rows.double() @ masks.double().T
+
+
+def spearman(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise Spearman ρ of (n, M) arrays (average ranks for ties), and which rows are
+    constant in f or g (their ρ is set to 0)."""
+    return _rank_correlation(_centered_ranks(f), _centered_ranks(g))
+
+
+def _tie_groups(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For rows of x (n, M): the sorting order, and for each sorted position the first and last
+    sorted position of its group of equal values."""
+    order = np.argsort(x, axis=-1, kind="stable")
+    ordered = np.take_along_axis(x, order, -1)
+    position = np.arange(x.shape[-1])
+    new = np.ones(x.shape, dtype=bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    last = np.ones(x.shape, dtype=bool)
+    last[:, :-1] = new[:, 1:]
+    first = np.maximum.accumulate(np.where(new, position, 0), axis=-1)
+    final = np.minimum.accumulate(np.where(last, position, x.shape[-1])[:, ::-1], axis=-1)[:, ::-1]
+    return order, first, final
+
+
+def _multiset_ranks(groups: tuple, counts: np.ndarray) -> np.ndarray:
+    """Centered average ranks (c, n, M), in the original column order, of each row's values
+    taken ``counts[b, i]`` times each (c, M): what ``rankdata`` gives the resampled columns,
+    without sorting again. A value's rank = (copies below it) + (its tie group's copies + 1)/2."""
+    order, first, final = groups
+    sorted_counts = counts[:, order]  # (c, n, M)
+    through = sorted_counts.cumsum(-1)
+    below = np.take_along_axis(through - sorted_counts, first[None], -1)
+    upto = np.take_along_axis(through, final[None], -1)
+    ranks = np.empty_like(through)
+    np.put_along_axis(
+        ranks, np.broadcast_to(order, ranks.shape), below + (upto - below + 1) / 2, -1
+    )
+    return ranks - (counts.sum(-1)[:, None, None] + 1) / 2
+
+
+def _centered_ranks(x: np.ndarray) -> np.ndarray:
+    ranks = rankdata(x, axis=-1)
+    return ranks - ranks.mean(-1, keepdims=True)
+
+
+def _rank_correlation(rf: np.ndarray, rg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    norm = np.sqrt((rf**2).sum(-1) * (rg**2).sum(-1))
+    constant = norm == 0
+    return np.where(constant, 0.0, (rf * rg).sum(-1) / np.where(constant, 1.0, norm)), constant
+
+
+def lds_table(
+    f: torch.Tensor, g: Mapping[str, torch.Tensor], points: Sequence[int]
+) -> pd.DataFrame:
+    """LDS_j per (test point, method): columns ``point``, ``method``, ``LDS``, ``constant``, from
+    f (n_points, M) and each method's g (n_points, M)."""
+    frames = []
+    for method, prediction in g.items():
+        rho, constant = spearman(f.numpy(), prediction.numpy())
+        frames.append(
+            pd.DataFrame(
+                {"point": list(points), "method": method, "LDS": rho, "constant": constant}
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def summarize(
+    f: torch.Tensor, g: Mapping[str, torch.Tensor], points: Sequence[int], config: LDSConfig
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(per_point, summary, differences): ``lds_table`` and its bootstrap tables
+    (``stats.compare``), resampling test points and, with ``config.resample_subsets``, subsets
+    (``two_way_means``). The summary has per method ``mean``, ``low``, ``high``, ``n_points``
+    and ``constant`` (points with ρ := 0)."""
+    per_point = lds_table(f, g, points)
+    values = per_point.pivot(index="point", columns="method", values="LDS")
+    values = values.loc[list(points), list(config.methods)]
+    options = (config.references, config.ci)
+    if config.resample_subsets:
+        ordered = {m: g[m] for m in config.methods}
+        resampled = two_way_means(f, ordered, config.n_bootstrap, config.bootstrap_seed)
+        summary, differences = compare(values, resampled, HIGHER_IS_BETTER["LDS"], *options)
+    else:
+        summary, differences = paired_bootstrap(
+            values.sort_index(),
+            HIGHER_IS_BETTER["LDS"],
+            config.references,
+            config.n_bootstrap,
+            config.ci,
+            config.bootstrap_seed,
+        )
+    constant = per_point.groupby("method")["constant"].sum()
+    summary = summary.assign(constant=summary["method"].map(constant).astype(int))
+    return per_point, summary, differences
+
+
+def two_way_means(
+    f: torch.Tensor, g: Mapping[str, torch.Tensor], n_bootstrap: int, seed: int
+) -> np.ndarray:
+    """Bootstrap replicates (n_bootstrap, n_methods) of each method's mean LDS that resample
+    the test points *and* the subsets: replicate b takes points ``bootstrap_index(n, B, seed)[b]``
+    (the one-way bootstrap's) and subsets ``default_rng([seed, 1]).integers(0, M, (B, M))[b]``,
+    recomputes every ρ_j on those subsets and averages over those points.
+
+    Every LDS_j is measured on the same M subsets, so their errors are correlated across test
+    points; a bootstrap over test points alone treats the subsets as fixed and its CI misses
+    that variance (see the module docstring). Resampling both ways
+    ("pigeonhole" bootstrap, Owen 2007) is mildly conservative."""
+    n, m = f.shape
+    points = bootstrap_index(n, n_bootstrap, seed)
+    subsets = np.random.default_rng([seed, 1]).integers(0, m, size=(n_bootstrap, m))
+    counts = np.stack([np.bincount(row, minlength=m) for row in subsets]).astype(float)  # (B, M)
+    ties_f = _tie_groups(f.numpy())
+    ties_g = [_tie_groups(v.numpy()) for v in g.values()]
+    out = np.empty((n_bootstrap, len(ties_g)))
+    for start in range(0, n_bootstrap, 64):  # (64, n, M) arrays at a time
+        block = slice(start, start + 64)
+        weights = counts[block, None, :]  # (c, 1, M)
+        rf = _multiset_ranks(ties_f, counts[block])
+        for k, groups in enumerate(ties_g):
+            rg = _multiset_ranks(groups, counts[block])
+            norm = np.sqrt((weights * rf**2).sum(-1) * (weights * rg**2).sum(-1))
+            rho = np.where(
+                norm == 0, 0.0, (weights * rf * rg).sum(-1) / np.where(norm == 0, 1, norm)
+            )
+            out[block, k] = np.take_along_axis(rho, points[block], axis=1).mean(1)
+    return out
+
+
+def convergence_grid(n_subsets: int) -> list[int]:
+    """Prefix sizes for ``convergence``: 4, 8, 16, ... below M, then M."""
+    return [m for m in (2**k for k in range(2, 31)) if m < n_subsets] + [n_subsets]
+
+
+def convergence(
+    f: torch.Tensor,
+    g: Mapping[str, torch.Tensor],
+    points: Sequence[int],
+    config: LDSConfig,
+    sizes: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """LDS measured on the first M' subsets for each M' in ``sizes`` (default
+    ``convergence_grid(M)``): columns ``n_subsets``, ``method``, ``mean``, ``low``, ``high``,
+    ``width`` (= high − low). No retraining: f and g (n_points, M) are cut to M' columns."""
+    frames = []
+    for size in sizes or convergence_grid(f.shape[1]):
+        if not 3 <= size <= f.shape[1]:
+            raise ValueError(f"sizes has {size}; each must be in [3, {f.shape[1]}]")
+        cut = {m: v[:, :size] for m, v in g.items()}
+        summary = summarize(f[:, :size], cut, points, config)[1]
+        frames.append(summary.assign(n_subsets=size))
+    out = pd.concat(frames, ignore_index=True)
+    out["width"] = out["high"] - out["low"]
+    return out[["n_subsets", "method", "mean", "low", "high", "width"]]
+
+
+def typical_point(per_point: pd.DataFrame, method: str = "tracin-we") -> int:
+    """The test point whose LDS under ``method`` is closest to that method's median."""
+    rows = per_point[per_point["method"] == method]
+    if rows.empty:
+        raise ValueError(
+            f"method={method!r} is not in the table; allowed: {sorted(set(per_point['method']))}"
+        )
+    return int(rows.loc[(rows["LDS"] - rows["LDS"].median()).abs().idxmin(), "point"])
+
+
+@dataclass
+class LDSResult:
+    """``per_point``: LDS per (point, method); ``summary``: mean LDS per method with CIs;
+    ``differences``: paired differences against TracIn-WE / TracIn-Last; ``convergence``: LDS
+    against M'; ``outputs``: per (point, subset) f and each method's g (one column each)."""
+
+    per_point: pd.DataFrame
+    summary: pd.DataFrame
+    differences: pd.DataFrame
+    convergence: pd.DataFrame
+    outputs: pd.DataFrame
+    masks: torch.Tensor  # (M, n_train) bool, the subsets kept
+    points: list[int]  # indices into the test split
+    out_dir: Path
+    n_trained: int = 0  # retrains run by this call
+    n_reused: int = 0  # retrains read from the cache
+
+
+def run_lds(
+    config: LDSConfig,
+    splits: DatasetDict | None = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
+    cache: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> LDSResult:
+    """Score, retrain on the subsets (cached), and save ``lds*.csv`` beside ``config.json`` in
+    ``out_dir`` (default ``<cache>/lds/<key>``).
+
+    ``scores``: precomputed score matrices (n_test_split, n_train) by method, rows in test-split
+    order; the other methods are scored on ``train(config.train)``'s checkpoints. The retrains
+    are ``config.n_subsets × len(config.seeds)`` jobs of ``retrain.retrain_cached``.
+    """
+    splits = splits if splits is not None else make_splits(config.train.data)
+    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    n_train = len(train_t["labels"])
+    masks = draw_subsets(n_train, config.n_subsets, config.alpha, config.subset_seed)
+    points = balanced_indices(
+        test_t["labels"],
+        config.n_test_points,
+        config.point_seed,
+        config.train.data.task.num_classes,
+        name="n_test_points",
+    )
+    rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
+    resolved = result_identity(config, splits, rows)
+    out_dir = claim_result_folder(resolved, "lds", "LDS evaluation", cache, out_dir, overwrite)
+    retrained = retrain_cached(
+        config.train,
+        subset_jobs(masks, config.seeds),
+        train_t,
+        test_t,
+        cache=cache,
+        backend=config.backend,
+        device=device,
+        progress=progress,
+    )
+    f = subset_outputs(retrained.probabilities, points, test_t["labels"], len(config.seeds))
+    g = {method: predictions(rows[method], masks) for method in config.methods}
+    per_point, summary, differences = summarize(f, g, points, config)
+    per_point.insert(1, "label", test_t["labels"].numpy()[per_point["point"]])
+    outputs = pd.DataFrame(
+        {
+            "point": np.repeat(points, f.shape[1]),
+            "subset": np.tile(np.arange(f.shape[1]), len(points)),
+            "f": f.reshape(-1).numpy(),
+        }
+        | {method: v.reshape(-1).numpy() for method, v in g.items()}
+    )
+    result = LDSResult(
+        per_point,
+        summary,
+        differences,
+        convergence(f, g, points, config),
+        outputs,
+        masks,
+        points,
+        out_dir,
+        retrained.n_trained,
+        retrained.n_reused,
+    )
+    _save(result)
+    return result
+
+
+TABLES = ("lds", "lds_summary", "lds_differences", "lds_convergence", "lds_outputs", "lds_subsets")
+
+
+def _save(result: LDSResult) -> None:
+    subsets = pd.DataFrame(
+        {
+            "subset": range(len(result.masks)),
+            "kept": [" ".join(map(str, torch.nonzero(m).flatten().tolist())) for m in result.masks],
+        }
+    )
+    frames = (
+        result.per_point,
+        result.summary,
+        result.differences,
+        result.convergence,
+        result.outputs,
+        subsets,
+    )
+    save_tables(result.out_dir, dict(zip(TABLES, frames, strict=True)))
+
+
+def load_lds(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
+    """A saved evaluation, for plotting without retraining: ``config`` and the tables ``lds``,
+    ``lds_summary``, ``lds_differences``, ``lds_convergence``, ``lds_outputs`` and
+    ``lds_subsets`` (``kept``: space-separated training indices)."""
+    remedy = "rerun run_lds with this config (retrains come from the cache) to rewrite it"
+    return load_tables(out_dir, TABLES, "LDS evaluation", remedy)
+
+
+def lds_bars(summary: pd.DataFrame) -> plt.Figure:
+    """Mean LDS per method (rows in the table's order) with its bootstrap CI; 0 is chance."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(summary) + 1.2))
+    y = np.arange(len(summary))
+    error = [summary["mean"] - summary["low"], summary["high"] - summary["mean"]]
+    ax.errorbar(summary["mean"], y, xerr=error, fmt="o", capsize=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set(yticks=y, yticklabels=summary["method"], xlabel="mean LDS (Spearman ρ) over test points")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def lds_scatter(
+    outputs: pd.DataFrame, point: int, methods: Sequence[str] = ("tracin-we", "tracin-last")
+) -> plt.Figure:
+    """For one test point, f (retrained margin) against each method's g over the subsets."""
+    rows = outputs[outputs["point"] == point]
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.4), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        rho, _ = spearman(rows[["f"]].to_numpy().T, rows[[method]].to_numpy().T)
+        ax.scatter(rows[method], rows["f"], s=14)
+        ax.set(
+            title=f"{method}: ρ = {rho[0]:.2f}",
+            xlabel="g = Σ_{i ∈ S} score[j, i]",
+            ylabel="f = retrained margin (logit p_c)",
+        )
+    fig.suptitle(f"test point {point}")
+    fig.tight_layout()
+    return fig
+
+
+def convergence_plot(table: pd.DataFrame) -> plt.Figure:
+    """Mean LDS with its CI (left) and the CI width (right) against the number of subsets M."""
+    sns.set_theme(style="whitegrid")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for method, rows in table.groupby("method", sort=False):
+        line = left.plot(rows["n_subsets"], rows["mean"], marker="o", label=method)[0]
+        left.fill_between(
+            rows["n_subsets"], rows["low"], rows["high"], alpha=0.12, color=line.get_color()
+        )
+        right.plot(rows["n_subsets"], rows["width"], marker="o", color=line.get_color())
+    sizes = sorted(table["n_subsets"].unique())
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(m) for m in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("M (subsets retrained)")
+    left.set(ylabel="mean LDS")
+    right.set(ylabel="CI width of the mean LDS")
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
