@@ -66,7 +66,7 @@ def test_top_k_refuses_nan_and_ranks_infinities():
 
 
 def test_run_deletion_refuses_nan_scores_before_any_retrain(token_splits, tmp_path, monkeypatch):
-    monkeypatch.setattr(retrain_module, "train_chunk", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(retrain_module, "train_job", lambda *a, **k: pytest.fail("retrained"))
     config = DeletionConfig(
         train=TrainConfig.from_params(
             model="cnn", n_train=32, n_val=8, n_test=16, max_length=12, epochs=1, batch_size=8,
