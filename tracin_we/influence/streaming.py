@@ -1,22 +1,28 @@
 """Top-k proponents and opponents per test example without the (n_test, n_train) score matrix.
 
 ``scores`` builds the whole matrix and, per checkpoint, the features of the whole training set:
-at 50,000 AG News texts × 1,000 test texts that is a 200 MB matrix plus ~1.2 GB of TracIn-WE
-gradient rows per checkpoint. Here the training set is walked in chunks of ``chunk_size``
-examples. For each chunk, at each checkpoint c, the chunk's features are computed (or read from
-``cache_dir``: one entry per chunk and checkpoint) and scored against the test features of c,
-which are computed once up front; the block Σ_c η_c kernel(test, chunk), (n_test, chunk), is
-merged into a running top-k and dropped. Peak memory beyond the model: the test features of every
-checkpoint, one chunk's features and a (n_test, k + chunk) block — bounded by the chunk size, not
-by n_train × n_test.
+at 50,000 AG News texts × 1,000 test texts that is a 200 MB matrix plus ~0.9 GB of TracIn-WE
+gradient rows per checkpoint (seq len 64). Here the training set is walked in chunks of
+``chunk_size`` examples. For each chunk, at each checkpoint c, the chunk's features are computed
+(or read from ``cache_dir``: one entry per chunk and checkpoint) and scored against the test
+features of c, which are computed once up front; the block Σ_c η_c kernel(test, chunk),
+(n_test, chunk), is merged into a running top-k and dropped. Peak memory beyond the model: the
+test features of every checkpoint, one chunk's features and a (n_test, k + chunk) block —
+bounded by the chunk size, not by n_train × n_test.
 
-The results equal ``top_k(scores(...), k)`` exactly, ties included:
+For the word-embedding methods (TracIn-WE, -Topk, -NoC, -Syn, grad-cos on the embedding) the
+results equal ``top_k(scores(...), k)`` exactly, ties included:
 
 - chunks start at multiples of ``batch_size`` (``chunk_size`` is rounded up to a multiple of it),
   so every backward pass sees exactly the batch it sees in ``scores``: a per-example gradient
   changes in the last bits with the batch it is computed in;
-- a block is computed with the same kernel and the same checkpoint sum as ``scores``' columns;
+- a block is computed with the same kernel and the same checkpoint sum as ``scores``' columns,
+  and a sparse row dot product does not depend on the other columns;
 - the merge is a stable sort of (kept so far, new block), so ties keep training-index order.
+
+Kernels that are matrix products (TracIn-Last, TracIn-Layer, grad-cos on them) agree to rounding
+only, since a product's entries can round differently with the width of the matrix: near-ties
+may then swap.
 
 Positive = proponent, as everywhere in ``tracin_we.influence``.
 """
