@@ -129,7 +129,8 @@ def stream_top_k(
     test_features = [kernel.features(run, test) for _ in run.each_checkpoint()]
     running = [RunningTopK(k, side) for side in sides]
     starts = range(0, n_train, step)
-    for start in tqdm(starts, desc=f"{kernel.kind.split(':')[0]} chunks", disable=not progress):
+    desc = f"top-{k} of {n_train:,} training examples"
+    for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress):
         chunk = {name: tensor[start : start + step] for name, tensor in train.items()}
         block = _block(run, kernel, test_features, chunk)
         for top in running:
