@@ -30,7 +30,7 @@ Positive = proponent, as everywhere in ``tracin_we.influence``.
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -58,7 +58,8 @@ STREAMING_METHODS = (
     "grad-cos",
 )
 # Training examples per chunk. At BERT-tiny size, seq len 64, 1,000 test texts: ~75 MB of
-# gradient rows and a 16 MB score block per chunk; smaller chunks only add per-chunk overhead.
+# gradient rows and a 16 MB score block per chunk; smaller chunks add per-chunk work (each
+# checkpoint loaded once per chunk, a top-k merge), larger ones memory.
 DEFAULT_CHUNK_SIZE = 4096
 
 
@@ -155,7 +156,7 @@ class RunningTopK:
     proponents: bool = True
     values: torch.Tensor | None = None  # (n_rows, ≤ k), best first
     indices: torch.Tensor | None = None  # (n_rows, ≤ k) column indices
-    seen: int = field(default=0)  # columns merged so far
+    seen: int = 0  # columns merged so far
 
     def update(self, block: torch.Tensor, start: int) -> None:
         """Merge ``block`` (n_rows, m), the columns ``start .. start + m - 1``."""
