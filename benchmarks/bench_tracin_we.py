@@ -39,33 +39,40 @@ Measured, on one machine in one run:
   status 1 when it exceeds ``--rtol``.
 
     .venv/bin/python benchmarks/bench_tracin_we.py     # 1½–3 minutes on 2 shared CPU cores
+    # the default notebooks' scale; ~10 minutes (captum runs twice: once timed, once for memory)
+    .venv/bin/python benchmarks/bench_tracin_we.py --n-train 2000 --n-test 40 --checkpoints 3 \
+        --seq-len 64 --repeats 1
+
+It ends with captum's memory formula, n_test × checkpoints × vocab × d × 4 bytes, evaluated here
+and at 1,000 test points × 3 checkpoints, against the machine's RAM.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import ctypes
-import gc
 import logging
 import multiprocessing
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from captum.influence import TracInCP
+from measure import (
+    bare_backward_seconds,
+    peak_since_reset,
+    perturbed_checkpoints,
+    reset_peak,
+    synchronize,
+)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tracin_we import influence
-from tracin_we.influence.gradients import batches, embedding_grads
 from tracin_we.inputs import Tensors
 from tracin_we.models import build_model, word_embeddings
 from tracin_we.tokenizer import VOCAB_SIZE
@@ -128,22 +135,6 @@ def texts(n: int, seq_len: int, generator: torch.Generator) -> Tensors:
     }
 
 
-def perturbed_checkpoints(model: nn.Module, count: int) -> list[tuple[dict, float]]:
-    """``count`` checkpoints: the weights plus N(0, 0.01²) noise (a different draw each) and
-    learning rates 0.01, 0.005, ..."""
-    generator = torch.Generator().manual_seed(1)
-    out = []
-    for c in range(count):
-        state = {
-            k: v + 0.01 * torch.randn(v.shape, generator=generator, dtype=v.dtype)
-            if v.is_floating_point()
-            else v.clone()
-            for k, v in model.state_dict().items()
-        }
-        out.append((state, 0.01 / (c + 1)))
-    return out
-
-
 def make_setup(args: argparse.Namespace) -> Setup:
     logging.getLogger("tracin_we").setLevel(logging.ERROR)  # "random init of bert-tiny" notice
     model, _ = build_model("bert-tiny", num_labels=NUM_LABELS, seed=0, pretrained=False)
@@ -196,27 +187,11 @@ def run_captum(setup: Setup) -> torch.Tensor:
     return tracin.influence(DataLoader(test, batch_size=batch_size)).cpu()
 
 
-def bare_backward_seconds(setup: Setup) -> float:
+def bare_backward(setup: Setup) -> float:
     """Seconds in the ``embedding_grads`` calls that ``tracin-we`` makes, and nothing else."""
-    device = setup.args.device
-    model = setup.model.to(device).eval()
-    seconds = 0.0
-    for state, _ in setup.checkpoints:
-        model.load_state_dict(state)
-        for data in (setup.train, setup.test):
-            for batch in batches(data, setup.args.batch_size, device):
-                synchronize(device)
-                start = time.perf_counter()
-                embedding_grads(model, batch)
-                synchronize(device)
-                seconds += time.perf_counter() - start
-    model.cpu()
-    return seconds
-
-
-def synchronize(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    args = setup.args
+    data = [setup.train, setup.test]
+    return bare_backward_seconds(setup.model, setup.checkpoints, data, args.batch_size, args.device)
 
 
 def timed(run: Runner, setup: Setup) -> tuple[float, torch.Tensor]:
@@ -230,7 +205,7 @@ def timed(run: Runner, setup: Setup) -> tuple[float, torch.Tensor]:
 def best_times(setup: Setup) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Fastest wall-clock seconds per method over interleaved repeats, and each method's scores."""
     warm = setup.subset(2)
-    for warm_up in (run_tracin_we, run_captum, bare_backward_seconds):
+    for warm_up in (run_tracin_we, run_captum, bare_backward):
         warm_up(warm)
     best = {"captum": float("inf"), "tracin-we": float("inf"), "bare": float("inf")}
     scores: dict[str, torch.Tensor] = {}
@@ -238,47 +213,10 @@ def best_times(setup: Setup) -> tuple[dict[str, float], dict[str, torch.Tensor]]
         for _ in range(FAST_REPEATS):
             seconds, scores["tracin-we"] = timed(run_tracin_we, setup)
             best["tracin-we"] = min(best["tracin-we"], seconds)
-            best["bare"] = min(best["bare"], bare_backward_seconds(setup))
+            best["bare"] = min(best["bare"], bare_backward(setup))
         seconds, scores["captum"] = timed(run_captum, setup)
         best["captum"] = min(best["captum"], seconds)
     return best, scores
-
-
-def rss_bytes(field: str) -> int | None:
-    """``VmRSS`` / ``VmHWM`` of this process from /proc (Linux), or None."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak(device: str) -> int:
-    """Start a fresh peak-memory measurement; return the memory in use now (bytes)."""
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    with contextlib.suppress(OSError, AttributeError):  # hand freed heap pages back, so that
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # reusing them shows in the peak
-    try:  # "5" resets VmHWM to the current resident set (Linux ≥ 4.0)
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        print(
-            "warning: cannot reset the peak RSS; the baseline may hide part of the peak",
-            file=sys.stderr,
-        )
-    return rss_bytes("VmRSS") or 0
-
-
-def peak_since_reset(device: str) -> int:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    peak = rss_bytes("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def peak_mib_in_this_process(method: str, args: argparse.Namespace) -> float:
@@ -301,7 +239,7 @@ def peak_mib(method: str, args: argparse.Namespace) -> float:
 
 
 def run_bare(setup: Setup) -> torch.Tensor:
-    bare_backward_seconds(setup)
+    bare_backward(setup)
     return torch.empty(0)
 
 
@@ -363,6 +301,25 @@ def report(
     print(
         f"{'agreement max|Δ| / max|captum|':<38} {error:>9.1e} {args.rtol:>8.0e}  "
         f"{verdict(error, args.rtol, False)}"
+    )
+    print(captum_memory(setup, mib["captum"]))
+
+
+def captum_memory(setup: Setup, measured_mib: float) -> str:
+    """captum's memory formula: one dense vocab × d gradient per test point and checkpoint."""
+    args = setup.args
+    embedding = word_embeddings(setup.model)
+    vocab, dim = embedding.num_embeddings, embedding.embedding_dim
+    per = vocab * dim * embedding.weight.element_size()
+    here = args.n_test * args.checkpoints * per
+    paper = 1_000 * 3 * per
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return (
+        f"\ncaptum keeps a dense {vocab:,} × {dim} gradient per test point and checkpoint: "
+        f"{per / 1e6:.1f} MB each, n_test × checkpoints × {per / 1e6:.1f} MB in all; here "
+        f"{args.n_test} × {args.checkpoints} × {per / 1e6:.1f} MB = {here / 2**20:,.0f} MiB "
+        f"(its measured peak: {measured_mib:,.0f} MiB); at 1,000 test points × 3 checkpoints "
+        f"{paper / 2**30:.1f} GiB, against this machine's {ram / 2**30:.0f} GiB of RAM"
     )
 
 

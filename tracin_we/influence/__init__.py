@@ -218,3 +218,13 @@ def _kernel(method: str, run: Run, datasets: list[Tensors]) -> Kernel:
     if options.layer == "embedding":
         return CosineKernel(WordEmbeddingKernel())
     return CosineKernel(ParamKernel(tuple(select_params(run.model, options.layer, "layer"))))
+
+
+# Streaming top-k (issue 13) builds on the functions above, hence imported last.
+from tracin_we.influence.streaming import (  # noqa: E402
+    ProponentsOpponents,
+    top_k_streaming,
+    top_k_streaming_both,
+)
+
+__all__ += ["ProponentsOpponents", "top_k_streaming", "top_k_streaming_both"]

@@ -81,8 +81,12 @@ def sparse_dot(test: SparseRows, train: SparseRows) -> torch.Tensor:
 def _row_dots(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
     """(len(ia),): a[ia[p]] · b[ib[p]], gathered in pieces to bound memory."""
     piece = max(1, CHUNK_ELEMENTS // a.shape[1])
+    # index_select copies whole rows: on CPU ~2x faster than a[ia], the same values bitwise.
     return torch.cat(
-        [(a[ia[s : s + piece]] * b[ib[s : s + piece]]).sum(-1) for s in range(0, len(ia), piece)]
+        [
+            (a.index_select(0, ia[s : s + piece]) * b.index_select(0, ib[s : s + piece])).sum(-1)
+            for s in range(0, len(ia), piece)
+        ]
         or [a.new_zeros(0)]
     )
 

@@ -1,0 +1,265 @@
+"""Streaming top-k (``influence.top_k_streaming``): exactly ``top_k(scores(...))``, ties included,
+for any chunk size; no (n_test, n_train) tensor; the chunk cache; bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tests.test_influence import bert, checkpoints, cnn, texts
+from tracin_we import influence
+from tracin_we.influence import embedding
+from tracin_we.influence.context import Run, prepared, tracin
+from tracin_we.influence.embedding import WordEmbeddingKernel
+from tracin_we.influence.options import Options
+from tracin_we.influence.streaming import RunningTopK, chunk_step, stream_top_k
+from tracin_we.inputs import model_inputs
+
+N_TRAIN, N_TEST, BATCH = 23, 5, 4  # 23: no chunk size above 1 divides it
+CHUNK_SIZES = [1, 3, 4, 7, 10, 23, 100]  # rounded up to multiples of BATCH: 4, 8, 12, 24, 100
+
+
+def with_duplicates(n: int, seed: int) -> list[dict]:
+    """``texts`` with examples 2 and 7 repeated further on: identical texts score identically,
+    so every test row has exact ties across chunk boundaries."""
+    data = texts(n, seed)
+    data[15], data[20] = data[2], data[7]
+    return data
+
+
+@pytest.fixture(params=["bert", "cnn"])
+def case(request: pytest.FixtureRequest):
+    model = {"bert": bert, "cnn": cnn}[request.param]().float()
+    return model, checkpoints(model), with_duplicates(N_TRAIN, 0), texts(N_TEST, 1)
+
+
+def assert_same(actual: influence.InfluentialResults, expected: influence.InfluentialResults):
+    assert torch.equal(actual.indices, expected.indices)
+    assert torch.equal(actual.influence_scores, expected.influence_scores)
+    assert actual.influence_scores.device.type == "cpu"
+
+
+@pytest.mark.parametrize("method", ["tracin-we", "tracin-we-noc", "tracin-we-syn"])
+def test_streaming_equals_top_k_of_scores(case, method: str) -> None:
+    model, ckpts, train, test = case
+    full = influence.scores(method, model, ckpts, train, test, batch_size=BATCH)
+    for chunk_size in CHUNK_SIZES:
+        for k in (1, 5, N_TRAIN):
+            both = influence.top_k_streaming_both(
+                method,
+                model,
+                ckpts,
+                train,
+                test,
+                k,
+                chunk_size=chunk_size,
+                progress=False,
+                batch_size=BATCH,
+            )
+            assert_same(both.proponents, influence.top_k(full, k))
+            assert_same(both.opponents, influence.top_k(full, k, proponents=False))
+    one_side = influence.top_k_streaming(
+        method, model, ckpts, train, test, k=4, proponents=False, chunk_size=7, progress=False,
+        batch_size=BATCH,
+    )  # fmt: skip
+    assert_same(one_side, influence.top_k(full, 4, proponents=False))
+
+
+def test_ties_keep_training_index_order(case) -> None:
+    """NoC drops [CLS]/[SEP]: pairs without a shared word score exactly 0, and the duplicated
+    texts tie; streamed in chunks of 4, tied entries still come in index order."""
+    model, ckpts, train, test = case
+    full = influence.scores(
+        "tracin-we-noc", model, ckpts, train, test, special_token_ids=[101, 102]
+    )
+    assert (full == 0).any() and torch.equal(full[:, 2], full[:, 15])
+    top = influence.top_k_streaming(
+        "tracin-we-noc", model, ckpts, train, test, N_TRAIN, chunk_size=4, progress=False,
+        special_token_ids=[101, 102], batch_size=BATCH,
+    )  # fmt: skip
+    for row_values, row_indices in zip(top.influence_scores, top.indices, strict=True):
+        for value in row_values.unique():
+            tied = row_indices[row_values == value]
+            assert torch.equal(tied, tied.sort().values)
+    assert torch.equal(top.indices, influence.top_k(full, N_TRAIN).indices)
+
+
+def test_topk_positions_and_other_kernels(case) -> None:
+    """TracIn-WE-Topk (3 positions per text) through the engine: exactly the full computation.
+    Kernels that are matrix products (TracIn-Last, -Layer, grad-cos on them) agree to the last
+    bit only: a product's entries can round differently with the width of the matrix."""
+    model, ckpts, train, test = case
+    options = Options(batch_size=BATCH)
+    train_t, test_t = model_inputs(train), model_inputs(test)
+    with prepared(model, options):
+        run = Run(model, ckpts, options)
+        kernel = WordEmbeddingKernel(k=3)
+        full = tracin(run, kernel, train_t, test_t)
+        for chunk_size in (1, 9, 40):
+            prop, opp = stream_top_k(run, kernel, train_t, test_t, 6, (True, False), chunk_size)
+            assert_same_values(prop, influence.top_k(full, 6))
+            assert_same_values(opp, influence.top_k(full, 6, proponents=False))
+    for method, options in [
+        ("grad-cos", {"layer": "embedding"}),
+        ("tracin-last", {}),
+        ("grad-cos", {}),
+        ("tracin-layer", {"params": "classifier"}),
+    ]:
+        full = influence.scores(method, model, ckpts, train, test, batch_size=BATCH, **options)
+        for chunk_size in (1, 7):
+            both = influence.top_k_streaming_both(
+                method, model, ckpts, train, test, 5, chunk_size=chunk_size, progress=False,
+                batch_size=BATCH, **options,
+            )  # fmt: skip
+            for side, expected in zip(both, (True, False), strict=True):
+                expected = influence.top_k(full, 5, proponents=expected)
+                if options.get("layer") == "embedding":
+                    assert_same(side, expected)
+                # Up to rounding: the k best values, each the score of the index it comes with
+                # (near-ties may swap).
+                close = {"rtol": 1e-6, "atol": 0.0}
+                torch.testing.assert_close(
+                    side.influence_scores, expected.influence_scores, **close
+                )
+                torch.testing.assert_close(
+                    full.gather(1, side.indices), side.influence_scores, **close
+                )
+
+
+def assert_same_values(actual: influence.InfluentialResults, expected) -> None:
+    """Bitwise equal, NaN included."""
+    assert torch.equal(actual.indices.cpu(), expected.indices)
+    torch.testing.assert_close(
+        actual.influence_scores.cpu(), expected.influence_scores, rtol=0, atol=0, equal_nan=True
+    )
+
+
+def test_running_top_k_equals_sorting_with_many_ties() -> None:
+    g = torch.Generator().manual_seed(0)
+    matrix = torch.randint(-3, 4, (6, 50), generator=g).float()  # 7 values: ties everywhere
+    matrix[0, 10] = torch.nan
+    for proponents in (True, False):
+        expected = influence.top_k(matrix, 12, proponents)
+        for width in (1, 7, 12, 13, 50):
+            top = RunningTopK(12, proponents)
+            for start in range(0, 50, width):
+                top.update(matrix[:, start : start + width], start)
+            assert_same_values(top.result(), expected)
+    with pytest.raises(ValueError, match="start=3: blocks must be consecutive"):
+        RunningTopK(2).update(matrix[:, 3:5], 3)
+
+
+def test_chunks_start_on_batch_boundaries() -> None:
+    assert [chunk_step(c, 4) for c in (1, 4, 5, 8, 9)] == [4, 4, 8, 8, 12]
+
+
+class ShapeLog(TorchDispatchMode):
+    """Records the shape of every tensor any torch operation returns, and of the floating ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+        self.floating: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for item in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(item, torch.Tensor):
+                self.shapes.append(tuple(item.shape))
+                if item.is_floating_point():
+                    self.floating.append(tuple(item.shape))
+        return out
+
+
+def test_never_builds_an_n_test_by_n_train_tensor() -> None:
+    """1,200 training texts in chunks of 8: no tensor the streaming call creates has even half of
+    n_test × n_train elements (the largest are the inputs, 1,200 × 12, and a chunk's gathered
+    gradient rows), and its score blocks are (n_test, ≤ k + chunk); the same probe on ``scores``
+    sees the full matrix, so this test can fail."""
+    model = cnn().float()
+    ckpts, train, test = checkpoints(model), texts(1200, 0), texts(30, 1)
+    full_size = len(train) * len(test)
+    streamed, whole = ShapeLog(), ShapeLog()
+    with streamed:
+        influence.top_k_streaming_both(
+            "tracin-we", model, ckpts, train, test, 3, chunk_size=8, progress=False, batch_size=8
+        )
+    with whole:
+        influence.scores("tracin-we", model, ckpts, train, test, batch_size=8)
+    assert (len(test), len(train)) in whole.shapes
+    largest = max(torch.Size(s).numel() for s in streamed.shapes)
+    assert largest < full_size / 2, f"largest tensor {largest} elements"
+    blocks = [s for s in streamed.floating if len(s) == 2 and s[0] == len(test)]
+    assert (len(test), 8) in blocks and max(s[1] for s in blocks) <= 3 + 8
+
+
+def test_chunks_are_read_back_from_the_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = cnn().float()
+    ckpts, train, test = checkpoints(model), texts(N_TRAIN, 0), texts(N_TEST, 1)
+    passes = []
+    grads = embedding.embedding_grads
+    monkeypatch.setattr(embedding, "embedding_grads", lambda *a: passes.append(1) or grads(*a))
+    call = {"chunk_size": 8, "progress": False, "batch_size": BATCH, "cache_dir": tmp_path}
+    fresh = influence.top_k_streaming("tracin-we", model, ckpts, train, test, 5, **call)
+    assert len(list(tmp_path.glob("*.pt"))) == 3 * 2  # one entry per chunk and checkpoint
+    before = len(passes)
+    cached = influence.top_k_streaming("tracin-we", model, ckpts, train, test, 5, **call)
+    assert before == 2 * (6 + 2)  # 2 checkpoints × (6 train + 2 test batches)
+    assert len(passes) - before == 2 * 2  # the test set's only
+    assert_same(cached, fresh)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"k": N_TRAIN + 1}, rf"k={N_TRAIN + 1} must be in \[1, {N_TRAIN}\]"),
+        ({"k": 0}, "k=0 must be in"),
+        ({"k": 2.5}, "k=2.5 must be in"),
+        ({"chunk_size": 0}, "chunk_size=0 must be a positive integer"),
+        ({"chunk_size": -4}, "chunk_size=-4 must be a positive integer"),
+        ({"method": "influence-last"}, r"method='influence-last' cannot stream .*allowed: \["),
+        ({"method": "nope"}, "method='nope' is unknown"),
+        ({"damping": 1.0}, r"options \['damping'\] do not apply"),
+    ],
+)
+def test_bad_input_raises_before_any_gradient(
+    arguments: dict, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = cnn().float()
+    monkeypatch.setattr(embedding, "embedding_grads", lambda *a: pytest.fail("gradient taken"))
+    call = {"method": "tracin-we", "k": 3, "chunk_size": 4, "progress": False} | arguments
+    with pytest.raises(ValueError, match=message):
+        influence.top_k_streaming(
+            model=model,
+            checkpoints=checkpoints(model),
+            train=texts(N_TRAIN, 0),
+            test=texts(N_TEST, 1),
+            **call,
+        )
+
+
+def test_model_is_restored() -> None:
+    model: nn.Module = cnn().float()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    influence.top_k_streaming(
+        "tracin-we", model, checkpoints(model), texts(9, 0), texts(3, 1), 2, chunk_size=4
+    )
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    model = cnn()  # float64: the CUDA and CPU sums agree to rounding, ranks exactly
+    ckpts, train, test = checkpoints(model), with_duplicates(N_TRAIN, 0), texts(N_TEST, 1)
+    call = {"chunk_size": 7, "progress": False, "batch_size": BATCH, "dtype": torch.float64}
+    on_cpu = influence.top_k_streaming_both("tracin-we", model, ckpts, train, test, 6, **call)
+    on_gpu = influence.top_k_streaming_both(
+        "tracin-we", model, ckpts, train, test, 6, device="cuda", **call
+    )
+    for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
+        assert gpu.indices.device.type == "cpu" and torch.equal(gpu.indices, cpu.indices)
+        torch.testing.assert_close(gpu.influence_scores, cpu.influence_scores)
