@@ -95,7 +95,7 @@ def test_topk_positions_and_other_kernels(case) -> None:
     train_t, test_t = model_inputs(train), model_inputs(test)
     with prepared(model, options):
         run = Run(model, ckpts, options)
-        kernel = WordEmbeddingKernel(k=3)
+        kernel = WordEmbeddingKernel(top_tokens=3)
         full = tracin(run, kernel, train_t, test_t)
         for chunk_size in (1, 9, 40):
             prop, opp = stream_top_k(run, kernel, train_t, test_t, 6, (True, False), chunk_size)
@@ -139,7 +139,6 @@ def assert_same_values(actual: influence.InfluentialResults, expected) -> None:
 def test_running_top_k_equals_sorting_with_many_ties() -> None:
     g = torch.Generator().manual_seed(0)
     matrix = torch.randint(-3, 4, (6, 50), generator=g).float()  # 7 values: ties everywhere
-    matrix[0, 10] = torch.nan
     for proponents in (True, False):
         expected = influence.top_k(matrix, 12, proponents)
         for width in (1, 7, 12, 13, 50):
@@ -149,6 +148,9 @@ def test_running_top_k_equals_sorting_with_many_ties() -> None:
             assert_same_values(top.result(), expected)
     with pytest.raises(ValueError, match="start=3: blocks must be consecutive"):
         RunningTopK(2).update(matrix[:, 3:5], 3)
+    matrix[2, 10] = torch.nan
+    with pytest.raises(ValueError, match=r"scores has NaN in rows \[2\]"):
+        RunningTopK(2).update(matrix, 0)  # as top_k: NaN has no rank
 
 
 def test_chunks_start_on_batch_boundaries() -> None:
@@ -203,7 +205,9 @@ def test_chunks_are_read_back_from_the_cache(tmp_path, monkeypatch: pytest.Monke
     monkeypatch.setattr(embedding, "embedding_grads", lambda *a: passes.append(1) or grads(*a))
     call = {"chunk_size": 8, "progress": False, "batch_size": BATCH, "cache_dir": tmp_path}
     fresh = influence.top_k_streaming("tracin-we", model, ckpts, train, test, 5, **call)
-    assert len(list(tmp_path.glob("*.pt"))) == 3 * 2  # one entry per chunk and checkpoint
+    assert (
+        len(list((tmp_path / "gradients").glob("*.pt"))) == 3 * 2
+    )  # one entry per chunk and checkpoint
     before = len(passes)
     cached = influence.top_k_streaming("tracin-we", model, ckpts, train, test, 5, **call)
     assert before == 2 * (6 + 2)  # 2 checkpoints × (6 train + 2 test batches)

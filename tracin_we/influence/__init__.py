@@ -117,16 +117,21 @@ def self_influence(
     return _finite(out.to(device="cpu", dtype=options_.dtype), method)
 
 
-def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> InfluentialResults:
-    """Per test example (row of ``scores``, (n_test, n_train)), the ``k`` training examples with the
-    largest scores (proponents) or the most negative first (opponents); ties keep index order.
-    NaN scores are refused (they have no rank); ±inf rank first or last."""
+def refuse_nan(scores: torch.Tensor) -> None:
+    """A ``ValueError`` naming the rows of ``scores`` (n_test, n_train) that hold NaN."""
     nan_rows = torch.isnan(scores).any(1).nonzero().flatten().tolist()
     if nan_rows:
         raise ValueError(
             f"scores has NaN in rows {nan_rows[:10]}{' ...' if len(nan_rows) > 10 else ''}; "
             "NaN scores cannot be ranked: recompute them (influence.scores refuses to return NaN)"
         )
+
+
+def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> InfluentialResults:
+    """Per test example (row of ``scores``, (n_test, n_train)), the ``k`` training examples with the
+    largest scores (proponents) or the most negative first (opponents); ties keep index order.
+    NaN scores are refused (they have no rank); ±inf rank first or last."""
+    refuse_nan(scores)
     if not 1 <= k <= scores.shape[1]:
         raise ValueError(
             f"k={k} must be in [1, {scores.shape[1]}] (the number of training examples)"

@@ -43,6 +43,7 @@ from tracin_we.influence import (
     InfluentialResults,
     _kernel,
     _validated,
+    refuse_nan,
 )
 from tracin_we.influence.context import Kernel, Run, prepared
 from tracin_we.inputs import Tensors
@@ -162,6 +163,7 @@ class RunningTopK:
         """Merge ``block`` (n_rows, m), the columns ``start .. start + m - 1``."""
         if start != self.seen:
             raise ValueError(f"start={start}: blocks must be consecutive (next is {self.seen})")
+        refuse_nan(block)
         rows, width = block.shape
         columns = torch.arange(start, start + width, device=block.device).expand(rows, width)
         if self.values is not None:
