@@ -7,7 +7,7 @@ retrain with exactly the original recipe for each seed s, and read p_c(z') again
     DEL(z', k, I) = mean_s p_c(z'; θ_s without the k) − mean_s p_c(z'; θ_s)
 
 with the baseline θ_s trained by the same recipe and seed on the full set (common random
-numbers: a retrain and its baseline share init and batch order, ``train.fit``). Scores follow
+numbers: a retrain and its baseline share init and batch order, ``recipe.fit``). Scores follow
 ``influence.scores``: positive = proponent. So DEL+ should be negative and DEL− positive for a
 good method. AUC-DEL± = mean over the k grid, then mean over test points, with a bootstrap CI
 over test points. ``random`` (random scores) is the deletion control.
@@ -39,8 +39,9 @@ from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
+from tracin_we.recipe import TrainConfig
 from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
-from tracin_we.train import TrainConfig, train
+from tracin_we.train import train
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
 SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}

@@ -51,6 +51,7 @@ from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables
+from tracin_we.recipe import TrainConfig
 from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
 from tracin_we.stats import (
     HIGHER_IS_BETTER,
@@ -59,7 +60,6 @@ from tracin_we.stats import (
     compare,
     paired_bootstrap,
 )
-from tracin_we.train import TrainConfig
 
 # The paper's Table 3 order (v1 §5), then the control.
 PAPER_ORDER = (
