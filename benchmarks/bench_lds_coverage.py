@@ -8,7 +8,7 @@ the method's scores are w + noise. Over many draws of the subsets and of the ret
 95% CI covers it:
 
 - one-way: resample the test points only (the subsets held fixed);
-- two-way: resample test points and subsets (``lds.two_way_means``, the default).
+- two-way: resample test points and subsets (``stats.two_way_means``, the default).
 
 Measured (2 CPU cores, 16 s): one-way 0.71 (mean width 0.055), two-way 0.96 (0.129).
 

@@ -25,8 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tracin_we.data import make_splits
 from tracin_we.inputs import model_inputs, select
+from tracin_we.recipe import TrainConfig, new_model
 from tracin_we.retrain import RetrainJob, retrain_probabilities
-from tracin_we.train import TrainConfig, new_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

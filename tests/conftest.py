@@ -17,8 +17,8 @@ from datasets import Dataset, DatasetDict
 from tracin_we import retrain
 from tracin_we.deletion import DeletionConfig
 from tracin_we.inputs import CLS_ID, SEP_ID
+from tracin_we.recipe import TrainConfig
 from tracin_we.retrain import RetrainJob
-from tracin_we.train import TrainConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -224,7 +224,7 @@ def count_retrains() -> RetrainCounter:
 def train_config(tiny_data_dir: Path):
     """A factory of quick training configs on ``tiny_data_dir``: the CNN, 64 texts of 16 tokens,
     3 epochs of 4 SGD steps; keyword arguments change any parameter."""
-    from tracin_we.train import TrainConfig
+    from tracin_we.recipe import TrainConfig
 
     def make(**changes) -> TrainConfig:
         params = dict(

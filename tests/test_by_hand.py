@@ -16,8 +16,8 @@ from tracin_we import by_hand
 from tracin_we.influence import scores, word_scores
 from tracin_we.inputs import model_inputs
 from tracin_we.models import CNNClassifier, HFClassifier, word_embeddings
+from tracin_we.recipe import TrainConfig
 from tracin_we.tokenizer import load_tokenizer
-from tracin_we.train import TrainConfig
 
 VOCAB, LENGTH = 90, 12
 CLS, SEP, PAD = 1, 2, 0

@@ -24,8 +24,9 @@ from tracin_we.deletion import (
     run_deletion,
 )
 from tracin_we.inputs import model_inputs
+from tracin_we.recipe import predict_proba
 from tracin_we.retrain import RetrainJob, retrain_cached
-from tracin_we.train import predict_proba, train
+from tracin_we.train import train
 
 N_TRAIN, N_TEST = 32, 16
 SPLITS = {"n_train": N_TRAIN, "n_test": N_TEST}  # conftest's splits, cnn_config, deletion_config

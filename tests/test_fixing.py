@@ -23,7 +23,8 @@ from tracin_we.fixing import (
 )
 from tracin_we.influence.attribution import influence_last_positions, influence_last_vectors
 from tracin_we.inputs import CLS_ID, SEP_ID, model_inputs
-from tracin_we.train import predict_proba, train
+from tracin_we.recipe import predict_proba
+from tracin_we.train import train
 
 N, T = 48, 12
 # conftest's splits and cnn_config: [CLS] ... [SEP] [PAD] texts whose label-revealing token shows

@@ -27,14 +27,13 @@ from tracin_we.lds import (
     margins,
     predictions,
     run_lds,
-    spearman,
     subset_jobs,
     summarize,
-    two_way_means,
     typical_point,
 )
-from tracin_we.stats import paired_bootstrap
-from tracin_we.train import TrainConfig, fit, new_model, predict_proba, train
+from tracin_we.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.stats import paired_bootstrap, spearman, two_way_means
+from tracin_we.train import train
 
 N_TRAIN, N_TEST, T = 32, 16, 12
 

@@ -92,6 +92,15 @@ def test_03_case_deletion(ag_news_dir, tmp_path):
     assert all(-1.0 <= v <= 1.0 for v in metrics["auc_del_minus"].values())
     assert metrics["crn_se_ratio_median"] is None or metrics["crn_se_ratio_median"] >= 0
     assert figures == ["03_deletion_curves.png"]
+    assert (tmp_path / "runs" / "smoke" / "03_paired_differences.csv").is_file()
+    if {"tracin-we", "tracin-last"} <= set(load_preset("smoke")["03_case_deletion"]["methods"]):
+        paired = metrics["we_minus_last"]  # TracIn-WE − TracIn-Last, paired over test points
+        assert set(paired) == {"DEL+", "DEL-"}
+        for metric, row in paired.items():
+            assert set(row) == {"difference", "low", "high", "share_better"}, metric
+            # The percentile CI of a mean holds the mean; 1e-12 for its float rounding.
+            assert row["low"] - 1e-12 <= row["difference"] <= row["high"] + 1e-12, metric
+            assert 0.0 <= row["share_better"] <= 1.0, metric
 
 
 def test_04_no_overlap(ag_news_dir, tmp_path):

@@ -18,7 +18,8 @@ from tracin_we.data import DataConfig
 from tracin_we.deletion import DeletionConfig
 from tracin_we.fixing import FixingConfig
 from tracin_we.params import build_config, check_types, flat_fields, from_params
-from tracin_we.train import TrainConfig, train
+from tracin_we.recipe import TrainConfig
+from tracin_we.train import train
 
 SMALL = {"n_train": 100, "n_test": 40}  # so that ks/k/n_test_points validate
 

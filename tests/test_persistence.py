@@ -23,8 +23,9 @@ from tracin_we.deletion import DeletionConfig, load_deletion, run_deletion
 from tracin_we.influence import embedding
 from tracin_we.inputs import model_inputs
 from tracin_we.persistence import MANIFEST, CheckpointError, Folder, file_sha256
+from tracin_we.recipe import TrainConfig
 from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached
-from tracin_we.train import TrainConfig, train
+from tracin_we.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = {"capture_output": True, "text": True, "check": True}
@@ -105,6 +106,7 @@ KILLED_RUN = textwrap.dedent(
     """
     import json, sys, time
     from tracin_we import persistence, train as train_module
+    from tracin_we.recipe import TrainConfig
 
     params, run_dir, hang = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
     real_fit, real_write = train_module.fit, persistence.atomic_write
@@ -130,8 +132,7 @@ KILLED_RUN = textwrap.dedent(
 
     train_module.fit, persistence.atomic_write = fit, atomic_write
     train_module.torch.set_num_threads(1)
-    train_module.train(train_module.TrainConfig.from_params(**params), run_dir=run_dir,
-                       progress=False)
+    train_module.train(TrainConfig.from_params(**params), run_dir=run_dir, progress=False)
     """
 )
 

@@ -14,7 +14,8 @@ import transformers
 from tracin_we import influence
 from tracin_we import retrain as retrain_module
 from tracin_we.deletion import DeletionConfig, run_deletion
-from tracin_we.train import TrainConfig, train
+from tracin_we.recipe import TrainConfig
+from tracin_we.train import train
 
 
 @pytest.mark.parametrize("model", ["cnn", "bert-tiny"])

@@ -8,6 +8,7 @@ from torch import nn
 
 from tracin_we import train as train_module
 from tracin_we.checkpoints import CheckpointError, load_checkpoint, trainer_checkpoints
+from tracin_we.data import make_splits
 from tracin_we.inputs import model_inputs
 from tracin_we.models import (
     CNNClassifier,
@@ -16,7 +17,8 @@ from tracin_we.models import (
     classifier_layer,
     word_embeddings,
 )
-from tracin_we.train import TrainConfig, fit, predict_proba, train
+from tracin_we.recipe import TrainConfig, fit, predict_proba
+from tracin_we.train import train
 
 
 def tiny_config(data_dir, **changes) -> TrainConfig:
@@ -141,7 +143,7 @@ def test_checkpoint_round_trip_with_learning_rate(tiny_data_dir):
     pairs = result.checkpoint_pairs()
     assert [lr for _, lr in pairs] == [config.lr, config.lr]
     model = result.load_model("final")
-    data = model_inputs(train_module.make_splits(config.data)["test"])
+    data = model_inputs(make_splits(config.data)["test"])
     fresh = build_model("cnn", 4, seed=123)[0]
     fresh.load_state_dict(state(result.final.path))
     assert torch.equal(predict_proba(model, data), predict_proba(fresh, data))
@@ -161,7 +163,7 @@ def test_corrupted_checkpoint_is_detected_not_loaded(tiny_data_dir):
 
 def test_keep_mask_of_all_true_changes_nothing(tiny_data_dir):
     config = tiny_config(tiny_data_dir, epochs=1, checkpoint_epochs=[1])
-    data = model_inputs(train_module.make_splits(config.data)["train"])
+    data = model_inputs(make_splits(config.data)["train"])
     plain = fit(build_model("cnn", 4, 0)[0], data, config, progress=False)
     masked = fit(
         build_model("cnn", 4, 0)[0],
@@ -175,7 +177,7 @@ def test_keep_mask_of_all_true_changes_nothing(tiny_data_dir):
 
 def test_frozen_embeddings_stay_at_init(tiny_data_dir):
     config = tiny_config(tiny_data_dir, epochs=1, checkpoint_epochs=[1], freeze_embeddings=True)
-    data = model_inputs(train_module.make_splits(config.data)["train"])
+    data = model_inputs(make_splits(config.data)["train"])
     model = build_model("cnn", 4, 0)[0]
     before = model.embeddings.weight.clone()
     fit(model, data, config, progress=False)

@@ -35,7 +35,7 @@ from tracin_we.influence.last_layer import last_layer_kernel
 from tracin_we.influence.options import Options, model_sizes, prepare_data
 from tracin_we.inputs import Tensors
 from tracin_we.models import word_embeddings
-from tracin_we.train import TrainConfig, fit
+from tracin_we.recipe import TrainConfig, fit
 
 Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
 Data = Dataset | list[dict] | Tensors
@@ -65,7 +65,7 @@ def hand_examples(
 def fit_with_checkpoints(
     model: nn.Module, data: Data, config: TrainConfig
 ) -> list[tuple[StateDict, float]]:
-    """Train ``model`` in place with ``train.fit`` and return ``(state_dict, lr)`` after each epoch
+    """Train ``model`` in place with ``recipe.fit`` and return ``(state_dict, lr)`` after each epoch
     of ``config.checkpoint_epochs``: the ``checkpoints`` of ``influence.scores``. Nothing is
     written to disk (a full batch per epoch makes an epoch one step)."""
     saved: list[tuple[StateDict, float]] = []

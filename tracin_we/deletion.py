@@ -7,7 +7,7 @@ retrain with exactly the original recipe for each seed s, and read p_c(z') again
     DEL(z', k, I) = mean_s p_c(z'; θ_s without the k) − mean_s p_c(z'; θ_s)
 
 with the baseline θ_s trained by the same recipe and seed on the full set (common random
-numbers: a retrain and its baseline share init and batch order, ``train.fit``). Scores follow
+numbers: a retrain and its baseline share init and batch order, ``recipe.fit``). Scores follow
 ``influence.scores``: positive = proponent. So DEL+ should be negative and DEL− positive for a
 good method. AUC-DEL± = mean over the k grid, then mean over test points, with a bootstrap CI
 over test points. ``random`` (random scores) is the deletion control.
@@ -15,6 +15,10 @@ over test points. ``random`` (random scores) is the deletion control.
 Every retrain goes through ``retrain.retrain_cached``: a model is trained once per (training
 config, removed set, seed) and reused by reruns, other methods and other k; an interrupted sweep
 resumes.
+
+One module for one sweep, config to saved tables (about 400 lines): its plan, per-seed table,
+AUC-DEL±, the common-random-numbers variance and the result folder belong together; the paired
+statistics are ``stats``, the plots ``reporting``, the retrains ``retrain``.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
+from tracin_we.recipe import TrainConfig
 from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
-from tracin_we.train import TrainConfig, train
+from tracin_we.stats import bootstrap_index
+from tracin_we.train import train
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
 SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}
@@ -307,7 +313,7 @@ def auc_del(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
     percentile bootstrap CI over points (the same resamples for every method). Columns
     ``DEL+``, ``DEL+ low``, ``DEL+ high``, ``DEL-``, ...; lower DEL+ and higher DEL− are better."""
     per_point = table.groupby(["method", "direction", "point"])["DEL"].mean().unstack("point")
-    draws = _bootstrap_index(per_point.shape[1], config)
+    draws = bootstrap_index(per_point.shape[1], config.n_bootstrap, config.bootstrap_seed)
     alpha = (1 - config.ci) / 2
     columns = [SUMMARY_NAMES[d] + end for d in config.directions for end in ("", " low", " high")]
     summary = pd.DataFrame(
@@ -321,11 +327,6 @@ def auc_del(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
         summary.loc[method, f"{name} high"] = np.quantile(means, 1 - alpha)
     summary["n_points"] = per_point.shape[1]
     return summary.reset_index()
-
-
-def _bootstrap_index(n: int, config: DeletionConfig) -> np.ndarray:
-    rng = np.random.default_rng(config.bootstrap_seed)
-    return rng.integers(0, n, size=(config.n_bootstrap, n))
 
 
 def crn_variance(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:

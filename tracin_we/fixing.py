@@ -9,7 +9,7 @@ positive score = proponent) and either
 - ``"replace"``: in each of them, replace its most negatively influential word on z' by [PAD]
   (id 0, attention mask 0), leaving the rest of the text where it was;
 
-then retrain with the same recipe for each seed (same init and batch order, ``train.fit``) and
+then retrain with the same recipe for each seed (same init and batch order, ``recipe.fit``) and
 count the mistake *fixed* when the retrained model predicts its true class. The control retrains
 with nothing changed: what seeds alone fix. Each mistake is fixed on its own (one retrain per
 mistake, method, fix and seed).
@@ -53,16 +53,11 @@ from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
 from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, model_inputs
 from tracin_we.params import check_types, from_params
-from tracin_we.persistence import atomic_write, write_json
+from tracin_we.persistence import atomic_write, cache_dir, config_key, write_json
+from tracin_we.recipe import TrainConfig, predict_proba
 from tracin_we.retrain import RetrainJob, retrain_cached
 from tracin_we.tokenizer import load_tokenizer
-from tracin_we.train import (
-    TrainConfig,
-    cache_dir,
-    config_key,
-    predict_proba,
-    train,
-)
+from tracin_we.train import train
 
 log = logging.getLogger(__name__)
 

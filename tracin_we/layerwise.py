@@ -28,7 +28,7 @@ from tracin_we.influence.gradients import batch_rows, batches, param_grads
 from tracin_we.influence.options import Options
 from tracin_we.inputs import forward, model_inputs
 from tracin_we.models import word_embeddings
-from tracin_we.train import new_model
+from tracin_we.recipe import new_model
 
 
 def layer_scores(

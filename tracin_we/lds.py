@@ -20,13 +20,14 @@ row of zeros) ranks nothing: its ρ is set to 0 and counted in ``constant``.
 The report: the mean LDS per method over the test points with a percentile bootstrap CI, and
 every method's paired difference against TracIn-WE and TracIn-Last from the same resamples
 (``stats.compare``). Every LDS_j is measured on the same M subsets, so the bootstrap resamples
-the subsets as well as the test points (``two_way_means``); resampling test points alone
+the subsets as well as the test points (``stats.two_way_means``); resampling test points alone
 (``resample_subsets=False``) holds the subsets fixed and, on the default CNN run, gave CIs 2.6×
 narrower than the two-way ones, while the first and second 32 of 64 subsets disagreed by up to
 0.15 in mean LDS. Subsets are drawn one after another from one generator, so the
 first M' of a draw of M are the draw of M': ``convergence`` reads LDS against M' off the same
 retrains. Retrains go through ``retrain.retrain_cached`` (cached, resumable, parallel) and
-share its store with case deletion's.
+share its store with case deletion's. The plots of an evaluation are ``reporting.lds_bars``,
+``reporting.lds_scatter`` and ``reporting.convergence_plot``.
 """
 
 from __future__ import annotations
@@ -36,13 +37,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import torch
 from datasets import DatasetDict
-from scipy.stats import rankdata
 
 from tracin_we import influence
 from tracin_we.data import balanced_indices, make_splits
@@ -51,15 +49,16 @@ from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables
+from tracin_we.recipe import TrainConfig
 from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
 from tracin_we.stats import (
     HIGHER_IS_BETTER,
     REFERENCES,
-    bootstrap_index,
     compare,
     paired_bootstrap,
+    spearman,
+    two_way_means,
 )
-from tracin_we.train import TrainConfig
 
 # The paper's Table 3 order (v1 §5), then the control.
 PAPER_ORDER = (
@@ -192,54 +191,6 @@ def predictions(rows: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return rows.double() @ masks.double().T
 
 
-def spearman(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise Spearman ρ of (n, M) arrays (average ranks for ties), and which rows are
-    constant in f or g (their ρ is set to 0)."""
-    return _rank_correlation(_centered_ranks(f), _centered_ranks(g))
-
-
-def _tie_groups(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For rows of x (n, M): the sorting order, and for each sorted position the first and last
-    sorted position of its group of equal values."""
-    order = np.argsort(x, axis=-1, kind="stable")
-    ordered = np.take_along_axis(x, order, -1)
-    position = np.arange(x.shape[-1])
-    new = np.ones(x.shape, dtype=bool)
-    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    last = np.ones(x.shape, dtype=bool)
-    last[:, :-1] = new[:, 1:]
-    first = np.maximum.accumulate(np.where(new, position, 0), axis=-1)
-    final = np.minimum.accumulate(np.where(last, position, x.shape[-1])[:, ::-1], axis=-1)[:, ::-1]
-    return order, first, final
-
-
-def _multiset_ranks(groups: tuple, counts: np.ndarray) -> np.ndarray:
-    """Centered average ranks (c, n, M), in the original column order, of each row's values
-    taken ``counts[b, i]`` times each (c, M): what ``rankdata`` gives the resampled columns,
-    without sorting again. A value's rank = (copies below it) + (its tie group's copies + 1)/2."""
-    order, first, final = groups
-    sorted_counts = counts[:, order]  # (c, n, M)
-    through = sorted_counts.cumsum(-1)
-    below = np.take_along_axis(through - sorted_counts, first[None], -1)
-    upto = np.take_along_axis(through, final[None], -1)
-    ranks = np.empty_like(through)
-    np.put_along_axis(
-        ranks, np.broadcast_to(order, ranks.shape), below + (upto - below + 1) / 2, -1
-    )
-    return ranks - (counts.sum(-1)[:, None, None] + 1) / 2
-
-
-def _centered_ranks(x: np.ndarray) -> np.ndarray:
-    ranks = rankdata(x, axis=-1)
-    return ranks - ranks.mean(-1, keepdims=True)
-
-
-def _rank_correlation(rf: np.ndarray, rg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    norm = np.sqrt((rf**2).sum(-1) * (rg**2).sum(-1))
-    constant = norm == 0
-    return np.where(constant, 0.0, (rf * rg).sum(-1) / np.where(constant, 1.0, norm)), constant
-
-
 def lds_table(
     f: torch.Tensor, g: Mapping[str, torch.Tensor], points: Sequence[int]
 ) -> pd.DataFrame:
@@ -261,7 +212,7 @@ def summarize(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(per_point, summary, differences): ``lds_table`` and its bootstrap tables
     (``stats.compare``), resampling test points and, with ``config.resample_subsets``, subsets
-    (``two_way_means``). The summary has per method ``mean``, ``low``, ``high``, ``n_points``
+    (``stats.two_way_means``). The summary has per method ``mean``, ``low``, ``high``, ``n_points``
     and ``constant`` (points with ρ := 0)."""
     per_point = lds_table(f, g, points)
     values = per_point.pivot(index="point", columns="method", values="LDS")
@@ -283,39 +234,6 @@ def summarize(
     constant = per_point.groupby("method")["constant"].sum()
     summary = summary.assign(constant=summary["method"].map(constant).astype(int))
     return per_point, summary, differences
-
-
-def two_way_means(
-    f: torch.Tensor, g: Mapping[str, torch.Tensor], n_bootstrap: int, seed: int
-) -> np.ndarray:
-    """Bootstrap replicates (n_bootstrap, n_methods) of each method's mean LDS that resample
-    the test points *and* the subsets: replicate b takes points ``bootstrap_index(n, B, seed)[b]``
-    (the one-way bootstrap's) and subsets ``default_rng([seed, 1]).integers(0, M, (B, M))[b]``,
-    recomputes every ρ_j on those subsets and averages over those points.
-
-    Every LDS_j is measured on the same M subsets, so their errors are correlated across test
-    points; a bootstrap over test points alone treats the subsets as fixed and its CI misses
-    that variance (see the module docstring). Resampling both ways
-    ("pigeonhole" bootstrap, Owen 2007) is mildly conservative."""
-    n, m = f.shape
-    points = bootstrap_index(n, n_bootstrap, seed)
-    subsets = np.random.default_rng([seed, 1]).integers(0, m, size=(n_bootstrap, m))
-    counts = np.stack([np.bincount(row, minlength=m) for row in subsets]).astype(float)  # (B, M)
-    ties_f = _tie_groups(f.numpy())
-    ties_g = [_tie_groups(v.numpy()) for v in g.values()]
-    out = np.empty((n_bootstrap, len(ties_g)))
-    for start in range(0, n_bootstrap, 64):  # (64, n, M) arrays at a time
-        block = slice(start, start + 64)
-        weights = counts[block, None, :]  # (c, 1, M)
-        rf = _multiset_ranks(ties_f, counts[block])
-        for k, groups in enumerate(ties_g):
-            rg = _multiset_ranks(groups, counts[block])
-            norm = np.sqrt((weights * rf**2).sum(-1) * (weights * rg**2).sum(-1))
-            rho = np.where(
-                norm == 0, 0.0, (weights * rf * rg).sum(-1) / np.where(norm == 0, 1, norm)
-            )
-            out[block, k] = np.take_along_axis(rho, points[block], axis=1).mean(1)
-    return out
 
 
 def convergence_grid(n_subsets: int) -> list[int]:
@@ -469,60 +387,3 @@ def load_lds(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
     ``lds_subsets`` (``kept``: space-separated training indices)."""
     remedy = "rerun run_lds with this config (retrains come from the cache) to rewrite it"
     return load_tables(out_dir, TABLES, "LDS evaluation", remedy)
-
-
-def lds_bars(summary: pd.DataFrame) -> plt.Figure:
-    """Mean LDS per method (rows in the table's order) with its bootstrap CI; 0 is chance."""
-    sns.set_theme(style="whitegrid")
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(summary) + 1.2))
-    y = np.arange(len(summary))
-    error = [summary["mean"] - summary["low"], summary["high"] - summary["mean"]]
-    ax.errorbar(summary["mean"], y, xerr=error, fmt="o", capsize=3)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set(yticks=y, yticklabels=summary["method"], xlabel="mean LDS (Spearman ρ) over test points")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    return fig
-
-
-def lds_scatter(
-    outputs: pd.DataFrame, point: int, methods: Sequence[str] = ("tracin-we", "tracin-last")
-) -> plt.Figure:
-    """For one test point, f (retrained margin) against each method's g over the subsets."""
-    rows = outputs[outputs["point"] == point]
-    sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.4), squeeze=False)
-    for ax, method in zip(axes[0], methods, strict=True):
-        rho, _ = spearman(rows[["f"]].to_numpy().T, rows[[method]].to_numpy().T)
-        ax.scatter(rows[method], rows["f"], s=14)
-        ax.set(
-            title=f"{method}: ρ = {rho[0]:.2f}",
-            xlabel="g = Σ_{i ∈ S} score[j, i]",
-            ylabel="f = retrained margin (logit p_c)",
-        )
-    fig.suptitle(f"test point {point}")
-    fig.tight_layout()
-    return fig
-
-
-def convergence_plot(table: pd.DataFrame) -> plt.Figure:
-    """Mean LDS with its CI (left) and the CI width (right) against the number of subsets M."""
-    sns.set_theme(style="whitegrid")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for method, rows in table.groupby("method", sort=False):
-        line = left.plot(rows["n_subsets"], rows["mean"], marker="o", label=method)[0]
-        left.fill_between(
-            rows["n_subsets"], rows["low"], rows["high"], alpha=0.12, color=line.get_color()
-        )
-        right.plot(rows["n_subsets"], rows["width"], marker="o", color=line.get_color())
-    sizes = sorted(table["n_subsets"].unique())
-    for ax in (left, right):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(m) for m in sizes])
-        ax.minorticks_off()
-        ax.set_xlabel("M (subsets retrained)")
-    left.set(ylabel="mean LDS")
-    right.set(ylabel="CI width of the mean LDS")
-    left.legend(fontsize=7)
-    fig.tight_layout()
-    return fig

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from tracin_we.persistence import atomic_write, write_json
+from tracin_we.stats import spearman
 
 
 def record_metrics(path: str | Path, **metrics: Any) -> dict:
@@ -171,5 +174,62 @@ def fixing_figure(summary: pd.DataFrame) -> plt.Figure:
         ax.axhline(float(control.iloc[0]), color="k", ls="--", label="control (no edit)")
     ax.legend(loc="upper right", fontsize=7)
     ax.set(ylabel="share of (mistake, seed) retrains", ylim=(0, 1.15), title="targeted fixing")
+    fig.tight_layout()
+    return fig
+
+
+def lds_bars(summary: pd.DataFrame) -> plt.Figure:
+    """Mean LDS per method (rows in the table's order) with its bootstrap CI; 0 is chance."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(summary) + 1.2))
+    y = np.arange(len(summary))
+    error = [summary["mean"] - summary["low"], summary["high"] - summary["mean"]]
+    ax.errorbar(summary["mean"], y, xerr=error, fmt="o", capsize=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set(yticks=y, yticklabels=summary["method"], xlabel="mean LDS (Spearman ρ) over test points")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def lds_scatter(
+    outputs: pd.DataFrame, point: int, methods: Sequence[str] = ("tracin-we", "tracin-last")
+) -> plt.Figure:
+    """For one test point, f (retrained margin) against each method's g over the subsets."""
+    rows = outputs[outputs["point"] == point]
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.4), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        rho, _ = spearman(rows[["f"]].to_numpy().T, rows[[method]].to_numpy().T)
+        ax.scatter(rows[method], rows["f"], s=14)
+        ax.set(
+            title=f"{method}: ρ = {rho[0]:.2f}",
+            xlabel="g = Σ_{i ∈ S} score[j, i]",
+            ylabel="f = retrained margin (logit p_c)",
+        )
+    fig.suptitle(f"test point {point}")
+    fig.tight_layout()
+    return fig
+
+
+def convergence_plot(table: pd.DataFrame) -> plt.Figure:
+    """Mean LDS with its CI (left) and the CI width (right) against the number of subsets M."""
+    sns.set_theme(style="whitegrid")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for method, rows in table.groupby("method", sort=False):
+        line = left.plot(rows["n_subsets"], rows["mean"], marker="o", label=method)[0]
+        left.fill_between(
+            rows["n_subsets"], rows["low"], rows["high"], alpha=0.12, color=line.get_color()
+        )
+        right.plot(rows["n_subsets"], rows["width"], marker="o", color=line.get_color())
+    sizes = sorted(table["n_subsets"].unique())
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(m) for m in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("M (subsets retrained)")
+    left.set(ylabel="mean LDS")
+    right.set(ylabel="CI width of the mean LDS")
+    left.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -1,7 +1,7 @@
 """Retraining many models: the engine behind case deletion and targeted fixing.
 
 A job is ``RetrainJob(seed, removed)``: the model ``new_model(replace(config, seed=seed))`` trained
-with the original recipe (``train.fit``, batch order ``epoch_order(n, seed, epoch)``) on the
+with the original recipe (``recipe.fit``, batch order ``epoch_order(n, seed, epoch)``) on the
 training set minus the examples ``removed``; its result is the softmax probabilities (n_test, C)
 it gives the test inputs. A job may also carry an *edit*: a picklable function of the training
 tensors returning the tensors it trains on (targeted fixing's [PAD]-ed words), applied where the
@@ -38,13 +38,8 @@ from tqdm.auto import tqdm
 
 from tracin_we.inputs import Tensors
 from tracin_we.persistence import CheckpointError, Folder, cache_dir, config_key, tensor_digest
-from tracin_we.train import (
-    TrainConfig,
-    fit,
-    new_model,
-    predict_proba,
-    resolved_config,
-)
+from tracin_we.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.train import resolved_config
 
 BACKENDS = ("sequential", "joblib", "dask")
 # A change of the training tensors (same rows, same order): picklable, hashable, deterministic.

@@ -11,18 +11,24 @@ paired comparison decisive on few test points.
 
 Which side is better depends on the metric: DEL+ (proponents deleted) lower, DEL− (opponents
 deleted) and LDS higher (``HIGHER_IS_BETTER``).
+
+LDS's own statistics live here too: ``spearman`` (row-wise rank correlation, constant rows
+ρ := 0) and ``two_way_means``, the bootstrap that resamples the retrained subsets as well as the
+test points, recomputing every ρ from the resampled subsets' multiset ranks without sorting
+again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
 HIGHER_IS_BETTER = {"DEL+": False, "DEL-": True, "LDS": True}
 # deletion.DIRECTIONS → metric name (as deletion.SUMMARY_NAMES; kept here so that this module
-# needs nothing but numpy and pandas).
+# needs nothing but numpy, pandas and scipy).
 DELETION_METRICS = {"proponents": "DEL+", "opponents": "DEL-"}
 REFERENCES = ("tracin-we", "tracin-last")
 
@@ -71,7 +77,7 @@ def compare(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``paired_bootstrap``'s tables from given bootstrap replicates ``resampled`` (B, n_methods)
     of every method's mean, all drawn on the same resamples (for example a bootstrap that also
-    resamples what each per-point value was computed from, ``lds.two_way_means``). ``values``
+    resamples what each per-point value was computed from, ``two_way_means``). ``values``
     (n_points, n_methods) gives the point estimates and the shares."""
     _check(values, references, ci)
     if resampled.ndim != 2 or resampled.shape[1] != values.shape[1]:
@@ -162,3 +168,86 @@ def deletion_differences(
         raise ValueError(f"table has no direction among {list(DELETION_METRICS)}")
     out = pd.concat(blocks, ignore_index=True)
     return out[["metric", *[c for c in out.columns if c != "metric"]]]
+
+
+def spearman(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise Spearman ρ of (n, M) arrays (average ranks for ties), and which rows are
+    constant in f or g (their ρ is set to 0)."""
+    return _rank_correlation(_centered_ranks(f), _centered_ranks(g))
+
+
+def _tie_groups(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For rows of x (n, M): the sorting order, and for each sorted position the first and last
+    sorted position of its group of equal values."""
+    order = np.argsort(x, axis=-1, kind="stable")
+    ordered = np.take_along_axis(x, order, -1)
+    position = np.arange(x.shape[-1])
+    new = np.ones(x.shape, dtype=bool)
+    new[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    last = np.ones(x.shape, dtype=bool)
+    last[:, :-1] = new[:, 1:]
+    first = np.maximum.accumulate(np.where(new, position, 0), axis=-1)
+    final = np.minimum.accumulate(np.where(last, position, x.shape[-1])[:, ::-1], axis=-1)[:, ::-1]
+    return order, first, final
+
+
+def _multiset_ranks(groups: tuple, counts: np.ndarray) -> np.ndarray:
+    """Centered average ranks (c, n, M), in the original column order, of each row's values
+    taken ``counts[b, i]`` times each (c, M): what ``rankdata`` gives the resampled columns,
+    without sorting again. A value's rank = (copies below it) + (its tie group's copies + 1)/2."""
+    order, first, final = groups
+    sorted_counts = counts[:, order]  # (c, n, M)
+    through = sorted_counts.cumsum(-1)
+    below = np.take_along_axis(through - sorted_counts, first[None], -1)
+    upto = np.take_along_axis(through, final[None], -1)
+    ranks = np.empty_like(through)
+    np.put_along_axis(
+        ranks, np.broadcast_to(order, ranks.shape), below + (upto - below + 1) / 2, -1
+    )
+    return ranks - (counts.sum(-1)[:, None, None] + 1) / 2
+
+
+def _centered_ranks(x: np.ndarray) -> np.ndarray:
+    ranks = rankdata(x, axis=-1)
+    return ranks - ranks.mean(-1, keepdims=True)
+
+
+def _rank_correlation(rf: np.ndarray, rg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    norm = np.sqrt((rf**2).sum(-1) * (rg**2).sum(-1))
+    constant = norm == 0
+    return np.where(constant, 0.0, (rf * rg).sum(-1) / np.where(constant, 1.0, norm)), constant
+
+
+def two_way_means(
+    f: np.ndarray, g: Mapping[str, np.ndarray], n_bootstrap: int, seed: int
+) -> np.ndarray:
+    """Bootstrap replicates (n_bootstrap, n_methods) of each method's mean Spearman ρ between the
+    rows of f (n, M) and of each g[method] (n, M) — LDS's retrained outputs and predictions over
+    M subsets (``lds``; CPU torch tensors are accepted) — that resample
+    the test points *and* the subsets: replicate b takes points ``bootstrap_index(n, B, seed)[b]``
+    (the one-way bootstrap's) and subsets ``default_rng([seed, 1]).integers(0, M, (B, M))[b]``,
+    recomputes every ρ_j on those subsets and averages over those points.
+
+    Every LDS_j is measured on the same M subsets, so their errors are correlated across test
+    points; a bootstrap over test points alone treats the subsets as fixed and its CI misses
+    that variance (measured in ``lds``'s module docstring). Resampling both ways
+    ("pigeonhole" bootstrap, Owen 2007) is mildly conservative."""
+    n, m = f.shape
+    points = bootstrap_index(n, n_bootstrap, seed)
+    subsets = np.random.default_rng([seed, 1]).integers(0, m, size=(n_bootstrap, m))
+    counts = np.stack([np.bincount(row, minlength=m) for row in subsets]).astype(float)  # (B, M)
+    ties_f = _tie_groups(np.asarray(f))
+    ties_g = [_tie_groups(np.asarray(v)) for v in g.values()]
+    out = np.empty((n_bootstrap, len(ties_g)))
+    for start in range(0, n_bootstrap, 64):  # (64, n, M) arrays at a time
+        block = slice(start, start + 64)
+        weights = counts[block, None, :]  # (c, 1, M)
+        rf = _multiset_ranks(ties_f, counts[block])
+        for k, groups in enumerate(ties_g):
+            rg = _multiset_ranks(groups, counts[block])
+            norm = np.sqrt((weights * rf**2).sum(-1) * (weights * rg**2).sum(-1))
+            rho = np.where(
+                norm == 0, 0.0, (weights * rf * rg).sum(-1) / np.where(norm == 0, 1, norm)
+            )
+            out[block, k] = np.take_along_axis(rho, points[block], axis=1).mean(1)
+    return out
