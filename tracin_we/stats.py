@@ -108,7 +108,7 @@ def compare(
                     "high": d_high,
                     "share_better": float(np.mean(sign * diff > 0)),
                     "share_tied": float(np.mean(diff == 0)),
-                    "verdict": _verdict(sign * d_low, sign * d_high),
+                    "verdict": _verdict(*sorted((sign * d_low, sign * d_high))),
                     "n_points": len(table),
                 }
             )
