@@ -133,6 +133,11 @@ class LDSConfig:
             raise ValueError(f"ci={self.ci} must be in (0, 1)")
 
     @property
+    def n_retrains(self) -> int:
+        """Retrains the evaluation needs at most: one per (subset, seed); fewer when cached."""
+        return self.n_subsets * len(self.seeds)
+
+    @property
     def references(self) -> tuple[str, ...]:
         """The methods every other is compared with: TracIn-WE and TracIn-Last, where run."""
         return tuple(r for r in REFERENCES if r in self.methods)

@@ -1,4 +1,4 @@
-"""TracIn-WE (PAPER eq. 2) and its variants: Topk (eqs. 3–4), NoC and Syn.
+"""TracIn-WE (arXiv 2202.11844 v1 eq. 2) and its variants: Topk (eqs. 3–4), NoC and Syn.
 
 score(z, z') = Σ_c η_c Σ_{w ∈ x ∩ x'} g_w(z) · g_w(z'), g_w = Σ_{positions i with token w} ∂ℓ/∂e_i:
 TracIn on the word-embedding matrix only, whose per-example gradient is zero outside the rows of

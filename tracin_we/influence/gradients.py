@@ -86,7 +86,8 @@ def embedding_grads(model: nn.Module, batch: Tensors) -> torch.Tensor:
 
 @dataclass
 class SparseRows:
-    """Per-example word-embedding gradients as rows (PAPER eq. 2), stored like a CSR matrix.
+    """Per-example word-embedding gradients as rows (arXiv 2202.11844 v1 eq. 2), stored like a CSR
+    matrix.
 
     Example i owns entries ``offsets[i]:offsets[i + 1]``: token ids ``ids`` (ascending, unique
     within the example) and their rows g_w (``rows``, (nnz, d)).

@@ -1,4 +1,5 @@
-"""Word-level decomposition of a TracIn-WE score (PAPER §3: the term of each shared token).
+"""Word-level decomposition of a TracIn-WE score: one term per shared token (arXiv 2202.11844
+v1 eq. 2).
 
     score(z, z') = Σ_c η_c Σ_{w shared} g_w(z) · g_w(z')
                  = Σ_c η_c Σ_{positions i of z} ∂ℓ/∂e_i · g_{x_i}(z')    (c = checkpoint),
