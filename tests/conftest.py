@@ -220,28 +220,30 @@ def count_retrains() -> RetrainCounter:
 # ---- quick training configs and a small influence setup (persistence, reliability) ----
 
 
-@pytest.fixture
-def train_config(tiny_data_dir: Path):
-    """A factory of quick training configs on ``tiny_data_dir``: the CNN, 64 texts of 16 tokens,
-    3 epochs of 4 SGD steps; keyword arguments change any parameter."""
+def tiny_train_config(data_dir: Path | str, **changes):
+    """A quick training config on ``data_dir``: the CNN, 64 texts of 16 tokens, 3 epochs of 4 SGD
+    steps; keyword arguments change any parameter."""
     from tracin_we.recipe import TrainConfig
 
-    def make(**changes) -> TrainConfig:
-        params = dict(
-            model="cnn",
-            n_train=64,
-            n_val=16,
-            n_test=32,
-            max_length=16,
-            epochs=3,
-            lr=0.05,
-            batch_size=16,
-            checkpoint_epochs=[1, 3],
-            data_dir=str(tiny_data_dir),
-        )
-        return TrainConfig.from_params(**(params | changes))
+    params = dict(
+        model="cnn",
+        n_train=64,
+        n_val=16,
+        n_test=32,
+        max_length=16,
+        epochs=3,
+        lr=0.05,
+        batch_size=16,
+        checkpoint_epochs=[1, 3],
+        data_dir=str(data_dir),
+    )
+    return TrainConfig.from_params(**(params | changes))
 
-    return make
+
+@pytest.fixture
+def train_config(tiny_data_dir: Path):
+    """``train_config(**changes)``: ``tiny_train_config`` on ``tiny_data_dir``."""
+    return lambda **changes: tiny_train_config(tiny_data_dir, **changes)
 
 
 @pytest.fixture(scope="module")

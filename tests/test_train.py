@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import tiny_train_config
 from tracin_we import train as train_module
 from tracin_we.checkpoints import CheckpointError, load_checkpoint, trainer_checkpoints
 from tracin_we.data import make_splits
@@ -17,24 +18,8 @@ from tracin_we.models import (
     classifier_layer,
     word_embeddings,
 )
-from tracin_we.recipe import TrainConfig, fit, predict_proba
+from tracin_we.recipe import fit, predict_proba
 from tracin_we.train import train
-
-
-def tiny_config(data_dir, **changes) -> TrainConfig:
-    params = dict(
-        model="cnn",
-        n_train=64,
-        n_val=16,
-        n_test=32,
-        max_length=16,
-        epochs=3,
-        lr=0.05,
-        batch_size=16,
-        checkpoint_epochs=[1, 3],
-        data_dir=str(data_dir),
-    )
-    return TrainConfig.from_params(**(params | changes))
 
 
 def state(path) -> dict[str, torch.Tensor]:
@@ -51,7 +36,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
     ("model", "optimizer"), [("cnn", "sgd"), ("cnn", "adam"), ("bert-tiny", "sgd")]
 )
 def test_same_seed_gives_identical_checkpoints(tiny_data_dir, tmp_path, model, optimizer):
-    config = tiny_config(tiny_data_dir, model=model, pretrained=False, optimizer=optimizer)
+    config = tiny_train_config(tiny_data_dir, model=model, pretrained=False, optimizer=optimizer)
     first = train(config, cache=tmp_path / "a", progress=False)
     second = train(config, cache=tmp_path / "b", progress=False)
     for c1, c2 in zip(
@@ -59,7 +44,7 @@ def test_same_seed_gives_identical_checkpoints(tiny_data_dir, tmp_path, model, o
     ):
         assert_same_tensors(state(c1.path), state(c2.path))
     other = train(
-        tiny_config(tiny_data_dir, model=model, pretrained=False, seed=1),
+        tiny_train_config(tiny_data_dir, model=model, pretrained=False, seed=1),
         cache=tmp_path / "a",
         progress=False,
     )
@@ -74,13 +59,15 @@ def test_same_seed_gives_identical_checkpoints(tiny_data_dir, tmp_path, model, o
 
 
 def test_cnn_learns_the_tiny_task(tiny_data_dir):
-    result = train(tiny_config(tiny_data_dir, epochs=8, checkpoint_epochs=[8]), progress=False)
+    result = train(
+        tiny_train_config(tiny_data_dir, epochs=8, checkpoint_epochs=[8]), progress=False
+    )
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.metrics["test_accuracy"] > 0.5  # chance is 0.25
 
 
 def test_rerun_reuses_the_saved_result(tiny_data_dir, monkeypatch):
-    config = tiny_config(tiny_data_dir)
+    config = tiny_train_config(tiny_data_dir)
     first = train(config, progress=False)
     monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("trained again"))
     second = train(config, progress=False)
@@ -88,13 +75,13 @@ def test_rerun_reuses_the_saved_result(tiny_data_dir, monkeypatch):
 
 
 def test_another_config_never_reuses(tiny_data_dir):
-    first = train(tiny_config(tiny_data_dir), progress=False)
-    second = train(tiny_config(tiny_data_dir, lr=0.04), progress=False)
+    first = train(tiny_train_config(tiny_data_dir), progress=False)
+    second = train(tiny_train_config(tiny_data_dir, lr=0.04), progress=False)
     assert second.run_dir != first.run_dir
 
 
 def test_interrupted_run_resumes_to_the_same_result(tiny_data_dir, tmp_path, monkeypatch):
-    config = tiny_config(tiny_data_dir)
+    config = tiny_train_config(tiny_data_dir)
     reference = train(config, cache=tmp_path / "ref", progress=False)
     real_fit = train_module.fit
 
@@ -118,15 +105,15 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_data_dir, tmp_path, mon
 
 
 def test_run_dir_with_another_config_is_refused(tiny_data_dir, tmp_path):
-    train(tiny_config(tiny_data_dir), run_dir=tmp_path / "named", progress=False)
+    train(tiny_train_config(tiny_data_dir), run_dir=tmp_path / "named", progress=False)
     with pytest.raises(CheckpointError, match="another config"):
         train(
-            tiny_config(tiny_data_dir, epochs=2, checkpoint_epochs=[2]),
+            tiny_train_config(tiny_data_dir, epochs=2, checkpoint_epochs=[2]),
             run_dir=tmp_path / "named",
             progress=False,
         )
     result = train(
-        tiny_config(tiny_data_dir, epochs=2, checkpoint_epochs=[2]),
+        tiny_train_config(tiny_data_dir, epochs=2, checkpoint_epochs=[2]),
         run_dir=tmp_path / "named",
         overwrite=True,
         progress=False,
@@ -135,7 +122,7 @@ def test_run_dir_with_another_config_is_refused(tiny_data_dir, tmp_path):
 
 
 def test_checkpoint_round_trip_with_learning_rate(tiny_data_dir):
-    config = tiny_config(tiny_data_dir)
+    config = tiny_train_config(tiny_data_dir)
     result = train(config, progress=False)
     saved = torch.load(result.checkpoints[0].path, weights_only=True)
     assert saved["lr"] == config.lr and saved["epoch"] == 1
@@ -150,7 +137,7 @@ def test_checkpoint_round_trip_with_learning_rate(tiny_data_dir):
 
 
 def test_corrupted_checkpoint_is_detected_not_loaded(tiny_data_dir):
-    config = tiny_config(tiny_data_dir)
+    config = tiny_train_config(tiny_data_dir)
     result = train(config, progress=False)
     raw = bytearray(result.checkpoints[0].path.read_bytes())
     raw[-100] ^= 0xFF
@@ -162,7 +149,7 @@ def test_corrupted_checkpoint_is_detected_not_loaded(tiny_data_dir):
 
 
 def test_keep_mask_of_all_true_changes_nothing(tiny_data_dir):
-    config = tiny_config(tiny_data_dir, epochs=1, checkpoint_epochs=[1])
+    config = tiny_train_config(tiny_data_dir, epochs=1, checkpoint_epochs=[1])
     data = model_inputs(make_splits(config.data)["train"])
     plain = fit(build_model("cnn", 4, 0)[0], data, config, progress=False)
     masked = fit(
@@ -176,7 +163,9 @@ def test_keep_mask_of_all_true_changes_nothing(tiny_data_dir):
 
 
 def test_frozen_embeddings_stay_at_init(tiny_data_dir):
-    config = tiny_config(tiny_data_dir, epochs=1, checkpoint_epochs=[1], freeze_embeddings=True)
+    config = tiny_train_config(
+        tiny_data_dir, epochs=1, checkpoint_epochs=[1], freeze_embeddings=True
+    )
     data = model_inputs(make_splits(config.data)["train"])
     model = build_model("cnn", 4, 0)[0]
     before = model.embeddings.weight.clone()
@@ -199,7 +188,7 @@ def test_frozen_embeddings_stay_at_init(tiny_data_dir):
 )
 def test_bad_training_input_is_refused_before_training(tiny_data_dir, change, match):
     with pytest.raises(ValueError, match=match):
-        tiny_config(tiny_data_dir, **change)
+        tiny_train_config(tiny_data_dir, **change)
 
 
 def test_models_expose_their_embedding_and_final_layer():

@@ -41,6 +41,7 @@ from tracin_we import influence
 from tracin_we.data import balanced_indices, fingerprint, make_splits
 from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
+from tracin_we.paper import PAPER_METHODS
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
 from tracin_we.recipe import TrainConfig
@@ -57,16 +58,7 @@ class DeletionConfig:
     """A case-deletion sweep. Defaults: the paper's AG News protocol (v1 §5)."""
 
     train: TrainConfig = field(default_factory=TrainConfig)  # the original recipe, retrained
-    methods: tuple[str, ...] = (
-        "influence-last",
-        "representer",
-        "tracin-last",
-        "tracin-we",
-        "tracin-we-topk",
-        "tracin-we-syn",
-        "tracin-tfidf",
-        "random",
-    )  # v1 Table 3's methods; random: the control
+    methods: tuple[str, ...] = PAPER_METHODS  # v1 Table 3's methods; random: the control
     ks: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # paper: 10, 20, ..., 100
     n_test_points: int = 100  # balanced over classes; paper, AG News: 100 (25 per class)
     seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains per k

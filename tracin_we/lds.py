@@ -47,6 +47,7 @@ from tracin_we.data import balanced_indices, make_splits
 from tracin_we.deletion import result_identity, score_rows
 from tracin_we.influence.options import parse_options
 from tracin_we.inputs import model_inputs
+from tracin_we.paper import PAPER_METHODS
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables
 from tracin_we.recipe import TrainConfig
@@ -60,25 +61,13 @@ from tracin_we.stats import (
     two_way_means,
 )
 
-# The paper's Table 3 order (v1 §5), then the control.
-PAPER_ORDER = (
-    "influence-last",
-    "representer",
-    "tracin-last",
-    "tracin-we",
-    "tracin-we-topk",
-    "tracin-we-syn",
-    "tracin-tfidf",
-    "random",
-)
-
 
 @dataclass(frozen=True)
 class LDSConfig:
     """An LDS evaluation: M subsets of fraction α, retrained with ``train``'s recipe."""
 
     train: TrainConfig = field(default_factory=TrainConfig)  # the original recipe, retrained
-    methods: tuple[str, ...] = PAPER_ORDER  # influence.METHODS, in the order reported
+    methods: tuple[str, ...] = PAPER_METHODS  # influence.METHODS, in the order reported
     # Options of influence.scores per method, e.g. {"tracin-layer": {"params": "conv1"}}.
     method_options: dict[str, dict] = field(default_factory=dict)
     n_subsets: int = 64  # M: retrained subsets (× len(seeds) retrains)

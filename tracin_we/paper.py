@@ -15,6 +15,9 @@ TABLE3_METHODS = {
     "TR-TFIDF": "tracin-tfidf",
 }
 
+# Table 3's methods in its column order, then the control: the default of every evaluation.
+PAPER_METHODS = (*TABLE3_METHODS.values(), "random")
+
 # v1 Table 3: AUC-DEL (BERT-tiny; MNLI bert-base). DEL+ lower is better, DEL- higher.
 TABLE3 = {
     ("toxicity", "DEL+"): [-0.022, -0.021, -0.025, -0.105, -0.104, -0.103, -0.067],
