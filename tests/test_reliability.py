@@ -13,6 +13,7 @@ import transformers
 
 from tracin_we import influence
 from tracin_we import retrain as retrain_module
+from tracin_we.data import load_raw
 from tracin_we.deletion import DeletionConfig, run_deletion
 from tracin_we.recipe import TrainConfig
 from tracin_we.train import train
@@ -138,3 +139,16 @@ def test_thread_count_is_recorded_and_keys_the_run(train_config):
     saved = [json.loads((r.run_dir / "config.json").read_text()) for r in (one, two)]
     assert [s["threads"] for s in saved] == [before, 2] and before != 2
     assert one.run_dir != two.run_dir  # bitwise results differ between thread counts
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"", "empty"), (b"text,label\n\xff\xfe caf\xe9,1\n", "not UTF-8"), (b'"a,1\n', "parse")],
+)
+def test_unreadable_local_file_is_named(tmp_path, content, why):
+    """An empty, non-UTF-8 or malformed data file: an error naming the file, not pandas' own."""
+    folder = tmp_path / "ag_news"
+    folder.mkdir()
+    (folder / "train.csv").write_bytes(content)
+    with pytest.raises(ValueError, match=r"train\.csv.*cannot be read"):
+        load_raw("ag_news", "train", str(tmp_path))

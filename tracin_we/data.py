@@ -135,7 +135,14 @@ def load_raw(dataset: str, split: str, data_dir: str | None = None) -> pd.DataFr
         frame, source = _load_hub(spec, split), spec.hub_path
     else:
         path = _find_local_file(folder, dataset, split)
-        frame, source = _read_local(path, dataset, spec), str(path)
+        try:
+            frame = _read_local(path, dataset, spec)
+        except (UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+            raise ValueError(
+                f"data_dir: {str(path)!r} cannot be read ({type(err).__name__}: {err}); give a "
+                "UTF-8 CSV/TSV/JSONL or a parquet file with a header naming its columns"
+            ) from err
+        source = str(path)
     if dataset == "ag_news":
         frame["text"] = frame["text"].map(clean_ag_news)
     _validate(frame, spec, source)
