@@ -40,7 +40,7 @@ from datasets import DatasetDict
 from tracin_we import influence
 from tracin_we.data import balanced_indices, fingerprint, make_splits
 from tracin_we.influence.options import parse_options
-from tracin_we.inputs import model_inputs
+from tracin_we.inputs import Tensors, model_inputs
 from tracin_we.paper import PAPER_METHODS
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
@@ -142,6 +142,25 @@ class DeletionResult:
     n_reused: int = 0  # retrains read from the cache (or shared with another row)
 
 
+def evaluation_inputs(
+    config: Any, splits: DatasetDict | None
+) -> tuple[DatasetDict, Tensors, Tensors, list[int]]:
+    """What every evaluation (deletion, no-overlap, LDS) starts from: the splits (made from
+    ``config.train.data`` when None), their train and test tensors, and the
+    ``config.n_test_points`` test points balanced over classes (drawn with ``config.point_seed``).
+    """
+    splits = splits if splits is not None else make_splits(config.train.data)
+    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    points = balanced_indices(
+        test_t["labels"],
+        config.n_test_points,
+        config.point_seed,
+        config.train.data.task.num_classes,
+        name="n_test_points",
+    )
+    return splits, train_t, test_t, points
+
+
 def run_deletion(
     config: DeletionConfig,
     splits: DatasetDict | None = None,
@@ -161,18 +180,10 @@ def run_deletion(
     order; other methods are computed by ``influence.scores`` on ``train(config.train)``'s
     checkpoints. Everything is validated before the first retrain.
     """
-    splits = splits if splits is not None else make_splits(config.train.data)
-    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    splits, train_t, test_t, points = evaluation_inputs(config, splits)
     n_train = len(train_t["labels"])
     if max(config.ks) >= n_train:
         raise ValueError(f"ks={list(config.ks)}: each k must be < the {n_train} training examples")
-    points = balanced_indices(
-        test_t["labels"],
-        config.n_test_points,
-        config.point_seed,
-        config.train.data.task.num_classes,
-        name="n_test_points",
-    )
     rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
     resolved = result_identity(config, splits, rows)
     out_dir = claim_result_folder(resolved, "deletion", "deletion sweep", cache, out_dir, overwrite)

@@ -53,7 +53,7 @@ from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
 from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, model_inputs
 from tracin_we.params import check_types, from_params
-from tracin_we.persistence import atomic_write, cache_dir, config_key, write_json
+from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
 from tracin_we.recipe import TrainConfig, predict_proba
 from tracin_we.retrain import RetrainJob, retrain_cached
 from tracin_we.tokenizer import load_tokenizer
@@ -516,16 +516,11 @@ def _resolved(config: FixingConfig, splits: DatasetDict) -> dict:
 
 
 def _save(result: FixingResult, resolved: dict) -> None:
-    write_json(
-        result.out_dir / "config.json",
-        resolved | {"mistakes": result.mistakes, "p_original": result.p_original},
+    """``config.json`` and the tables, recorded in the folder's manifest (persistence)."""
+    Folder(result.out_dir).write_json(
+        "config.json", resolved | {"mistakes": result.mistakes, "p_original": result.p_original}
     )
     words = pd.concat([w.assign(method=m) for m, w in result.words.items()] or [pd.DataFrame()])
-    for name, frame in (
-        ("fixing", result.table),
-        ("fixed_share", result.summary),
-        ("words", words),
-    ):
-        atomic_write(
-            result.out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False)
-        )
+    save_tables(
+        result.out_dir, {"fixing": result.table, "fixed_share": result.summary, "words": words}
+    )

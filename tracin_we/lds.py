@@ -43,10 +43,8 @@ import torch
 from datasets import DatasetDict
 
 from tracin_we import influence
-from tracin_we.data import balanced_indices, make_splits
-from tracin_we.deletion import result_identity, score_rows
+from tracin_we.deletion import evaluation_inputs, result_identity, score_rows
 from tracin_we.influence.options import parse_options
-from tracin_we.inputs import model_inputs
 from tracin_we.paper import PAPER_METHODS
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables
@@ -302,17 +300,9 @@ def run_lds(
     order; the other methods are scored on ``train(config.train)``'s checkpoints. The retrains
     are ``config.n_subsets × len(config.seeds)`` jobs of ``retrain.retrain_cached``.
     """
-    splits = splits if splits is not None else make_splits(config.train.data)
-    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    splits, train_t, test_t, points = evaluation_inputs(config, splits)
     n_train = len(train_t["labels"])
     masks = draw_subsets(n_train, config.n_subsets, config.alpha, config.subset_seed)
-    points = balanced_indices(
-        test_t["labels"],
-        config.n_test_points,
-        config.point_seed,
-        config.train.data.task.num_classes,
-        name="n_test_points",
-    )
     rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
     resolved = result_identity(config, splits, rows)
     out_dir = claim_result_folder(resolved, "lds", "LDS evaluation", cache, out_dir, overwrite)

@@ -26,18 +26,18 @@ import pandas as pd
 import torch
 from datasets import DatasetDict
 
-from tracin_we.data import balanced_indices, make_splits
 from tracin_we.deletion import (
     SUMMARY_NAMES,
     DeletionConfig,
     DeletionResult,
     auc_del,
     crn_variance,
+    evaluation_inputs,
     run_deletion,
     score_rows,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
-from tracin_we.inputs import SPECIAL_IDS, Tensors, model_inputs
+from tracin_we.inputs import SPECIAL_IDS, Tensors
 from tracin_we.paper import NO_OVERLAP
 from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
 
@@ -129,15 +129,7 @@ def run_no_overlap(
     ``<cache>/deletion/<key>`` (the key covers the masked scores), the pooled tables under
     ``<cache>/no_overlap/<key of both>``.
     """
-    splits = splits if splits is not None else make_splits(config.train.data)
-    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
-    points = balanced_indices(
-        test_t["labels"],
-        config.n_test_points,
-        config.point_seed,
-        config.train.data.task.num_classes,
-        name="n_test_points",
-    )
+    splits, train_t, test_t, points = evaluation_inputs(config, splits)
     candidates = least_overlap_candidates(
         train_t, {k: v[points] for k, v in test_t.items()}, candidate_fraction
     )
