@@ -162,6 +162,61 @@ def test_keep_mask_of_all_true_changes_nothing(tiny_data_dir):
     assert_same_tensors(plain.state_dict(), masked.state_dict())
 
 
+@pytest.mark.parametrize(
+    ("model", "optimizer", "freeze"),
+    [
+        ("cnn", "adam", False),
+        ("cnn", "sgd", False),
+        ("bert-tiny", "adam", False),
+        ("cnn", "adam", True),
+    ],
+)
+def test_training_present_rows_only_gives_the_same_model_bit_for_bit(
+    tiny_data_dir, model, optimizer, freeze
+):
+    """The speed-up of ``present_rows_only``: absent tokens' rows never move, so training the
+    present rows alone (and some examples removed) must give every weight bit for bit."""
+    config = tiny_train_config(
+        tiny_data_dir,
+        model=model,
+        pretrained=False,
+        optimizer=optimizer,
+        epochs=2,
+        checkpoint_epochs=[2],
+        freeze_embeddings=freeze,
+    )
+    data = model_inputs(make_splits(config.data)["train"])
+    keep = torch.arange(len(data["labels"])) % 5 != 0
+    models = [
+        fit(build_model(model, 4, 0)[0], data, config, keep=keep, progress=False, present_rows=rows)
+        for rows in (False, True)
+    ]
+    full, compact = (m.state_dict() for m in models)
+    assert_same_tensors(full, compact)
+    embedding = word_embeddings(models[1])
+    assert embedding.num_embeddings == 30522  # the full matrix is back after training
+    assert embedding.weight.shape == (30522, embedding.embedding_dim)
+    init = word_embeddings(build_model(model, 4, 0)[0]).weight
+    moved = (embedding.weight != init).any(-1).nonzero().flatten()
+    assert set(moved.tolist()) <= set(data["input_ids"].unique().tolist())
+    assert len(moved) > 0 if not freeze else len(moved) == 0
+
+
+def test_a_tied_embedding_is_trained_whole(tiny_data_dir):
+    """A word-embedding matrix shared with another layer (tied output) keeps its full shape: the
+    compact swap would untie it."""
+    config = tiny_train_config(tiny_data_dir, epochs=1, checkpoint_epochs=[1])
+    data = model_inputs(make_splits(config.data)["train"])
+    model = build_model("cnn", 4, 0)[0]
+    model.tied = nn.Linear(128, 30522, bias=False)
+    model.tied.weight = model.embeddings.weight
+    seen = []
+    model.embeddings.register_forward_hook(lambda m, i, o: seen.append(m.weight.shape[0]))
+    fit(model, data, config, progress=False)
+    assert set(seen) == {30522}
+    assert model.tied.weight is model.embeddings.weight
+
+
 def test_frozen_embeddings_stay_at_init(tiny_data_dir):
     config = tiny_train_config(
         tiny_data_dir, epochs=1, checkpoint_epochs=[1], freeze_embeddings=True

