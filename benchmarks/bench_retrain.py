@@ -149,8 +149,9 @@ def main() -> None:
     peak = {t: max(p, matmul_peak(t)) for t, p in peak.items()}
 
     print(
-        f"CNN on AG News: {args.n_train} texts × {args.max_length} tokens, batch {args.batch_size}, "
-        f"{args.epochs} epoch(s); {cores} cores, load average {load:.1f} at start"
+        f"CNN on AG News: {args.n_train} texts × {args.max_length} tokens, "
+        f"batch {args.batch_size}, {args.epochs} epoch(s); {cores} cores, "
+        f"load average {load:.1f} at start"
     )
     print(
         "float32 matmul peak (2048², best of the run): "

@@ -152,7 +152,10 @@ def fit(
         and config.max_grad_norm is None
         and _owns_its_embedding(model)
     )
-    with present_rows_only(model, train) if compact else nullcontext(train) as train:
+    with (
+        present_rows_only(model, train) if compact else nullcontext(train) as train,
+        _no_embedding_gradient(model, config.freeze_embeddings),
+    ):
         return _fit(
             model, train, config, keep, device, start_epoch, optimizer_state, progress, on_epoch
         )
@@ -169,8 +172,7 @@ def _fit(
     progress: bool,
     on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None,
 ) -> nn.Module:
-    frozen = word_embeddings(model).weight if config.freeze_embeddings else None
-    params = [p for p in model.parameters() if p.requires_grad and p is not frozen]
+    params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adam":  # momentum is then Adam's beta1
         # fused: one kernel for all tensors; ~10x faster than foreach on the 30,522 x 128 embedding
         optimizer = torch.optim.Adam(
@@ -226,6 +228,20 @@ def _owns_its_embedding(model: nn.Module) -> bool:
         return False
     shared = [p for _, p in model.named_parameters(remove_duplicate=False) if p is weight]
     return len(shared) == 1 and weight.layout == torch.strided
+
+
+@contextmanager
+def _no_embedding_gradient(model: nn.Module, frozen: bool) -> Iterator[None]:
+    """With ``frozen``, the word embedding takes no gradient while training: the optimizer leaves
+    it out, and backward skips its gradient (and the first layer's input gradient that feeds it),
+    which changes no other gradient."""
+    weight = word_embeddings(model).weight
+    before = weight.requires_grad
+    weight.requires_grad_(before and not frozen)
+    try:
+        yield
+    finally:
+        weight.requires_grad_(before)
 
 
 @contextmanager
