@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from tracin_we.data import DataConfig
 from tracin_we.inputs import forward, select
-from tracin_we.models import build_model, check_length, word_embeddings
+from tracin_we.models import as_classifier, build_model, check_length, word_embeddings
 from tracin_we.params import check_types, from_params
 
 OPTIMIZERS = ("sgd", "adam")
@@ -136,7 +136,11 @@ def fit(
     Raises ``FloatingPointError`` naming the epoch and step at the first non-finite loss (or one
     above ``DIVERGED_LOSS``), checked every step before its update, and when the weights hold a
     non-finite value, checked once per epoch, before ``on_epoch`` saves them.
+
+    ``model`` may be a plain ``transformers`` classifier: it is trained through
+    ``models.as_classifier`` (its ``.logits``), in place, and returned as given.
     """
+    given, model = model, as_classifier(model)
     model.to(device)
     frozen = word_embeddings(model).weight if config.freeze_embeddings else None
     params = [p for p in model.parameters() if p.requires_grad and p is not frozen]
@@ -183,7 +187,7 @@ def fit(
             raise FloatingPointError(_diverged(f"weights {bad[:3]} are non-finite {where}", config))
         if on_epoch is not None:
             on_epoch(epoch + 1, model, optimizer, total / max(count, 1))
-    return model
+    return given
 
 
 def _diverged(what: str, config: TrainConfig) -> str:
@@ -197,8 +201,8 @@ def _diverged(what: str, config: TrainConfig) -> str:
 def predict_proba(
     model: nn.Module, data: dict[str, torch.Tensor], batch_size: int = 256, device: str = "cpu"
 ) -> torch.Tensor:
-    """Softmax probabilities (N, C) in eval mode."""
-    model.eval().to(device)
+    """Softmax probabilities (N, C) in eval mode; ``model`` as in ``fit``."""
+    model = as_classifier(model).eval().to(device)
     n = len(data["input_ids"])
     out = [
         forward(model, select(data, torch.arange(i, min(i + batch_size, n)), device)).softmax(-1)
