@@ -146,7 +146,9 @@ class HFClassifier(nn.Module):
         if not heads:
             raise ValueError(
                 f"model: {type(self.model).__name__} has no nn.Linear with config.num_labels="
-                f"{num_labels} outputs; the last-layer methods need one"
+                f"{num_labels} outputs, which the last-layer methods need; allowed: a "
+                "transformers classifier (AutoModelForSequenceClassification) or a model with a "
+                "`classifier_layer()` method returning its nn.Linear"
             )
         return heads[-1]
 

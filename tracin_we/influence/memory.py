@@ -9,15 +9,18 @@ sparse word-embedding rows) and the score matrix.
 
 Estimate, in bytes, with b = the bytes of one element of ``dtype``:
 
-- dense gradients: P · b · (n_held + 3 · batch_size), where n_held = n_train + n_test for
+- dense gradients: P · b · (n_held + 2 · batch_size), where n_held = n_train + n_test for
   ``scores``, n for ``self_influence``, checkpoints · n_test + chunk for the streaming top-k,
-  and 3 · batch_size covers one batch's per-example gradients, their flattened copy and autograd's
-  work space; with ``cache_dir``, one more copy of the training (or chunk) gradients, serialised;
+  and 2 · batch_size (at most the larger set's size) covers one batch's per-example gradients
+  and autograd's work space; with ``cache_dir``, one more copy of the training (or chunk)
+  gradients, serialised;
 - the scores: 2 · n_test · n_train · b (the running sum over checkpoints and one checkpoint's
   part); n_test · (chunk + k) · b · 2 when streaming.
 
-It is a lower bound of the peak (the model, activations and Python objects come on top), so a
-refusal is never a false alarm by the estimate's own terms.
+The model, its activations and Python itself come on top. Measured (BERT-tiny, all 4.4 M
+parameters, 64 train × 32 test texts of 32 tokens, batch 16, 2 checkpoints, float32): estimate
+2.1 GiB, peak resident memory 1.9 GiB above the process's before the call (3.5 GiB before the
+(n, P) gradients were written in place and the previous checkpoint's released).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def estimate(
     docstring."""
     b = torch.empty((), dtype=options.dtype).element_size()
     p = dense_params(model, method, options)
-    batch = options.batch_size
+    batch = min(options.batch_size, max(n_train if chunk is None else chunk, n_test))
     if chunk is None:
         held, held_text = n_train + n_test, f"{n_train:,} train + {n_test:,} test"
         cached = n_train
@@ -80,12 +83,12 @@ def estimate(
         matrix = 2 * n_test * (chunk + k)
         matrix_text = f"2 × {n_test:,} × ({chunk:,} + {k}) scores"
     cached = cached if options.cache_dir is not None else 0
-    gradients = p * (held + 3 * batch + cached)
+    gradients = p * (held + 2 * batch + cached)
     text = f"{matrix_text} × {b} B"
     if p:
         cache_text = f" + {cached:,} serialised for cache_dir" if cached else ""
         text = (
-            f"{p:,} parameters × {b} B × ({held_text} + 3 × {batch} batch{cache_text} examples) "
+            f"{p:,} parameters × {b} B × ({held_text} + 2 × {batch} batch{cache_text} examples) "
             f"+ {text}"
         )
     return Estimate(b * (gradients + matrix), text)
@@ -130,7 +133,6 @@ def check_memory(
     have, source = available_bytes(options.device)
     if need.bytes <= have:
         return need
-    gib = 2**30
     fixes = [
         "fewer parameters (a narrower `params`/`layer` regex, e.g. one layer, or tracin-we: "
         "sparse word-embedding rows instead of dense gradients)"
@@ -140,11 +142,16 @@ def check_memory(
         "fewer test examples per call (split the test set)",
         "top_k_streaming(..., chunk_size=...) to walk the training set in chunks"
         if chunk is None and method in STREAMING_METHODS
-        else (f"a smaller chunk_size (now {chunk:,})" if chunk is not None else None),
+        else (f"a smaller chunk_size (in effect now: {chunk:,})" if chunk is not None else None),
         "dtype=torch.float32 instead of float64" if options.dtype == torch.float64 else None,
     ]
     raise MemoryError(
-        f"method={method!r} would need about {need.bytes / gib:.1f} GiB ({need.formula}), more "
-        f"than the {have / gib:.1f} GiB {source}; nothing was computed. To fit: "
+        f"method={method!r} would need about {size(need.bytes)} ({need.formula}), more than "
+        f"the {size(have)} {source}; nothing was computed. To fit: "
         + "; ".join(f for f in fixes if f)
     )
+
+
+def size(n_bytes: int) -> str:
+    """``n_bytes`` in GiB from 1 GiB on, else MiB."""
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
