@@ -23,7 +23,7 @@ from transformers import (
 
 from tracin_we import influence
 from tracin_we.checkpoints import trainer_checkpoints
-from tracin_we.models import HFClassifier, as_classifier
+from tracin_we.models import HFClassifier, as_classifier, build_model
 from tracin_we.recipe import TrainConfig, fit, predict_proba
 from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
 
@@ -263,3 +263,13 @@ def test_as_classifier_wraps_only_pretrained_models() -> None:
     assert as_classifier(wrapped) is wrapped
     cnn = DictOutput()
     assert as_classifier(cnn) is cnn
+
+
+def test_a_trainer_checkpoint_folder_is_a_model_name(trainer_run) -> None:
+    """``model=<checkpoint folder>`` (notebooks, ``TrainConfig``) loads the Trainer's weights."""
+    _, folder = trainer_run
+    loaded, init = build_model(str(folder / "checkpoint-4"), 2, seed=0)
+    assert init == f"pretrained:{folder / 'checkpoint-4'}" and isinstance(loaded, HFClassifier)
+    state = trainer_checkpoints(folder)[-1][0]
+    for name, tensor in loaded.model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
