@@ -78,7 +78,8 @@ def resolve_checkpoints(checkpoints: Iterable[CheckpointLike]) -> list[tuple[Sta
 def trainer_checkpoints(output_dir: str | os.PathLike) -> list[tuple[StateDict, float]]:
     """The ``checkpoint-<step>`` folders of a ``transformers.Trainer`` run as ``(state_dict, lr)``
     pairs, in step order. The learning rate is the last one logged at or before that step in the
-    folder's ``trainer_state.json``. Keys are the Trainer model's own (``HFClassifier`` loads them).
+    folder's ``trainer_state.json``. Keys are the Trainer model's own: give ``influence.scores``
+    and ``word_scores`` that model as it is (``HFClassifier`` loads them too).
     """
     folders = sorted(
         (

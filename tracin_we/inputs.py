@@ -1,8 +1,10 @@
 """Model inputs: the batch format every module shares, and the one forward call.
 
 A batch is a dict of tensors (``Tensors``): ``input_ids``, ``attention_mask`` and
-``token_type_ids`` (each (N, T), when present) and ``labels`` (N,). The special token ids are
-bert-base-uncased's, the vocabulary every built-in model uses.
+``token_type_ids`` (each (N, T), when present) and ``labels`` (N,). Texts of different lengths
+(tokenized without padding, as Hugging Face's ``DataCollatorWithPadding`` expects them, or batches
+that collator padded each to its own length) are padded on the right to the longest one. The
+special token ids are bert-base-uncased's, the vocabulary every built-in model uses.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 from datasets import Dataset
 from torch import nn
+from torch.utils.data import DataLoader
 
 Tensors = dict[str, torch.Tensor]
 
@@ -18,21 +21,71 @@ PAD_ID, CLS_ID, SEP_ID = 0, 101, 102  # bert-base-uncased [PAD], [CLS], [SEP]
 SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID)  # in every text: never "shared words", never edited
 
 
-def model_inputs(data: Dataset | list[dict] | dict) -> Tensors:
-    """Stack a ``Dataset`` or list of dicts into tensors: ``input_ids``, ``attention_mask``,
-    ``token_type_ids`` (each (N, T), when present) and ``labels`` (N,)."""
+def model_inputs(data: Dataset | list[dict] | dict, pad_id: int = PAD_ID) -> Tensors:
+    """Stack a ``Dataset``, a list of example dicts or a list of batch dicts (each (B_k, T_k)
+    tensors, e.g. a ``DataLoader``'s batches) into tensors: ``input_ids``, ``attention_mask``,
+    ``token_type_ids`` (each (N, T), when present) and ``labels`` (N,).
+
+    Texts of different lengths are padded on the right to the longest (T = max length):
+    ``input_ids`` with ``pad_id``, the rest with 0; without an ``attention_mask``, one marking
+    each text's own positions is added. Texts of one length are stacked as they are."""
     if isinstance(data, dict) and "input_ids" in data and torch.is_tensor(data["input_ids"]):
         return data
+    if isinstance(data, DataLoader):
+        data = list(data)
+    if isinstance(data, list) and data and _is_batch(data[0]):
+        return _concat([_batch_tensors(batch) for batch in data], pad_id)
     rows = data.to_dict() if isinstance(data, Dataset) else None
     if rows is None:
         if not data:
             return {}
         rows = {k: [ex[k] for ex in data] for k in data[0]}
-    out = {k: torch.as_tensor(rows[k]) for k in MODEL_INPUTS if k in rows}
+    out = {k: _stack(rows[k], pad_id if k == "input_ids" else 0) for k in MODEL_INPUTS if k in rows}
+    if "input_ids" in out and "attention_mask" not in out:
+        lengths = {len(ids) for ids in rows["input_ids"]}
+        if len(lengths) > 1:
+            out["attention_mask"] = _stack([[1] * len(ids) for ids in rows["input_ids"]], 0)
     label_key = "labels" if "labels" in rows else "label" if "label" in rows else None
     if label_key is not None:
         out["labels"] = torch.as_tensor(rows[label_key], dtype=torch.long)
     return out
+
+
+def _is_batch(item: object) -> bool:
+    """A collated batch: a mapping whose ``input_ids`` is 2-D (B, T)."""
+    ids = item.get("input_ids") if hasattr(item, "get") else None
+    return torch.is_tensor(ids) and ids.dim() == 2
+
+
+def _batch_tensors(batch: dict) -> Tensors:
+    """A collated batch's model inputs and labels (``label`` renamed ``labels``)."""
+    keep = (*MODEL_INPUTS, "label", "labels")
+    return {("labels" if k == "label" else k): v for k, v in batch.items() if k in keep}
+
+
+def _stack(values: list, fill: int) -> torch.Tensor:
+    """(N, T) from N sequences, padded on the right with ``fill`` when their lengths differ."""
+    if len({len(v) for v in values}) <= 1 and not (values and torch.is_tensor(values[0])):
+        return torch.as_tensor(values)
+    return nn.utils.rnn.pad_sequence(
+        [torch.as_tensor(v) for v in values], batch_first=True, padding_value=fill
+    )
+
+
+def _concat(parts: list[Tensors], pad_id: int) -> Tensors:
+    """Batches of their own lengths T_k, concatenated after padding each to max T_k."""
+    keys = set(parts[0])
+    if any(set(p) != keys for p in parts):
+        raise ValueError(f"data: the batches have different keys: {[sorted(p) for p in parts]}")
+    width = max(p["input_ids"].shape[1] for p in parts)
+
+    def padded(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if key not in MODEL_INPUTS:
+            return tensor
+        fill = pad_id if key == "input_ids" else 0
+        return nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=fill)
+
+    return {k: torch.cat([padded(k, p[k]) for p in parts]) for k in parts[0]}
 
 
 def select(tensors: Tensors, index: torch.Tensor, device: str | torch.device) -> Tensors:

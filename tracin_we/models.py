@@ -9,7 +9,9 @@ Every model here maps ``(input_ids, attention_mask, token_type_ids)`` of shape `
   TracIn-Last, influence functions and representer points.
 
 Models: ``"bert-tiny"`` (the paper's), ``"cnn"`` (the authors' notebook), or any
-``AutoModelForSequenceClassification`` name or local path.
+``AutoModelForSequenceClassification`` name or local path. A ``transformers.PreTrainedModel``
+given as it is (its output has ``.logits``) is wrapped in ``HFClassifier`` by ``as_classifier``,
+the one place where that happens; every public entry point that takes a model calls it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
+    PreTrainedModel,
 )
 
+from tracin_we.inputs import PAD_ID, forward
 from tracin_we.tokenizer import VOCAB_SIZE
 
 log = logging.getLogger(__name__)
@@ -140,7 +144,12 @@ class HFClassifier(nn.Module):
             if isinstance(m, nn.Linear) and m.out_features == num_labels
         ]
         if not heads:
-            raise ValueError(f"model: no nn.Linear with {num_labels} outputs found")
+            raise ValueError(
+                f"model: {type(self.model).__name__} has no nn.Linear with config.num_labels="
+                f"{num_labels} outputs, which the last-layer methods need; allowed: a "
+                "transformers classifier (AutoModelForSequenceClassification) or a model with a "
+                "`classifier_layer()` method returning its nn.Linear"
+            )
         return heads[-1]
 
     def length_limits(self) -> tuple[int, int | None]:
@@ -162,18 +171,72 @@ class HFClassifier(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+ALLOWED_MODELS = (
+    "a transformers.PreTrainedModel whose output has .logits (e.g. any "
+    "AutoModelForSequenceClassification), or an nn.Module mapping (input_ids, attention_mask, "
+    "token_type_ids) to a (B, C) logits tensor"
+)
+
+
+def as_classifier(model: nn.Module) -> nn.Module:
+    """``model`` behind this module's interface: a ``transformers.PreTrainedModel`` wrapped in
+    ``HFClassifier`` (sharing its parameters, so training or loading the wrapper changes
+    ``model``), anything else as it is. ``ValueError`` for what is not an ``nn.Module``."""
+    if isinstance(model, PreTrainedModel):
+        return HFClassifier(model)
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"model: a {type(model).__name__} is not a model; allowed: {ALLOWED_MODELS}"
+        )
+    return model
+
+
+def pad_token_id(model: nn.Module) -> int:
+    """The id that pads inputs of ``model``: its Hugging Face config's ``pad_token_id``, else
+    [PAD] of the shipped BERT vocabulary."""
+    config = getattr(getattr(model, "model", model), "config", None)
+    pad = getattr(config, "pad_token_id", None)
+    return PAD_ID if pad is None else int(pad)
+
+
+@torch.no_grad()
+def check_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """``ValueError`` unless ``model`` (from ``as_classifier``, in eval mode) maps ``batch``
+    (B examples) to a (B, C) floating tensor: one forward pass, no gradient."""
+    try:
+        logits = forward(model, batch)
+    except AttributeError as err:  # HFClassifier's `.logits` of an output that has none
+        raise ValueError(
+            f"model: the output of {type(getattr(model, 'model', model)).__name__} has no "
+            f".logits ({err}); allowed: {ALLOWED_MODELS}"
+        ) from err
+    n = len(batch["input_ids"])
+    if not (torch.is_tensor(logits) and logits.is_floating_point() and logits.shape[0] == n):
+        what = type(logits).__name__
+        shape = tuple(logits.shape) if torch.is_tensor(logits) else what
+        raise ValueError(
+            f"model: {type(model).__name__} returned {shape} for {n} inputs, not (B, C) logits; "
+            f"allowed: {ALLOWED_MODELS}"
+        )
+
+
 def word_embeddings(model: nn.Module) -> nn.Embedding:
     """The word-embedding module of ``model`` (see the module docstring)."""
-    if hasattr(model, "word_embeddings"):
-        module = model.word_embeddings()
-    elif hasattr(model, "get_input_embeddings"):
-        module = model.get_input_embeddings()
-    else:
+    try:
+        if hasattr(model, "word_embeddings"):
+            module = model.word_embeddings()
+        elif hasattr(model, "get_input_embeddings"):
+            module = model.get_input_embeddings()
+        else:
+            module = None
+    except NotImplementedError:  # transformers' default for models without one
         module = None
     if not isinstance(module, nn.Embedding):
         raise ValueError(
-            f"model: {type(model).__name__} has no identifiable word-embedding layer; give it a "
-            "`word_embeddings()` method returning its nn.Embedding"
+            f"model: {type(model).__name__} has no identifiable word-embedding layer (nothing "
+            "from word_embeddings() or get_input_embeddings() is an nn.Embedding); allowed: a "
+            "transformers.PreTrainedModel whose get_input_embeddings() is an nn.Embedding, or a "
+            "model with a `word_embeddings()` method returning its nn.Embedding"
         )
     return module
 
@@ -183,8 +246,9 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
     module = model.classifier_layer() if hasattr(model, "classifier_layer") else None
     if not isinstance(module, nn.Linear):
         raise ValueError(
-            f"model: {type(model).__name__} has no identifiable final linear layer; give it a "
-            "`classifier_layer()` method returning its nn.Linear"
+            f"model: {type(model).__name__} has no identifiable final linear layer; allowed: a "
+            "transformers.PreTrainedModel with an nn.Linear of config.num_labels outputs, or "
+            "a model with a `classifier_layer()` method returning its nn.Linear"
         )
     return module
 

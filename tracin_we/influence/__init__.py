@@ -17,11 +17,20 @@ Methods (``METHODS``; formulas in docs/paper.md, arXiv 2202.11844 v1 eq. 2–4 a
 - ``influence-last`` (``damping``) and ``representer`` (``l2``): at the last checkpoint only;
 - ``tracin-tfidf`` (``special_token_ids``): TF-IDF cosine × the last layer's δ · δ'; ``random``.
 
-Every method takes ``batch_size``, ``device``, ``dtype`` and ``cache_dir`` (the cache root of
+Every method takes ``batch_size``, ``device``, ``dtype``, ``cache_dir`` (the cache root of
 ``tracin_we.persistence``: training-set gradient rows are cached per checkpoint in
-``<cache_dir>/gradients``). Bad input raises ``ValueError`` before any gradient is taken: among
-it, checkpoints with non-finite weights and texts longer or shorter than the model accepts. A
-result holding NaN or ±inf is an error too, not a score.
+``<cache_dir>/gradients``) and ``progress`` (bars over checkpoints and gradient batches, default
+True). Bad input raises ``ValueError`` before any gradient is taken: among it, checkpoints with
+non-finite weights, texts longer or shorter than the model accepts, and a model that gives no
+logits or lacks the layer the method needs. A call whose memory estimate (``memory``) exceeds
+what the device has free raises ``MemoryError`` before any work. A result holding NaN or ±inf is
+an error too, not a score.
+
+``model``: any ``nn.Module`` mapping (input_ids, attention_mask, token_type_ids) to logits, or a
+``transformers.PreTrainedModel`` as it is (its ``.logits`` are used: ``models.as_classifier``).
+``train``/``test``: a ``Dataset``, a list of example dicts, a list of collated batches (e.g.
+``list(DataLoader(..., collate_fn=DataCollatorWithPadding(tokenizer)))``) or a dict of tensors;
+texts of different lengths are padded on the right with the model's pad id.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from tracin_we.influence.last_layer import (
     tfidf_self_cosine,
 )
 from tracin_we.influence.layers import CosineKernel, ParamKernel
+from tracin_we.influence.memory import check_memory
 from tracin_we.influence.options import (
     METHOD_OPTIONS,
     Options,
@@ -53,9 +63,10 @@ from tracin_we.influence.options import (
     prepare_data,
     select_params,
 )
+from tracin_we.influence.progress import shown
 from tracin_we.influence.words import WordScores, word_scores
 from tracin_we.inputs import CLS_ID, PAD_ID, SEP_ID, Tensors
-from tracin_we.models import check_length, word_embeddings
+from tracin_we.models import as_classifier, check_length, pad_token_id, word_embeddings
 
 __all__ = [
     "METHODS",
@@ -88,7 +99,7 @@ def scores(
 ) -> torch.Tensor:
     """(len(test), len(train)) influence of each training example on each test example under
     ``method``; positive = proponent. See the module docstring for methods and options."""
-    options_, train_t, test_t, checkpoints_ = _validated(
+    options_, model, train_t, test_t, checkpoints_ = _validated(
         method, model, checkpoints, options, train=train, test=test
     )
     if method == "random":
@@ -96,7 +107,7 @@ def scores(
         return torch.randn(
             len(test_t["labels"]), len(train_t["labels"]), generator=generator, dtype=options_.dtype
         )
-    with prepared(model, options_):
+    with prepared(model, options_, probe=test_t), shown(options_.progress):
         out = _influence(method, Run(model, checkpoints_, options_), train_t, test_t)
     return _finite(out.to(device="cpu", dtype=options_.dtype), method)
 
@@ -111,8 +122,10 @@ def self_influence(
             f"method={method!r} has no self-influence; allowed: "
             f"{[m for m in METHODS if m != 'random']}"
         )
-    options_, data_t, _, checkpoints_ = _validated(method, model, checkpoints, options, data=data)
-    with prepared(model, options_):
+    options_, model, data_t, _, checkpoints_ = _validated(
+        method, model, checkpoints, options, data=data
+    )
+    with prepared(model, options_, probe=data_t), shown(options_.progress):
         out = _influence(method, Run(model, checkpoints_, options_), data_t, None)
     return _finite(out.to(device="cpu", dtype=options_.dtype), method)
 
@@ -152,12 +165,22 @@ def to_dattri(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _validated(
-    method: str, model: nn.Module, checkpoints: Checkpoints, options: dict, **data: Data
-) -> tuple[Options, Tensors, Tensors | None, list]:
-    """Resolved options, the data as checked tensors (train/test or data) and checkpoints."""
+    method: str,
+    model: nn.Module,
+    checkpoints: Checkpoints,
+    options: dict,
+    memory: bool = True,
+    **data: Data,
+) -> tuple[Options, nn.Module, Tensors, Tensors | None, list]:
+    """Resolved options, the model (``as_classifier``), the data as checked tensors (train/test
+    or data) and checkpoints; with ``memory``, ``scores``' memory estimate checked too."""
     options_ = parse_options(method, options)
+    model = as_classifier(model)
     num_classes, vocab_size = model_sizes(model, method, options_)
-    tensors = [prepare_data(name, value, num_classes, vocab_size) for name, value in data.items()]
+    pad = pad_token_id(model)
+    tensors = [
+        prepare_data(name, value, num_classes, vocab_size, pad) for name, value in data.items()
+    ]
     for name, tensor in zip(data, tensors, strict=True):
         check_length(model, tensor["input_ids"].shape[1], f"{name}'s length")
     if method == "tracin-layer":
@@ -165,7 +188,10 @@ def _validated(
     if method == "grad-cos" and options_.layer not in ("last", "embedding"):
         select_params(model, options_.layer, "layer")
     checkpoints_ = resolve_checkpoints(checkpoints)
-    return options_, tensors[0], tensors[1] if len(tensors) > 1 else None, checkpoints_
+    n = [len(t["labels"]) for t in tensors]
+    if memory and method != "random":
+        check_memory(method, model, options_, n[0], n[1] if len(n) > 1 else 0, len(checkpoints_))
+    return options_, model, tensors[0], tensors[1] if len(tensors) > 1 else None, checkpoints_
 
 
 def _finite(out: torch.Tensor, method: str) -> torch.Tensor:

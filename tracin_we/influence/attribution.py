@@ -32,7 +32,7 @@ from tracin_we.influence.gradients import frozen
 from tracin_we.influence.options import Options
 from tracin_we.influence.words import word_spans, word_text
 from tracin_we.inputs import SPECIAL_IDS, Tensors, forward
-from tracin_we.models import classifier_layer, word_embeddings
+from tracin_we.models import as_classifier, classifier_layer, word_embeddings
 
 Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
 
@@ -51,6 +51,7 @@ def influence_last_vectors(
     ``last_layer.influence_last_vectors`` with the Hessian of the mean loss over ``train``, the
     model run in ``dtype``."""
     options = Options(batch_size=batch_size, device=device, dtype=dtype, damping=damping)
+    model = as_classifier(model)
     with prepared(model, options):
         run = Run(model, resolve_checkpoints(checkpoints), options)
         return last_layer.influence_last_vectors(run, train, test).cpu()
@@ -74,6 +75,7 @@ def influence_last_positions(
     (C, h + bias) for all), and its split over positions: (∂I/∂e_i) · e_i; the model runs in
     ``dtype``."""
     vectors = vectors.expand(len(examples["input_ids"]), *vectors.shape[-2:])
+    model = as_classifier(model)
     captured: dict[str, torch.Tensor] = {}
 
     def leaf(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:

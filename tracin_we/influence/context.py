@@ -23,7 +23,9 @@ from torch import nn
 
 from tracin_we.checkpoints import StateDict
 from tracin_we.influence.options import Options
+from tracin_we.influence.progress import bar
 from tracin_we.inputs import Tensors
+from tracin_we.models import check_logits
 from tracin_we.persistence import Folder, cache_dir, config_key, tensor_digest
 
 
@@ -53,9 +55,13 @@ class Run:
     checkpoints: list[tuple[StateDict, float]]
     options: Options
 
-    def each_checkpoint(self) -> Iterator[tuple[StateDict, float]]:
-        """Load each checkpoint into the model in turn; yield ``(state_dict, lr)``."""
-        for state, lr in self.checkpoints:
+    def each_checkpoint(self, desc: str | None = None) -> Iterator[tuple[StateDict, float]]:
+        """Load each checkpoint into the model in turn; yield ``(state_dict, lr)``. With ``desc``,
+        behind a progress bar that stays (``progress.bar``)."""
+        items = self.checkpoints
+        if desc is not None:
+            items = bar(items, desc, total=len(items), unit="checkpoint", leave=True)
+        for state, lr in items:
             self.model.load_state_dict(state)
             yield state, lr
 
@@ -94,10 +100,11 @@ class Run:
 def tracin(run: Run, kernel: Kernel, train: Tensors, test: Tensors) -> torch.Tensor:
     """Σ_c η_c kernel(test, train) at each checkpoint c: (n_test, n_train), positive = proponent."""
     total = None
-    for state, lr in run.each_checkpoint():
+    for state, lr in run.each_checkpoint("TracIn over checkpoints"):
         train_features = run.train_features(kernel, state, train)
         part = lr * kernel.pairwise(kernel.features(run, test), train_features)
         total = part if total is None else total + part
+        del train_features, part  # not held while the next checkpoint's are computed
     return total
 
 
@@ -105,21 +112,27 @@ def tracin_diagonal(run: Run, kernel: Kernel, data: Tensors) -> torch.Tensor:
     """Σ_c η_c kernel(z, z) for each example z of ``data``, (n,); ``data`` is a training set, so
     its features are cached as in ``tracin``."""
     total = None
-    for state, lr in run.each_checkpoint():
+    for state, lr in run.each_checkpoint("self-influence over checkpoints"):
         part = lr * kernel.diagonal(run.train_features(kernel, state, data))
         total = part if total is None else total + part
     return total
 
 
 @contextmanager
-def prepared(model: nn.Module, options: Options) -> Iterator[nn.Module]:
+def prepared(
+    model: nn.Module, options: Options, probe: Tensors | None = None
+) -> Iterator[nn.Module]:
     """``model`` in eval mode on ``options.device`` in ``options.dtype``; on exit its original
-    weights, device, dtype and train/eval mode are restored."""
+    weights, device, dtype and train/eval mode are restored. With ``probe`` (data), one forward
+    pass on its first example checks that the model gives logits (``models.check_logits``)
+    before any gradient is taken."""
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     reference = next(model.parameters())
     device, dtype, training = reference.device, reference.dtype, model.training
     model.to(device=options.device, dtype=options.dtype).eval()
     try:
+        if probe is not None:
+            check_logits(model, {k: v[:1].to(options.device) for k, v in probe.items()})
         yield model
     finally:
         model.to(device=device, dtype=dtype)

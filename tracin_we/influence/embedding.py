@@ -15,6 +15,7 @@ from scipy.optimize import linear_sum_assignment
 
 from tracin_we.influence.context import Run
 from tracin_we.influence.gradients import SparseRows, batches, embedding_grads, sparse_rows
+from tracin_we.influence.progress import bar
 from tracin_we.inputs import Tensors
 from tracin_we.models import word_embeddings
 
@@ -45,7 +46,7 @@ def embedding_rows(
     """Each example's rows g_w from its kept positions, one backward pass per batch."""
     vocab_size = word_embeddings(run.model).num_embeddings
     parts = []
-    for batch in batches(data, run.options.batch_size, run.options.device):
+    for batch in batches(data, run.options.batch_size, run.options.device, "embedding gradients"):
         grads = embedding_grads(run.model, batch)
         keep = kept_positions(batch, grads, top_tokens, exclude)
         parts.append(sparse_rows(batch["input_ids"], grads, keep, vocab_size))
@@ -66,7 +67,8 @@ def sparse_dot(test: SparseRows, train: SparseRows) -> torch.Tensor:
     test_c, train_c = compact[: len(test.ids)], compact[len(test.ids) :]
     test_example, train_example = test.example_index(), train.example_index()
     step = max(1, CHUNK_ELEMENTS // max(len(train.ids), len(vocab)))
-    for j0 in range(0, test.n, step):
+    starts = range(0, test.n, step)
+    for j0 in bar(starts, "shared-word scoring", total=len(starts), unit="chunk"):
         j1 = min(test.n, j0 + step)
         lo, hi = int(test.offsets[j0]), int(test.offsets[j1])
         table = torch.full((j1 - j0, len(vocab)), -1, device=vocab.device)

@@ -24,16 +24,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from tracin_we.influence.progress import bar
 from tracin_we.inputs import MODEL_INPUTS, Tensors, forward
 from tracin_we.models import classifier_layer, word_embeddings
 
 log = logging.getLogger(__name__)
 
 
-def batches(data: Tensors, batch_size: int, device: str | torch.device) -> Iterator[Tensors]:
-    """Consecutive slices of ``data`` (tensors of equal length), moved to ``device``."""
+def batches(
+    data: Tensors, batch_size: int, device: str | torch.device, desc: str | None = None
+) -> Iterator[Tensors]:
+    """Consecutive slices of ``data`` (tensors of equal length), moved to ``device``; with
+    ``desc``, behind a progress bar (``progress.bar``: shown only where a call enabled bars)."""
     n = len(data["input_ids"])
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    if desc is not None:
+        starts = bar(starts, f"{desc} ({n:,} examples)", total=len(starts), unit="batch")
+    for start in starts:
         yield {k: v[start : start + batch_size].to(device) for k, v in data.items()}
 
 
@@ -162,7 +169,10 @@ def last_layer_features(
         lambda _m, inputs, _out: captured.append(inputs[0])
     )
     try:
-        probs = [forward(model, batch).softmax(-1) for batch in batches(data, batch_size, device)]
+        probs = [
+            forward(model, batch).softmax(-1)
+            for batch in batches(data, batch_size, device, "last-layer inputs")
+        ]
     finally:
         handle.remove()
     return {"a": torch.cat(captured).flatten(1), "probs": torch.cat(probs)}
@@ -172,7 +182,9 @@ def param_grads(
     model: nn.Module, data: Tensors, names: list[str], batch_size: int, device: str | torch.device
 ) -> torch.Tensor:
     """(n, P): per-example gradients of the parameters ``names``, flattened and concatenated in
-    ``named_parameters`` order, via ``vmap(grad(...))`` over each batch.
+    ``named_parameters`` order, via ``vmap(grad(...))`` over each batch. The (n, P) result is
+    allocated once and filled batch by batch: memory n·P plus a batch's gradients (B·P), which
+    ``memory.dense_gradient_bytes`` estimates before any of it is taken.
 
     Models whose forward branches on tensor values (Hugging Face attention masks check for
     padding) cannot run under ``vmap``; for those, a backward pass per example does the same.
@@ -188,8 +200,10 @@ def param_grads(
         return F.cross_entropy(logits, label.unsqueeze(0))
 
     per_example = vmap(grad(loss), in_dims=(None, 0, 0))
-    out, use_vmap = [], True
-    for batch in batches(data, batch_size, device):
+    use_vmap, start = True, 0
+    sizes = [chosen[n].numel() for n in names]
+    out = torch.empty(len(data["labels"]), sum(sizes), dtype=chosen[names[0]].dtype, device=device)
+    for batch in batches(data, batch_size, device, "per-example gradients"):
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         if use_vmap:
             try:
@@ -204,8 +218,12 @@ def param_grads(
                 use_vmap = False
         if not use_vmap:
             grads = _looped_grads(loss, chosen, inputs, batch["labels"])
-        out.append(torch.cat([grads[n].flatten(1) for n in names], 1))
-    return torch.cat(out)
+        end, offset = start + len(batch["labels"]), 0
+        for name, size in zip(names, sizes, strict=True):
+            out[start:end, offset : offset + size] = grads[name].flatten(1)
+            offset += size
+        start = end
+    return out
 
 
 def _looped_grads(

@@ -15,10 +15,10 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from tracin_we.inputs import Tensors, model_inputs
+from tracin_we.inputs import PAD_ID, Tensors, model_inputs
 from tracin_we.models import classifier_layer, word_embeddings
 
-COMMON_OPTIONS = ("batch_size", "device", "dtype", "cache_dir")
+COMMON_OPTIONS = ("batch_size", "device", "dtype", "cache_dir", "progress")
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "tracin-we": (),
     "tracin-we-topk": ("top_tokens",),
@@ -34,6 +34,16 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 EMBEDDING_METHODS = ("tracin-we", "tracin-we-topk", "tracin-we-syn", "tracin-we-noc")
 LAST_LAYER_METHODS = ("tracin-last", "influence-last", "representer", "tracin-tfidf")
+# The TracIn-style methods: a sum over checkpoints of a kernel between per-example features.
+STREAMING_METHODS = (
+    "tracin-we",
+    "tracin-we-topk",
+    "tracin-we-syn",
+    "tracin-we-noc",
+    "tracin-last",
+    "tracin-layer",
+    "grad-cos",
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class Options:
     # The cache root (tracin_we.persistence): training-set gradient rows go to <cache_dir>/gradients
     # (verified on read, recomputed when damaged); None: nothing is cached.
     cache_dir: str | os.PathLike | None = None
+    progress: bool = True  # progress bars over checkpoints and gradient batches (tqdm.auto)
     top_tokens: int = 10  # TracIn-WE-Topk/Syn: positions kept per text, eqs. 3–4 (paper: 10)
     threshold: float = 0.7  # TracIn-WE-Syn: embedding cosine above which words match (paper: 0.7)
     # NoC: ids dropped (default: [CLS], [SEP] and ids in every input); TF-IDF: ids ignored
@@ -67,6 +78,7 @@ class Options:
         checks = {
             "batch_size": (self.batch_size >= 1, "a positive integer"),
             "top_tokens": (self.top_tokens >= 1, "a positive integer"),
+            "progress": (isinstance(self.progress, bool), "True or False"),
             "threshold": (-1.0 <= self.threshold <= 1.0, "a cosine in [-1, 1]"),
             "damping": (self.damping >= 0, ">= 0"),
             "l2": (self.l2 > 0, "> 0"),
@@ -97,11 +109,16 @@ def parse_options(method: str, options: dict[str, Any]) -> Options:
 
 
 def prepare_data(
-    name: str, data: Dataset | list[dict] | Tensors, num_classes: int | None, vocab_size: int | None
+    name: str,
+    data: Dataset | list[dict] | Tensors,
+    num_classes: int | None,
+    vocab_size: int | None,
+    pad_id: int = PAD_ID,
 ) -> Tensors:
-    """``data`` as tensors (``model_inputs``), checked: non-empty, one label per input, labels in
-    ``range(num_classes)``, token ids in ``range(vocab_size)``."""
-    tensors = dict(model_inputs(data))
+    """``data`` as tensors (``model_inputs``: texts of different lengths padded with ``pad_id``),
+    checked: non-empty, one label per input, labels in ``range(num_classes)``, token ids in
+    ``range(vocab_size)``."""
+    tensors = dict(model_inputs(data, pad_id))
     if "input_ids" not in tensors or not len(tensors["input_ids"]):
         raise ValueError(
             f"{name} is empty or has no input_ids; give at least one example with "

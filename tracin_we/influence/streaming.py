@@ -46,18 +46,11 @@ from tracin_we.influence import (
     refuse_nan,
 )
 from tracin_we.influence.context import Kernel, Run, prepared
+from tracin_we.influence.memory import check_memory
+from tracin_we.influence.options import STREAMING_METHODS
+from tracin_we.influence.progress import shown
 from tracin_we.inputs import Tensors
 
-# The TracIn-style methods: a sum over checkpoints of a kernel between per-example features.
-STREAMING_METHODS = (
-    "tracin-we",
-    "tracin-we-topk",
-    "tracin-we-syn",
-    "tracin-we-noc",
-    "tracin-last",
-    "tracin-layer",
-    "grad-cos",
-)
 # Training examples per chunk. At BERT-tiny size, seq len 64, 1,000 test texts: ~75 MB of
 # gradient rows and a 16 MB score block per chunk; smaller chunks add per-chunk work (each
 # checkpoint loaded once per chunk, a top-k merge), larger ones memory.
@@ -128,7 +121,7 @@ def stream_top_k(
     prepared (``context.prepared``)."""
     n_train = len(train["labels"])
     step = chunk_step(chunk_size, run.options.batch_size)
-    test_features = [kernel.features(run, test) for _ in run.each_checkpoint()]
+    test_features = [kernel.features(run, test) for _ in run.each_checkpoint("test gradients")]
     running = [RunningTopK(k, side) for side in sides]
     starts = range(0, n_train, step)
     desc = f"top-{k} of {n_train:,} training examples"
@@ -197,8 +190,14 @@ def _stream(
         raise ValueError(
             f"chunk_size={chunk_size!r} must be a positive integer (training examples per chunk)"
         )
-    options_, train_t, test_t, checkpoints_ = _validated(
-        method, model, checkpoints, options, train=train, test=test
+    options_, model, train_t, test_t, checkpoints_ = _validated(
+        method,
+        model,
+        checkpoints,
+        options | {"progress": progress},
+        train=train,
+        test=test,
+        memory=False,
     )
     if method not in STREAMING_METHODS:
         raise ValueError(
@@ -208,7 +207,9 @@ def _stream(
     n_train = len(train_t["labels"])
     if not (_is_int(k) and 1 <= k <= n_train):
         raise ValueError(f"k={k!r} must be in [1, {n_train}] (the number of training examples)")
-    with prepared(model, options_):
+    n_test, step = len(test_t["labels"]), chunk_step(chunk_size, options_.batch_size)
+    check_memory(method, model, options_, n_train, n_test, len(checkpoints_), min(step, n_train), k)
+    with prepared(model, options_, probe=test_t), shown(progress):
         run = Run(model, checkpoints_, options_)
         kernel = _kernel(method, run, [train_t, test_t])
         sides_ = stream_top_k(run, kernel, train_t, test_t, k, sides, chunk_size, progress)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from tracin_we.checkpoints import StateDict, resolve_checkpoints
 from tracin_we.influence.context import Run, prepared
@@ -24,6 +25,8 @@ from tracin_we.influence.embedding import embedding_rows, kept_positions
 from tracin_we.influence.gradients import batches, embedding_grads
 from tracin_we.influence.options import Options, model_sizes, prepare_data
 from tracin_we.inputs import Tensors
+from tracin_we.models import as_classifier, pad_token_id
+from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class WordScores:
     """One (train, test) pair's TracIn-WE score and its exact split (positive = proponent).
 
     ``tokens``: a row per token id present in both texts — ``token_id``, ``token`` (None without
-    a tokenizer), ``contribution`` = Σ_c η_c g_w(z) · g_w(z').
+    a tokenizer: ``tokenizer=None``, or a model whose vocabulary is not the shipped one),
+    ``contribution`` = Σ_c η_c g_w(z) · g_w(z').
     ``words``: the training text's whole words (WordPiece ``##`` pieces joined onto the piece
     before) holding a shared token — ``word``, ``start``, ``end`` (positions [start, end) in the
     training text), ``contribution`` = the sum over its positions.
@@ -48,25 +52,32 @@ def word_scores(
     checkpoints: Sequence[tuple[StateDict | str | os.PathLike, float]],
     train_example: dict,
     test_example: dict,
-    tokenizer=None,
+    tokenizer: PreTrainedTokenizerBase | str | None = "auto",
     top_tokens: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> WordScores:
     """Split the TracIn-WE score of ``train_example`` (z) on ``test_example`` (z') by shared token
     and by whole word of z. With ``top_tokens``, TracIn-WE-Topk's score (that many positions of
-    each text, those with the largest ‖∂ℓ/∂e_i‖). ``tokenizer`` (optional) names the tokens and
-    finds word pieces."""
+    each text, those with the largest ‖∂ℓ/∂e_i‖). ``model``: as in ``scores`` (a plain
+    ``transformers`` classifier included).
+
+    ``tokenizer`` names the tokens and finds word pieces: ``"auto"`` (default) is the project's
+    shipped BERT uncased tokenizer (``tracin_we.tokenizer``) when the model's word embedding has
+    its 30,522 rows, else none; None shows token ids; or give the model's own tokenizer."""
     chosen = Options.top_tokens if top_tokens is None else top_tokens  # validated by Options
     options = Options(device=device, dtype=dtype, top_tokens=chosen)
+    model = as_classifier(model)
     num_classes, vocab_size = model_sizes(model, "tracin-we", options)
-    train = prepare_data("train_example", [train_example], num_classes, vocab_size)
-    test = prepare_data("test_example", [test_example], num_classes, vocab_size)
+    pad = pad_token_id(model)
+    train = prepare_data("train_example", [train_example], num_classes, vocab_size, pad)
+    test = prepare_data("test_example", [test_example], num_classes, vocab_size, pad)
+    tokenizer = _resolve_tokenizer(tokenizer, vocab_size)
     run = Run(model, resolve_checkpoints(checkpoints), options)
     ids = train["input_ids"][0]
     contribution = torch.zeros(len(ids), dtype=torch.float64)
     shared = torch.zeros(len(ids), dtype=torch.bool)
-    with prepared(model, options):
+    with prepared(model, options, probe=test):
         for _, lr in run.each_checkpoint():
             part, part_shared = _position_contributions(run, train, test, top_tokens)
             contribution += lr * part.double().cpu()
@@ -77,6 +88,20 @@ def word_scores(
         _token_table(ids, contribution, shared, pieces),
         _word_table(ids, train["attention_mask"][0].bool(), contribution, shared, tokenizer),
     )
+
+
+def _resolve_tokenizer(
+    tokenizer: PreTrainedTokenizerBase | str | None, vocab_size: int | None
+) -> PreTrainedTokenizerBase | None:
+    """``word_scores``' ``tokenizer`` argument → a tokenizer or None."""
+    if not (isinstance(tokenizer, str) and tokenizer == "auto"):
+        if isinstance(tokenizer, str):
+            raise ValueError(
+                f"tokenizer={tokenizer!r}; allowed: 'auto', None or a tokenizer object "
+                "(tracin_we.tokenizer.load_tokenizer(name) loads one by name)"
+            )
+        return tokenizer
+    return load_tokenizer() if vocab_size == VOCAB_SIZE else None
 
 
 def word_spans(
