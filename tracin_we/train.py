@@ -34,7 +34,14 @@ from tracin_we.data import fingerprint, make_splits
 from tracin_we.inputs import model_inputs
 from tracin_we.models import check_length, word_embeddings
 from tracin_we.persistence import Folder, cache_dir, config_key
-from tracin_we.recipe import RECIPE_VERSION, TrainConfig, accuracy, fit, new_model
+from tracin_we.recipe import (
+    RECIPE_VERSION,
+    TrainConfig,
+    accuracy,
+    config_identity,
+    fit,
+    new_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +86,8 @@ def resolved_config(config: TrainConfig, init: str, data_fingerprint: str, threa
     epochs: BERT-tiny Adam max |Δw| 1.1e-6, CNN SGD 6e-8; the reliability issue saw 1e-3 after a
     full run), while any one thread count gives bitwise-identical weights every time.
     """
-    resolved = asdict(config)
-    resolved["data"].pop("data_dir")
+    resolved = config_identity(asdict(config))
+    resolved.pop("init_from", None)  # `init` names the pretrained weights by their hash
     resolved |= {
         "init": init,
         "data_fingerprint": data_fingerprint,
