@@ -11,9 +11,10 @@ domain-stratified sample.
 of each text's n real tokens (special tokens such as [CLS], [SEP], [PAD] excluded),
 max(1, round(0.15·n)) positions are predicted; each is replaced by [MASK] with probability 0.8,
 by a token drawn uniformly from the vocabulary with 0.1 (as
-``transformers.DataCollatorForLanguageModeling``), or kept with 0.1. The draw is seeded by (``seed``, sha256 of the text): a text's masks are fixed — the static masking of
-BERT's ``create_pretraining_data.py`` — and do not depend on which other texts are in the corpus,
-so removing texts (counterfactual pretraining) changes nothing else.
+``transformers.DataCollatorForLanguageModeling``), or kept with 0.1. The draw is seeded by
+(``seed``, sha256 of the text): a text's masks are fixed — the static masking of BERT's
+``create_pretraining_data.py`` — and do not depend on which other texts are in the corpus, so
+removing texts (counterfactual pretraining) changes nothing else.
 
 **Loss**. ℓ_MLM(z) = mean over z's predicted positions i of −log p(x_i | x̃), x̃ the masked text;
 a mini-batch's loss is the mean of ℓ_MLM over its texts, so an SGD step is −η · mean_z ∇ℓ_MLM(z),
@@ -148,9 +149,7 @@ class MaskedLM(nn.Module):
 
     def losses(self, batch: Tensors) -> torch.Tensor:
         """(B,) ℓ_MLM per text: mean −log p over its predicted positions (``labels`` ≠ −100)."""
-        hidden = self(
-            batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")
-        )
+        hidden = self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
         targets = batch["labels"]
         text, position = (targets != IGNORE).nonzero(as_tuple=True)
         logits = self.model.cls(hidden[text, position])  # (n predicted, V)
