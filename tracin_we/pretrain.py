@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
-from transformers import BertForMaskedLM
+from transformers import BertConfig, BertForMaskedLM
 
 from tracin_we.cached_run import (
     Checkpoint,
@@ -131,9 +131,11 @@ class MaskedLM(nn.Module):
     """BERT-tiny's masked LM with an untied decoder (module docstring). ``forward`` returns the
     final hidden states (B, T, d); ``losses`` the per-text ℓ_MLM."""
 
-    def __init__(self, vocab_size: int) -> None:
+    def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.model = BertForMaskedLM(bert_tiny_config(vocab_size, tie_word_embeddings=False))
+        if config.tie_word_embeddings:
+            raise ValueError("config: tie_word_embeddings must be False (module docstring)")
+        self.model = BertForMaskedLM(config)
         self.model.set_attn_implementation("eager")
 
     def forward(
@@ -169,7 +171,8 @@ def mlm_loss(model: MaskedLM, batch: Tensors) -> torch.Tensor:
 def new_mlm_model(seed: int, vocab_size: int | None = None) -> MaskedLM:
     """A randomly initialised ``MaskedLM`` (``seed`` fixes every weight)."""
     torch.manual_seed(seed)
-    return MaskedLM(vocab_size or len(load_tokenizer()))
+    vocab_size = vocab_size or len(load_tokenizer())
+    return MaskedLM(bert_tiny_config(vocab_size, tie_word_embeddings=False))
 
 
 def text_seed(text: str, seed: int) -> int:
