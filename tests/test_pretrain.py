@@ -16,6 +16,7 @@ from tracin_we.inputs import CLS_ID, PAD_ID, SEP_ID, model_inputs
 from tracin_we.pretrain import (
     IGNORE,
     PretrainConfig,
+    load_encoder,
     mask_tokens,
     pretrain,
     pretraining_corpus,
@@ -159,6 +160,10 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(tiny_data_dir, tmp_path)
     assert random_init == "random(seed=0)"
     # the head is seeded as in a random init; only the encoder differs
     assert torch.equal(model.model.classifier.weight, random_model.model.classifier.weight)
+
+    from_state = new_model(TrainConfig.from_params(**common))[0]
+    assert load_encoder(from_state, state).startswith("mlm:")
+    assert torch.equal(from_state.word_embeddings().weight, model.word_embeddings().weight)
 
     fine = train(config, cache=tmp_path, progress=False)
     assert fine.init == init

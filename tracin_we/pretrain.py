@@ -362,14 +362,19 @@ def pretrain(
     )
 
 
-def load_encoder(model: nn.Module, source: str | Path) -> str:
+def load_encoder(model: nn.Module, source: str | Path | dict[str, torch.Tensor]) -> str:
     """Copy a pretraining run's word, position and token-type embeddings and encoder into the
     BERT-tiny classifier ``model`` (an ``HFClassifier``); its pooler and classifier head keep
     their seeded random init (MLM pretraining has no pooler). ``source``: a ``pretrain`` run
-    folder (its ``final.pt``, hash-checked against ``result.json``) or a checkpoint file.
-    Returns ``mlm:<sha256 of the file>``, the init's name in cache keys."""
-    source = Path(source)
-    if source.is_dir():
+    folder (its ``final.pt``, hash-checked against ``result.json``), a checkpoint file, or a
+    ``MaskedLM`` state dict (e.g. of a counterfactual re-pretraining, ``fit`` with ``keep``).
+    Returns ``mlm:<sha256 of the file>`` (a state dict: ``mlm:<tensor_digest>``), the init's name
+    in cache keys."""
+    if isinstance(source, dict):
+        state, sha = source, tensor_digest(source)
+        source = "<state dict>"
+    elif Path(source).is_dir():
+        source = Path(source)
         result = Folder(source).read_json(
             "result.json", recompute=False, remedy="delete the pretraining run folder"
         )
@@ -378,6 +383,7 @@ def load_encoder(model: nn.Module, source: str | Path) -> str:
         final = load_checkpoints(source, result)[1]
         state, sha = final.load()["state_dict"], final.sha256
     else:
+        source = Path(source)
         state, sha = load_checkpoint(source)["state_dict"], file_sha256(source)
     prefix = "model.bert."
     encoder = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

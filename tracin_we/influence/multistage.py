@@ -55,6 +55,7 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.func import hessian, jacrev
+from tqdm.auto import tqdm
 
 from tracin_we.checkpoints import StateDict
 from tracin_we.influence.embedding import sparse_dot
@@ -70,6 +71,7 @@ from tracin_we.models import word_embeddings
 
 __all__ = [
     "by_domain",
+    "finetuned_rows",
     "mlm_rows",
     "multistage_influence_function",
     "multistage_scores",
@@ -78,20 +80,27 @@ __all__ = [
 
 
 def mlm_rows(
-    model: nn.Module, corpus: Tensors, batch_size: int = 64, device: str = "cpu"
+    model: nn.Module,
+    corpus: Tensors,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
 ) -> SparseRows:
     """Each text's MLM word-embedding gradient rows g_w^MLM at the weights loaded in ``model``
     (a ``pretrain.MaskedLM``: ``losses(batch)`` gives (B,) per-text ℓ_MLM), [PAD] dropped."""
     vocab_size = word_embeddings(model).num_embeddings
     parts = []
-    for batch in batches(corpus, batch_size, device):
+    n_batches = -(-len(corpus["input_ids"]) // batch_size)
+    for batch in tqdm(
+        batches(corpus, batch_size, device), "MLM gradients", n_batches, disable=not progress
+    ):
         grads = embedding_grads(model, batch, loss=lambda m, b: m.losses(b).sum())
         keep = batch["attention_mask"].bool()
         parts.append(sparse_rows(batch["input_ids"], grads, keep, vocab_size))
     return SparseRows.cat(parts)
 
 
-def test_rows(
+def finetuned_rows(
     classifier: nn.Module,
     states: Sequence[StateDict],
     test: Tensors,
@@ -121,6 +130,7 @@ def multistage_tracin_we(
     test: Tensors,
     batch_size: int = 64,
     device: str = "cpu",
+    progress: bool = False,
 ) -> torch.Tensor:
     """(n_test, n_corpus) multi-stage TracIn-WE (module docstring); positive = proponent.
 
@@ -141,11 +151,12 @@ def multistage_tracin_we(
     with _restored(mlm_model), _restored(classifier):
         classifier.to(device).eval()
         mlm_model.to(device).eval()
-        test_g = test_rows(classifier, test_states, test, batch_size, device)
+        test_g = finetuned_rows(classifier, test_states, test, batch_size, device)
         total = None
         for state, lr in pretrain_checkpoints:
             mlm_model.load_state_dict(state)
-            part = lr * sparse_dot(test_g, mlm_rows(mlm_model, corpus, batch_size, device))
+            rows = mlm_rows(mlm_model, corpus, batch_size, device, progress)
+            part = lr * sparse_dot(test_g, rows)
             total = part if total is None else total + part
     return total.cpu()
 
@@ -156,7 +167,7 @@ def multistage_scores(
     """``multistage_tracin_we`` from a ``pretrain.PretrainResult`` and a ``train.TrainResult``
     started from it: g_E(z′) at the fine-tuned model's final weights (``test_at="final"``, the
     default) or summed over its saved checkpoints (``"checkpoints"``). (n_test, n_corpus), columns
-    in the order of ``pretrained.corpus``. ``kw``: ``batch_size``, ``device``."""
+    in the order of ``pretrained.corpus``. ``kw``: ``batch_size``, ``device``, ``progress``."""
     if test_at not in ("final", "checkpoints"):
         raise ValueError(f"test_at={test_at!r}; allowed: 'final', 'checkpoints'")
     chosen = [finetuned.final] if test_at == "final" else finetuned.checkpoints
