@@ -19,9 +19,14 @@ Where each part of the paper lives (formulas and section numbers: ``docs/paper.m
 - ``cancellation`` and ``layerwise`` — the cancellation effect per layer — 06; ``noise`` — the
   2025 critique's noise detection and layer aggregation — 07.
 - ``lds`` and ``stats`` — the linear datamodeling score and paired bootstrap comparisons — 03, 08.
+- ``pretrain`` — MLM pretraining of BERT-tiny on the texts fine-tuning leaves unused (BERT's
+  masking), the start of fine-tuning with ``TrainConfig(init_from=...)``; ``influence.multistage``
+  — influence of pretraining texts on fine-tuned predictions: multi-stage TracIn-WE, Chen et al.'s
+  multi-stage influence function (arXiv 2007.09081), the domain × test-class table.
 - Plumbing: ``inputs`` (the batch format, one forward call, special token ids), ``params``
   (flat notebook/preset parameters → validated configs), ``persistence`` (cache keys, hashes,
-  atomic writes, verified reads), ``checkpoints`` (checkpoint files, ``Trainer`` folders),
+  atomic writes, verified reads), ``cached_run`` (the cached, resumable epoch loop of training
+  and pretraining), ``checkpoints`` (checkpoint files, ``Trainer`` folders),
   ``reporting`` (figures and recorded metrics), ``paper`` (the paper's published numbers),
   ``reproduce`` (the papermill runner behind ``make reproduce``).
 """

@@ -44,7 +44,7 @@ from tracin_we.inputs import Tensors, model_inputs
 from tracin_we.paper import PAPER_METHODS
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
-from tracin_we.recipe import TrainConfig
+from tracin_we.recipe import TrainConfig, config_identity
 from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
 from tracin_we.stats import bootstrap_index
 from tracin_we.train import train
@@ -381,7 +381,7 @@ def result_identity(config: Any, splits: DatasetDict, rows: Mapping[str, torch.T
     """What defines an evaluation over score rows (deletion, LDS): the resolved ``config``
     (without where the data lives), the data's fingerprint and a hash of each method's rows."""
     resolved = json.loads(json.dumps(asdict(config), default=str))
-    resolved["train"]["data"].pop("data_dir")
+    config_identity(resolved["train"])
     resolved["data_fingerprint"] = fingerprint(splits)
     resolved["scores_sha256"] = {m: tensor_digest(r) for m, r in rows.items()}
     return resolved

@@ -54,7 +54,7 @@ from tracin_we.influence.attribution import influence_last_vectors, influence_la
 from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, model_inputs
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
-from tracin_we.recipe import TrainConfig, predict_proba
+from tracin_we.recipe import TrainConfig, config_identity, predict_proba
 from tracin_we.retrain import RetrainJob, retrain_cached
 from tracin_we.tokenizer import load_tokenizer
 from tracin_we.train import train
@@ -511,7 +511,7 @@ def run_fixing(
 def _resolved(config: FixingConfig, splits: DatasetDict) -> dict:
     """The config as saved beside the results: without where data lives or how many workers."""
     resolved = json.loads(json.dumps(asdict(replace(config, n_workers=None)), default=str))
-    resolved["train"]["data"].pop("data_dir")
+    config_identity(resolved["train"])
     return resolved | {"data_fingerprint": fingerprint(splits)}
 
 

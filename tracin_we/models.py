@@ -282,17 +282,22 @@ def _builtin_limits(name: str) -> tuple[int, int | None]:
     return length_limits(model)
 
 
-def _bert_tiny(num_labels: int, vocab_size: int) -> BertForSequenceClassification:
-    """The BERT-tiny architecture (google/bert_uncased_L-2_H-128_A-2), randomly initialised."""
-    config = BertConfig(
+def bert_tiny_config(vocab_size: int = VOCAB_SIZE, **changes) -> BertConfig:
+    """The BERT-tiny architecture (google/bert_uncased_L-2_H-128_A-2: 2 layers, hidden 128, 2
+    heads, feed-forward 512), with ``changes`` (``num_labels``, ``tie_word_embeddings``...)."""
+    return BertConfig(
         vocab_size=vocab_size,
         hidden_size=128,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=512,
-        num_labels=num_labels,
+        **changes,
     )
-    model = BertForSequenceClassification(config)
+
+
+def _bert_tiny(num_labels: int, vocab_size: int) -> BertForSequenceClassification:
+    """The BERT-tiny architecture (google/bert_uncased_L-2_H-128_A-2), randomly initialised."""
+    model = BertForSequenceClassification(bert_tiny_config(vocab_size, num_labels=num_labels))
     model.set_attn_implementation("eager")  # vmap has batching rules for it, not for SDPA
     return model
 

@@ -5,7 +5,11 @@ initialised BERT-tiny, which the paper's SGD leaves at chance), a constant learn
 cross-entropy, mini-batches in a seeded order (``epoch_order``). ``TrainConfig`` holds the model,
 its data and the recipe; ``fit`` trains a model in place (optionally without some examples, for
 retraining); ``predict_proba`` and ``accuracy`` evaluate it. Nothing here touches the disk: the
-cached, resumable run is ``tracin_we.train``.
+cached, resumable run is ``tracin_we.train``. ``fit`` takes the loss as a parameter (default: the
+classifier's cross-entropy), so MLM pretraining (``tracin_we.pretrain``) runs the same loop.
+
+BERT-tiny starts from the hub's pretrained weights (``pretrained``, when reachable), a random init,
+or a local MLM pretraining run (``init_from``: ``tracin_we.pretrain``).
 
 Training stops with ``FloatingPointError`` as soon as it diverges: a non-finite (or absurdly
 large, ``DIVERGED_LOSS``) loss at any step, non-finite weights at the end of an epoch.
@@ -18,6 +22,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tracin_we.data import DataConfig
-from tracin_we.inputs import forward, select
+from tracin_we.inputs import Tensors, forward, select
 from tracin_we.models import as_classifier, build_model, check_length, word_embeddings
 from tracin_we.params import check_types, from_params
 
@@ -56,6 +61,9 @@ class TrainConfig:
     seed: int = 0  # model init, batch order and dropout
     freeze_embeddings: bool = False  # no-overlap experiment: word embeddings stay at init
     max_grad_norm: float | None = None  # clip the global gradient norm (HF Trainer uses 1.0)
+    # A local MLM pretraining run (tracin_we.pretrain: its folder, or a .pt checkpoint) whose word
+    # embeddings and encoder start bert-tiny; None: `pretrained` decides (hub or random init).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -89,6 +97,17 @@ class TrainConfig:
                 "AutoModelForSequenceClassification name ('org/name') or local folder"
             )
         check_length(self.model, self.data.max_length)  # built-ins here, others once built
+        if self.init_from is not None:
+            if self.model != "bert-tiny":
+                raise ValueError(
+                    f"init_from={self.init_from!r} needs model='bert-tiny' (got {self.model!r}): "
+                    "MLM pretraining builds the BERT-tiny architecture"
+                )
+            if not os.path.exists(self.init_from):
+                raise ValueError(
+                    f"init_from={self.init_from!r} does not exist; give a pretraining run folder "
+                    "(tracin_we.pretrain) or one of its .pt checkpoints, or None"
+                )
 
     @classmethod
     def from_params(cls, **params) -> TrainConfig:
@@ -97,15 +116,51 @@ class TrainConfig:
         return from_params(cls, params)
 
 
+class Recipe(Protocol):
+    """What ``fit`` reads from a config (``TrainConfig``, ``pretrain.PretrainConfig``)."""
+
+    epochs: int
+    lr: float
+    momentum: float
+    optimizer: str
+    batch_size: int
+    seed: int
+    max_grad_norm: float | None
+    freeze_embeddings: bool
+
+
 def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
+    """A fresh model for ``config`` and a description of its init (part of every cache key):
+    ``build_model``'s, or ``mlm:<sha256 of the weights>`` with ``init_from``, whose word
+    embeddings and encoder then replace the random ones (the classifier head stays seeded)."""
     from tracin_we.data import TASKS
 
-    return build_model(
+    model, init = build_model(
         config.model,
         TASKS[config.data.dataset].num_classes,
         config.seed,
-        pretrained=config.pretrained,
+        pretrained=config.pretrained and config.init_from is None,
     )
+    if config.init_from is not None:
+        from tracin_we.pretrain import load_encoder  # pretrain imports this module
+
+        init = load_encoder(model, config.init_from)
+    return model, init
+
+
+def config_identity(train: dict) -> dict:
+    """``asdict(TrainConfig)`` (changed in place and returned) without what does not define a
+    result: where the data lives, and ``init_from`` when unset, so that the keys of runs made
+    before it existed are unchanged."""
+    train["data"].pop("data_dir")
+    if train.get("init_from", "") is None:
+        train.pop("init_from")
+    return train
+
+
+def classification_loss(model: nn.Module, batch: Tensors) -> torch.Tensor:
+    """Mean cross-entropy of the logits at ``batch["labels"]`` (N,): the classifier's loss."""
+    return F.cross_entropy(forward(model, batch), batch["labels"])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -118,13 +173,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def fit(
     model: nn.Module,
     train: dict[str, torch.Tensor],
-    config: TrainConfig,
+    config: Recipe,
     keep: torch.Tensor | None = None,
     device: str = "cpu",
     start_epoch: int = 0,
     optimizer_state: dict | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None = None,
+    loss_fn: Callable[[nn.Module, Tensors], torch.Tensor] = classification_loss,
     present_rows: bool = True,
 ) -> nn.Module:
     """Train ``model`` in place on ``train`` (tensors from ``model_inputs``) with SGD + momentum
@@ -134,6 +190,8 @@ def fit(
     loses its dropped examples (a batch left empty is skipped), so deleting examples changes
     nothing else — the common-random-numbers design of the case-deletion study.
     ``on_epoch(epoch, model, optimizer, mean_loss)`` runs after each epoch (1-based).
+    ``loss_fn(model, batch)``: a mini-batch's mean loss; ``train["labels"]`` has one row per
+    example (the class, or for MLM the (T,) targets).
 
     Raises ``FloatingPointError`` naming the epoch and step at the first non-finite loss (or one
     above ``DIVERGED_LOSS``), checked every step before its update, and when the weights hold a
@@ -160,20 +218,32 @@ def fit(
         present_rows_only(model, train) if compact else nullcontext(train) as train,
         _no_embedding_gradient(model, config.freeze_embeddings),
     ):
-        _fit(model, train, config, keep, device, start_epoch, optimizer_state, progress, on_epoch)
+        _fit(
+            model,
+            train,
+            config,
+            keep,
+            device,
+            start_epoch,
+            optimizer_state,
+            progress,
+            on_epoch,
+            loss_fn,
+        )
     return given
 
 
 def _fit(
     model: nn.Module,
     train: dict[str, torch.Tensor],
-    config: TrainConfig,
+    config: Recipe,
     keep: torch.Tensor | None,
     device: str,
     start_epoch: int,
     optimizer_state: dict | None,
     progress: bool,
     on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer, float], None] | None,
+    loss_fn: Callable[[nn.Module, Tensors], torch.Tensor],
 ) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adam":  # momentum is then Adam's beta1
@@ -202,7 +272,7 @@ def _fit(
                 if len(index) == 0:
                     continue
             batch = select(train, index, device)
-            loss = F.cross_entropy(forward(model, batch), batch["labels"])
+            loss = loss_fn(model, batch)
             value = loss.item()
             if not (math.isfinite(value) and value <= DIVERGED_LOSS):
                 where = f"epoch {epoch + 1}, step {start // config.batch_size + 1}/{len(batches)}"
@@ -283,7 +353,7 @@ def present_rows_only(
         )
 
 
-def _diverged(what: str, config: TrainConfig) -> str:
+def _diverged(what: str, config: Recipe) -> str:
     return (
         f"training diverged: {what} (optimizer={config.optimizer!r}, lr={config.lr}); "
         "lower lr" + (" or set max_grad_norm" if config.max_grad_norm is None else "")

@@ -6,14 +6,14 @@ rerun with the same config reuses it, a different config never does, and an inte
 resumes from its last finished epoch. Files follow ``tracin_we.persistence``'s rule: written
 atomically, recorded with their sha256, verified on every read; damaged partial state of an
 interrupted run is discarded (training restarts from scratch, logged), a damaged finished run is
-refused. The torch thread count is part of the cache key.
+refused. The torch thread count is part of the cache key. The folder's layout and the resume
+logic are ``tracin_we.cached_run``'s, shared with MLM pretraining (``tracin_we.pretrain``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,22 +21,31 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 
+from tracin_we.cached_run import (
+    Checkpoint,
+    OnEpoch,
+    Schedule,
+    load_checkpoints,
+    open_run,
+    run_epochs,
+)
 from tracin_we.checkpoints import load_checkpoint
 from tracin_we.data import fingerprint, make_splits
 from tracin_we.inputs import model_inputs
 from tracin_we.models import check_length, word_embeddings
-from tracin_we.persistence import CheckpointError, Folder, cache_dir, config_key, file_sha256
-from tracin_we.recipe import RECIPE_VERSION, TrainConfig, accuracy, fit, new_model
+from tracin_we.persistence import Folder, cache_dir, config_key
+from tracin_we.recipe import (
+    RECIPE_VERSION,
+    TrainConfig,
+    accuracy,
+    config_identity,
+    fit,
+    new_model,
+)
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Checkpoint:
-    path: Path
-    epoch: int
-    lr: float
-    sha256: str
+__all__ = ["Checkpoint", "TrainResult", "resolved_config", "train"]
 
 
 @dataclass
@@ -77,8 +86,8 @@ def resolved_config(config: TrainConfig, init: str, data_fingerprint: str, threa
     epochs: BERT-tiny Adam max |Δw| 1.1e-6, CNN SGD 6e-8; the reliability issue saw 1e-3 after a
     full run), while any one thread count gives bitwise-identical weights every time.
     """
-    resolved = asdict(config)
-    resolved["data"].pop("data_dir")
+    resolved = config_identity(asdict(config))
+    resolved.pop("init_from", None)  # `init` names the pretrained weights by their hash
     resolved |= {
         "init": init,
         "data_fingerprint": data_fingerprint,
@@ -102,7 +111,8 @@ def train(
     The run folder defaults to ``<cache>/train/<model>-<dataset>-<key>`` (``persistence``). A
     given ``run_dir`` holding another config is refused unless ``overwrite``, which deletes the
     files tracin-we wrote there and refuses a folder holding anything else. Each checkpoint
-    stores its state dict, the learning rate in force, its epoch and the resolved config.
+    stores its state dict, the learning rate in force, its epoch and the resolved config
+    (``tracin_we.cached_run``).
     """
     splits = splits if splits is not None else make_splits(config.data)
     model, init = new_model(config)
@@ -111,166 +121,49 @@ def train(
     key = config_key(resolved)
     name = f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
     folder = Folder(Path(run_dir) if run_dir else cache_dir(cache) / "train" / name)
-    folder.remove_stale_tmp()
-    remedy = f"delete the run folder {str(folder)!r} to retrain"
-    try:
-        saved = folder.read_json("config.json", recompute=False, remedy=remedy)
-    except CheckpointError:
-        if not overwrite:
-            raise
-        saved = "damaged"
-    if saved is not None and saved != resolved:
-        if not overwrite:
-            raise CheckpointError(
-                f"run_dir={str(folder)!r} holds a run of another config; choose another run_dir "
-                "or pass overwrite=True"
+    result = open_run(folder, resolved, overwrite)
+    if result is None:
+        tensors = {k: model_inputs(splits[k]) for k in splits}
+        _check_vocab(model, tensors)
+
+        def run_fit(start_epoch: int, optimizer_state: dict | None, on_epoch: OnEpoch) -> None:
+            fit(
+                model,
+                tensors["train"],
+                config,
+                device=device,
+                start_epoch=start_epoch,
+                optimizer_state=optimizer_state,
+                progress=progress,
+                on_epoch=on_epoch,
             )
-        folder.clear()
-    result = folder.read_json("result.json", recompute=False, remedy=remedy)
-    if result is not None:
-        log.info("reusing %s", folder)
-        return _load_result(folder.path, config, result)
-    folder.write_json("config.json", resolved)
-    tensors = {k: model_inputs(splits[k]) for k in splits}
-    _check_vocab(model, tensors)
-    return _run(model, init, config, resolved, tensors, folder, device, progress)
 
-
-def _run(
-    model: nn.Module,
-    init: str,
-    config: TrainConfig,
-    resolved: dict,
-    tensors: dict[str, dict[str, torch.Tensor]],
-    folder: Folder,
-    device: str,
-    progress: bool,
-) -> TrainResult:
-    history: list[dict] = []
-    start_epoch, optimizer_state = 0, None
-    state, checkpoints = _resume_state(folder, config, resolved)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer_state, start_epoch = state["optimizer"], state["epoch"]
-        history = json.loads(state["history"])
-        torch.set_rng_state(state["rng"])
-        log.info("resuming %s after epoch %d", folder, start_epoch)
-    started = time.perf_counter()
-
-    def on_epoch(
-        epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, loss: float
-    ) -> None:
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": loss,
-                "val_accuracy": accuracy(model, tensors["validation"], device),
+        def final_metrics(model: nn.Module, history: list[dict]) -> dict:
+            return {
+                "test_accuracy": accuracy(model, tensors["test"], device),
+                "val_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
+                "n_train": len(tensors["train"]["labels"]),
             }
+
+        result = run_epochs(
+            folder,
+            resolved,
+            model,
+            run_fit,
+            Schedule(config.epochs, config.lr, config.checkpoint_epochs),
+            lambda model: {"val_accuracy": accuracy(model, tensors["validation"], device)},
+            final_metrics,
+            {"init": init},
         )
-        state = _checkpoint_state(model, config, resolved, epoch)
-        if epoch in config.checkpoint_epochs:
-            sha = folder.save_torch(f"epoch{epoch}.pt", state)
-            checkpoints[epoch] = Checkpoint(folder.path / f"epoch{epoch}.pt", epoch, config.lr, sha)
-        folder.save_torch(
-            "resume.pt",
-            state
-            | {
-                "optimizer": optimizer.state_dict(),
-                "history": json.dumps(history),
-                "rng": torch.get_rng_state(),
-            },
-        )
-        log.info("epoch %d: loss %.4f, val acc %.4f", epoch, loss, history[-1]["val_accuracy"])
-
-    fit(
-        model,
-        tensors["train"],
-        config,
-        device=device,
-        start_epoch=start_epoch,
-        optimizer_state=optimizer_state,
-        progress=progress,
-        on_epoch=on_epoch,
-    )
-    sha = folder.save_torch("final.pt", _checkpoint_state(model, config, resolved, config.epochs))
-    final = Checkpoint(folder.path / "final.pt", config.epochs, config.lr, sha)
-    metrics = {
-        "test_accuracy": accuracy(model, tensors["test"], device),
-        "val_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
-        "train_seconds": time.perf_counter() - started,
-        "n_train": len(tensors["train"]["labels"]),
-    }
-    ordered = [checkpoints[e] for e in sorted(checkpoints)]
-    folder.write_json(
-        "result.json",
-        {
-            "init": init,
-            "metrics": metrics,
-            "history": history,
-            "checkpoints": [_checkpoint_record(c) for c in ordered],
-            "final": _checkpoint_record(final),
-        },
-    )
-    (folder.path / "resume.pt").unlink(missing_ok=True)
-    return TrainResult(folder.path, config, init, ordered, final, metrics, history)
-
-
-def _checkpoint_state(model: nn.Module, config: TrainConfig, resolved: dict, epoch: int) -> dict:
-    return {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "lr": config.lr,
-        "epoch": epoch,
-        "config": json.dumps(resolved),
-    }
-
-
-def _resume_state(
-    folder: Folder, config: TrainConfig, resolved: dict
-) -> tuple[dict | None, dict[int, Checkpoint]]:
-    """The interrupted run's ``resume.pt`` and the checkpoints it had saved, each verified; None
-    and no checkpoints (train from scratch, logged) when any of them is damaged or missing."""
-    state = folder.load_torch("resume.pt", recompute=True)
-    if state is None:
-        return None, {}
-    if state.get("config") != json.dumps(resolved):
-        folder.damaged("resume.pt", "it belongs to another config", recompute=True)
-        return None, {}
-    checkpoints = {}
-    for epoch in config.checkpoint_epochs:
-        name = f"epoch{epoch}.pt"
-        if epoch > state["epoch"]:
-            continue
-        if folder.read(name, recompute=True) is None:
-            log.warning("%s: %s is missing or damaged; training again from scratch", folder, name)
-            (folder.path / "resume.pt").unlink()
-            return None, {}
-        sha = folder.records()[name]
-        checkpoints[epoch] = Checkpoint(folder.path / name, epoch, config.lr, sha)
-    return state, checkpoints
-
-
-def _checkpoint_record(c: Checkpoint) -> dict:
-    return {"file": c.path.name, "epoch": c.epoch, "lr": c.lr, "sha256": c.sha256}
-
-
-def _load_result(run_dir: Path, config: TrainConfig, saved: dict) -> TrainResult:
-    def checkpoint(record: dict) -> Checkpoint:
-        path = run_dir / record["file"]
-        if not path.is_file() or file_sha256(path) != record["sha256"]:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} is missing or corrupted (sha256 differs from "
-                "result.json); delete the run folder to retrain"
-            )
-        return Checkpoint(path, record["epoch"], record["lr"], record["sha256"])
-
+    checkpoints, final = load_checkpoints(folder.path, result)
     return TrainResult(
-        run_dir,
+        folder.path,
         config,
-        saved["init"],
-        [checkpoint(r) for r in saved["checkpoints"]],
-        checkpoint(saved["final"]),
-        saved["metrics"],
-        saved["history"],
+        result["init"],
+        checkpoints,
+        final,
+        result["metrics"],
+        result["history"],
     )
 
 

@@ -57,11 +57,17 @@ def frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def embedding_grads(model: nn.Module, batch: Tensors) -> torch.Tensor:
+def embedding_grads(
+    model: nn.Module,
+    batch: Tensors,
+    loss: Callable[[nn.Module, Tensors], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """∂ℓ/∂e_i, shape (B, T, d), for the word-embedding output e_i at every position i.
 
-    [PAD] positions are left to the caller: ``embedding.kept_positions`` drops them, whatever
-    gradient the model sends there.
+    ``loss(model, batch)``: the sum over the batch of per-example losses (default: the
+    cross-entropy at ``labels``; multi-stage influence passes the MLM loss). [PAD] positions are
+    left to the caller: ``embedding.kept_positions`` drops them, whatever gradient the model sends
+    there.
     """
     captured: list[torch.Tensor] = []
 
@@ -73,14 +79,16 @@ def embedding_grads(model: nn.Module, batch: Tensors) -> torch.Tensor:
     handle = word_embeddings(model).register_forward_hook(capture)
     try:
         with torch.enable_grad(), frozen(model):
-            logits = forward(model, batch)
+            if loss is None:
+                total = F.cross_entropy(forward(model, batch), batch["labels"], reduction="sum")
+            else:
+                total = loss(model, batch)
             if len(captured) != 1:
                 raise ValueError(
                     f"model: its word-embedding module ran {len(captured)} times in "
                     "one forward pass; TracIn-WE needs exactly one"
                 )
-            loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
-            (grads,) = torch.autograd.grad(loss, captured)
+            (grads,) = torch.autograd.grad(total, captured)
     finally:
         handle.remove()
     if grads.shape[:2] != batch["input_ids"].shape:
