@@ -511,7 +511,7 @@ def run_fixing(
 def _resolved(config: FixingConfig, splits: DatasetDict) -> dict:
     """The config as saved beside the results: without where data lives or how many workers."""
     resolved = json.loads(json.dumps(asdict(replace(config, n_workers=None)), default=str))
-    resolved["train"]["data"].pop("data_dir")
+    resolved["train"]["data"] = config.train.data.identity()
     return resolved | {"data_fingerprint": fingerprint(splits)}
 
 

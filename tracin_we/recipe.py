@@ -97,11 +97,9 @@ class TrainConfig:
 
 
 def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
-    from tracin_we.data import TASKS
-
     return build_model(
         config.model,
-        TASKS[config.data.dataset].num_classes,
+        config.data.num_classes,
         config.seed,
         pretrained=config.pretrained,
     )

@@ -78,7 +78,7 @@ def resolved_config(config: TrainConfig, init: str, data_fingerprint: str, threa
     full run), while any one thread count gives bitwise-identical weights every time.
     """
     resolved = asdict(config)
-    resolved["data"].pop("data_dir")
+    resolved["data"] = config.data.identity()
     resolved |= {
         "init": init,
         "data_fingerprint": data_fingerprint,
@@ -109,7 +109,7 @@ def train(
     check_length(model, config.data.max_length, name=config.model)
     resolved = resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
     key = config_key(resolved)
-    name = f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
+    name = f"{config.model.replace('/', '_')}-{config.data.name}-{key}"
     folder = Folder(Path(run_dir) if run_dir else cache_dir(cache) / "train" / name)
     folder.remove_stale_tmp()
     remedy = f"delete the run folder {str(folder)!r} to retrain"
