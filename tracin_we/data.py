@@ -1,19 +1,32 @@
-"""The paper's three tasks: loading, deterministic stratified splits, tokenization.
+"""Datasets: loading, deterministic stratified splits, tokenization.
 
-Every task is reduced to one table layout: ``text`` (and ``text_pair`` for MNLI) and an integer
-``label`` in ``range(num_classes)``. Data comes from the Hugging Face hub by default, or from local
-files (CSV/TSV/JSONL/parquet) in ``data_dir/<task>/`` where ``data_dir`` is a parameter or the
-environment variable ``TRACIN_WE_DATA_DIR``.
+Every dataset is reduced to one table layout: ``text`` (and ``text_pair`` for sentence pairs) and
+an integer ``label`` in ``range(num_classes)``. A dataset is named by ``DataConfig.dataset``:
+
+- a built-in task of the paper (``TASKS``: ``ag_news``, ``toxicity``, ``mnli``), read from the
+  Hugging Face hub or from local files (CSV/TSV/JSONL/parquet) in ``data_dir/<task>/``, where
+  ``data_dir`` is a parameter or the environment variable ``TRACIN_WE_DATA_DIR``;
+- a local CSV/TSV/JSONL/parquet file with a header (the test set is drawn from it), or a folder
+  of ``train.*`` and ``test.*`` files;
+- any other name: a Hugging Face hub dataset (``datasets.load_dataset(name, dataset_config,
+  split=...)``).
+
+For the last two, ``text_columns``, ``label_column`` and ``label_names`` say where text and label
+are; label names not given are read from the data when the config is built, so that the config
+alone (sent to joblib or Dask workers) knows the class count.
 """
 
 from __future__ import annotations
 
 import csv
+import html
+import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -34,7 +47,7 @@ class TaskSpec:
 
     hub_path: str
     hub_config: str | None
-    hub_splits: tuple[str, str]  # (train split, test split)
+    hub_splits: tuple[str, ...]  # (train split, test split), or one split to draw both from
     text_columns: tuple[str, ...]  # one column, or two for sentence pairs
     label_column: str
     label_names: tuple[str, ...]
@@ -80,22 +93,32 @@ LABEL_ALIASES = ("label", "labels", "toxic", "class")
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data, how much of it, and how it is tokenized."""
+    """Which data, how much of it, and how it is tokenized.
 
-    dataset: str = "ag_news"  # one of TASKS
+    The last five fields describe a dataset of one's own (``dataset`` a local file or folder, or
+    a hub name) and must stay None for a built-in task. A label equal to one of ``label_names``
+    (compared as text) is that name's class; integer labels that name none are class indices (the
+    hub's convention). ``label_names=None`` is replaced, when the config is built, by the hub's
+    class names or the distinct labels of the data, sorted (numbers by value).
+    """
+
+    dataset: str = "ag_news"  # ag_news | toxicity | mnli, a local file/folder, or a hub name
     n_train: int = 2000  # training examples, stratified sample of the train split
     n_val: int = 500  # validation examples, from the train split, disjoint from train
     n_test: int = 500  # test examples, stratified sample of the test split
     max_length: int = 64  # tokens per text (pairs: per pair), padded to exactly this length
     seed: int = 0  # drives every sample and the label noise
     label_noise: float = 0.0  # share of training labels flipped to another class (NDR studies)
-    data_dir: str | None = None  # local folder; None → $TRACIN_WE_DATA_DIR, else the hub
+    data_dir: str | None = None  # built-in tasks' folder; None → $TRACIN_WE_DATA_DIR, else hub
     tokenizer: str = "bert-base-uncased"  # WordPiece uncased, 30,522 ids
+    dataset_config: str | None = None  # hub configuration name ("mnli" of "nyu-mll/glue")
+    split_names: tuple[str, ...] | None = None  # (train, test) hub splits or file prefixes
+    text_columns: tuple[str, ...] | None = None  # one text column, or two for pairs; None: "text"
+    label_column: str | None = None  # None: "label"
+    label_names: tuple[str | int, ...] | None = None  # class names in class order; None: inferred
 
     def __post_init__(self) -> None:
         check_types(self)
-        if self.dataset not in TASKS:
-            raise ValueError(f"dataset={self.dataset!r} is unknown; allowed: {sorted(TASKS)}")
         for name in ("n_train", "n_test", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
@@ -105,10 +128,120 @@ class DataConfig:
             raise ValueError(f"max_length={self.max_length} must be >= 8 (room for the CNN)")
         if not 0.0 <= self.label_noise < 1.0:
             raise ValueError(f"label_noise={self.label_noise} must be in [0, 1)")
+        if self.dataset in TASKS:
+            given = [name for name in USER_FIELDS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"{given[0]}={getattr(self, given[0])!r}: dataset={self.dataset!r} is a "
+                    f"built-in task with its own columns; leave {given} unset, or give its hub "
+                    f"name ({TASKS[self.dataset].hub_path!r}) as dataset to choose them"
+                )
+            return
+        _check_user_fields(self)
+        if self.label_names is None:  # read once here, so that the config carries the count
+            object.__setattr__(self, "label_names", infer_label_names(self))
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.dataset in TASKS
 
     @property
     def task(self) -> TaskSpec:
-        return TASKS[self.dataset]
+        """Where the data lives and which columns hold text and label (any dataset)."""
+        if self.is_builtin:
+            return TASKS[self.dataset]
+        return TaskSpec(
+            self.dataset,
+            self.dataset_config,
+            self.split_names or ("train", "test"),
+            self.text_columns or ("text",),
+            self.label_column or "label",
+            self.label_names or (),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class names as text, in class order (index = label)."""
+        return tuple(str(name) for name in self.task.label_names)
+
+    @property
+    def local_path(self) -> Path | None:
+        """The local file or folder of a dataset of one's own; None for a built-in or hub one."""
+        if self.is_builtin:
+            return None
+        path = Path(self.dataset).expanduser()
+        return path if path.exists() or _looks_like_path(self.dataset) else None
+
+    @property
+    def name(self) -> str:
+        """A short name for folder names: the task, the file's stem, or the hub name."""
+        local = self.local_path
+        raw = self.dataset if local is None else local.stem if local.is_file() else local.name
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("_.") or "data"
+
+    def identity(self) -> dict:
+        """The config as saved beside results (JSON values): what the data is, not where it lives.
+        Drops ``data_dir`` and unset fields of one's own data, and a local path for its name (the
+        data's fingerprint identifies the contents)."""
+        resolved = json.loads(json.dumps(asdict(self)))
+        resolved.pop("data_dir")
+        for name in USER_FIELDS:
+            if resolved[name] is None:
+                resolved.pop(name)
+        if self.local_path is not None:
+            resolved["dataset"] = self.name
+        return resolved
+
+
+# The fields that describe a dataset of one's own (unset for a built-in task).
+USER_FIELDS = ("dataset_config", "split_names", "text_columns", "label_column", "label_names")
+
+
+def _looks_like_path(dataset: str) -> bool:
+    return dataset.startswith((".", "/", "~")) or dataset.lower().endswith(LOCAL_SUFFIXES)
+
+
+def _check_user_fields(config: DataConfig) -> None:
+    """The fields of one's own dataset, before any of it is read."""
+    local = config.local_path
+    if local is not None and not local.exists():
+        raise ValueError(
+            f"dataset={config.dataset!r}: no such file or folder; allowed: {sorted(TASKS)}, a "
+            "local CSV/TSV/JSONL/parquet file or folder of train/test files, or a hub name"
+        )
+    if config.text_columns is not None and len(config.text_columns) not in (1, 2):
+        raise ValueError(
+            f"text_columns={list(config.text_columns)}: give one text column, or two for "
+            "sentence pairs"
+        )
+    if config.split_names is not None:
+        if len(config.split_names) not in (1, 2):
+            raise ValueError(
+                f"split_names={list(config.split_names)}: give (train, test), or one name "
+                "to draw the test set from it"
+            )
+        if local is not None and local.is_file():
+            raise ValueError(
+                f"split_names={list(config.split_names)}: dataset={config.dataset!r} is one "
+                "file (the test set is drawn from it); give a folder of split files instead"
+            )
+    if local is not None and config.dataset_config is not None:
+        raise ValueError(
+            f"dataset_config={config.dataset_config!r} names a hub configuration, but "
+            f"dataset={config.dataset!r} is a local path; leave it unset"
+        )
+    names = config.label_names
+    if names is not None:
+        text = [str(n) for n in names]
+        if len(names) < 2 or len(set(text)) != len(text):
+            raise ValueError(
+                f"label_names={list(names)}: give at least two distinct class names, in class "
+                "order, or None to read them from the data"
+            )
 
 
 def resolve_data_dir(data_dir: str | None) -> Path | None:
@@ -162,12 +295,17 @@ def _find_local_file(folder: Path, dataset: str, split: str) -> Path:
     if folder.is_file():
         return folder
     task_dir = folder / dataset if (folder / dataset).is_dir() else folder
+    return _split_file(task_dir, split, f"data_dir: no {split} file for dataset={dataset!r}")
+
+
+def _split_file(folder: Path, split: str, what: str) -> Path:
+    """The first file of ``folder`` (by name) named ``<split>*.<suffix>``."""
     candidates = sorted(
-        p for p in task_dir.iterdir() if p.name.startswith(split) and p.suffix in LOCAL_SUFFIXES
+        p for p in folder.iterdir() if p.name.startswith(split) and p.suffix in LOCAL_SUFFIXES
     )
     if not candidates:
         raise ValueError(
-            f"data_dir: no {split} file for dataset={dataset!r} in {str(task_dir)!r}; expected "
+            f"{what} in {str(folder)!r}; expected "
             f"'{split}.<{'|'.join(s.lstrip('.') for s in LOCAL_SUFFIXES)}>'"
         )
     return candidates[0]
@@ -242,13 +380,168 @@ def _validate(frame: pd.DataFrame, spec: TaskSpec, source: str) -> None:
                 )
 
 
-_HTML_ENTITY = re.compile(r" ?#(\d+);")
+class _Table(NamedTuple):
+    frame: pd.DataFrame  # text [, text_pair], label (ints, or stripped text)
+    source: str  # the file, or "hub name (split)", for errors
+    class_names: tuple[str, ...] | None  # the hub's ClassLabel names, if any
+
+
+def load_pools(config: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The train and test tables (``text`` [, ``text_pair``], integer ``label`` in
+    ``range(config.num_classes)``, index = row in its source); test is None when the dataset is
+    one table (``make_splits`` draws the test set from it)."""
+    if config.is_builtin:
+        return (
+            load_raw(config.dataset, "train", config.data_dir),
+            load_raw(config.dataset, "test", config.data_dir),
+        )
+    frames = []
+    for table in _user_tables(config):
+        frame = table.frame.copy()
+        frame["label"] = encode_labels(frame["label"], config.task.label_names, table.source)
+        frames.append(frame)
+    return frames[0], frames[1] if len(frames) == 2 else None
+
+
+def infer_label_names(config: DataConfig) -> tuple[str | int, ...]:
+    """The class names of a dataset of one's own: the hub's ``ClassLabel`` names, else its
+    distinct labels over every split, sorted (integers by value, before text)."""
+    tables = _user_tables(config)
+    for table in tables:
+        if table.class_names:
+            return table.class_names
+    values = set().union(*(set(t.frame["label"]) for t in tables))
+    if len(values) < 2:
+        raise ValueError(
+            f"label_column={config.task.label_column!r}: {tables[0].source!r} has "
+            f"{len(values)} distinct label(s) {sorted(map(str, values))}; a classifier needs two"
+        )
+    return tuple(sorted(values, key=lambda v: (isinstance(v, str), v)))
+
+
+def encode_labels(labels: pd.Series, names: Sequence[str | int], source: str) -> pd.Series:
+    """Class indices (int) of ``labels``: a label equal to a name (as text) is its position in
+    ``names``; otherwise integer labels in ``range(len(names))`` are indices themselves."""
+    index = {str(name): i for i, name in enumerate(names)}
+    text = labels.map(str)
+    if text.isin(index).all():
+        return text.map(index).astype(int)
+    if all(isinstance(v, int) and 0 <= v < len(names) for v in labels):
+        return labels.astype(int)
+    unknown = sorted(set(text[~text.isin(index)]))
+    raise ValueError(
+        f"label_names={list(names)} do not cover the labels of {source!r}: {unknown[:10]} are "
+        "none of them; allowed: label_names listing every label value (or None to read them "
+        f"from the data), or integer labels that are class indices 0..{len(names) - 1}"
+    )
+
+
+def _user_tables(config: DataConfig) -> list[_Table]:
+    """The dataset's tables, one per split name (a single file: one table)."""
+    task, local = config.task, config.local_path
+    if local is None:
+        return [_hub_table(config, split) for split in task.hub_splits]
+    paths = [local] if local.is_file() else []
+    for split in task.hub_splits if local.is_dir() else ():
+        what = f"dataset: no {split!r} file (split_names={list(task.hub_splits)})"
+        paths.append(_split_file(local, split, what))
+    return [_Table(_select(_read_table(p), config, str(p)), str(p), None) for p in paths]
+
+
+def _hub_table(config: DataConfig, split: str) -> _Table:
+    from datasets import ClassLabel, load_dataset  # deferred: importing it is slow
+
+    try:
+        data = load_dataset(config.dataset, config.dataset_config, split=split)
+    except (OSError, ValueError) as err:  # not found, offline, unknown config or split
+        raise ValueError(
+            f"dataset={config.dataset!r} is unknown: not a built-in task ({sorted(TASKS)}), not "
+            "a local file or folder, and the Hugging Face hub could not load it "
+            f"(dataset_config={config.dataset_config!r}, split {split!r}): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    source = f"{config.dataset} ({split})"
+    feature = data.features.get(config.task.label_column)
+    names = tuple(feature.names) if isinstance(feature, ClassLabel) else None
+    return _Table(_select(data.to_pandas(), config, source), source, names)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A local file with a header row, every CSV/TSV cell as text."""
+    if path.suffix not in LOCAL_SUFFIXES:
+        raise ValueError(
+            f"dataset={str(path)!r}: unknown file type; allowed: {', '.join(LOCAL_SUFFIXES)}"
+        )
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=path.suffix == ".jsonl")
+        tsv = path.suffix == ".tsv"
+        return pd.read_csv(
+            path,
+            sep="\t" if tsv else ",",
+            dtype=str,
+            keep_default_na=False,
+            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+        )
+    except (UnicodeDecodeError, ValueError, pd.errors.EmptyDataError) as err:
+        raise ValueError(
+            f"dataset: {str(path)!r} cannot be read ({type(err).__name__}: {err}); give a "
+            "UTF-8 CSV/TSV/JSONL or a parquet file with a header naming its columns"
+        ) from err
+
+
+def _select(table: pd.DataFrame, config: DataConfig, source: str) -> pd.DataFrame:
+    """``text`` [, ``text_pair``] and ``label`` (ints where every label is an integer, else
+    stripped text) from the configured columns, each checked."""
+    task = config.task
+    found = [str(c) for c in table.columns]
+    wanted = [("text_columns", c, config.text_columns) for c in task.text_columns]
+    wanted.append(("label_column", task.label_column, config.label_column))
+    for param, column, given in wanted:
+        if column not in table.columns:
+            default = "" if given is not None else " (the default; name yours)"
+            raise ValueError(
+                f"{param}={given!r}: {source!r} has no column {column!r}{default}; its "
+                f"columns: {found}"
+            )
+    out = pd.DataFrame(index=pd.RangeIndex(len(table)))
+    names = (*("text", "text_pair")[: len(task.text_columns)], "label")
+    for (param, column, _), name in zip(wanted, names, strict=True):
+        values = table[column].reset_index(drop=True)
+        empty = values.isna() | (values.astype(str).str.strip() == "")
+        if empty.any():
+            raise ValueError(
+                f"{param}: {int(empty.sum())} rows of {source!r} have an empty {column!r} "
+                f"(rows {out.index[empty][:5].tolist()}); remove them"
+            )
+        out[name] = values.astype(str) if name != "label" else _label_values(values)
+    return out
+
+
+def _label_values(labels: pd.Series) -> pd.Series:
+    """Python ints when every label is an integer (``1``, ``1.0``, ``"1"``), else stripped text."""
+    text = labels.astype(str).str.strip()
+    numbers = pd.to_numeric(text, errors="coerce")
+    if numbers.notna().all() and (numbers % 1 == 0).all():
+        return pd.Series(numbers.astype(np.int64).tolist(), index=labels.index, dtype=object)
+    return text
+
+
+# AG News lost the "&" of its HTML entities ("It #39;s", "Johnson  amp; Johnson", "quot;Hi"):
+# a space before one stands for it. Named entities are listed, since many words end in ";".
+_BROKEN_ENTITY = re.compile(r"(?: |(?<![&\w]))(#\d+|#x[0-9a-fA-F]+|quot|amp|lt|gt|hellip|nbsp);")
+_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # RSS markup: <A HREF=...>, <b>, <br>, <FONT ...>
 
 
 def clean_ag_news(text: str) -> str:
-    """AG News escapes: ``\\`` stands for a newline and `` #39;`` for ``&#39;`` (an apostrophe)."""
-    text = _HTML_ENTITY.sub(lambda m: chr(int(m.group(1))), text.replace("\\", " "))
-    return re.sub(r"\s+", " ", text).strip()
+    """AG News as text: ``\\`` stands for a newline; HTML entities, with or without their lost
+    ``&`` (`` #39;`` → ``'``, `` quot;`` → ``"``, ``&lt;`` → ``<``), are unescaped
+    (``html.unescape``: ``#146;`` is cp1252's ``’``), and the HTML tags they spelt are removed."""
+    text = re.sub(r"(?:amp;){2,}", "amp;", text.replace("\\", " "))  # "&amp;amp;amp;" once
+    text = html.unescape(_BROKEN_ENTITY.sub(r"&\1;", text))
+    return re.sub(r"\s+", " ", _HTML_TAG.sub(" ", text)).strip()
 
 
 def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -304,8 +597,17 @@ def make_splits(config: DataConfig) -> DatasetDict:
     ``attention_mask``, ``token_type_ids`` (each ``max_length`` long) and, with label noise,
     ``clean_label`` and ``is_noisy``.
     """
-    train_pool = load_raw(config.dataset, "train", config.data_dir)
-    test_pool = load_raw(config.dataset, "test", config.data_dir)
+    train_pool, test_pool = load_pools(config)
+    if test_pool is None:  # one table: its test set is a stratified sample drawn first
+        if config.n_test >= len(train_pool):
+            raise ValueError(
+                f"n_test={config.n_test} leaves none of the {len(train_pool)} examples of "
+                f"{config.dataset!r} for training"
+            )
+        rng = np.random.default_rng([config.seed, 1])
+        drawn = stratified_sample(train_pool["label"].to_numpy(), config.n_test, rng)
+        test_pool = train_pool.iloc[np.sort(drawn)]
+        train_pool = train_pool.drop(test_pool.index)
     key = [c for c in ("text", "text_pair") if c in train_pool]
     in_test = pd.MultiIndex.from_frame(train_pool[key]).isin(
         pd.MultiIndex.from_frame(test_pool[key])
@@ -335,9 +637,7 @@ def make_splits(config: DataConfig) -> DatasetDict:
     }
     frames = {k: f.rename_axis("source_index").reset_index() for k, f in frames.items()}
     if config.label_noise > 0:
-        frames["train"] = flip_labels(
-            frames["train"], config.label_noise, config.task.num_classes, rng
-        )
+        frames["train"] = flip_labels(frames["train"], config.label_noise, config.num_classes, rng)
     tokenizer = load_tokenizer(config.tokenizer)
     return DatasetDict(
         {

@@ -155,7 +155,7 @@ def evaluation_inputs(
         test_t["labels"],
         config.n_test_points,
         config.point_seed,
-        config.train.data.task.num_classes,
+        config.train.data.num_classes,
         name="n_test_points",
     )
     return splits, train_t, test_t, points
@@ -381,7 +381,7 @@ def result_identity(config: Any, splits: DatasetDict, rows: Mapping[str, torch.T
     """What defines an evaluation over score rows (deletion, LDS): the resolved ``config``
     (without where the data lives), the data's fingerprint and a hash of each method's rows."""
     resolved = json.loads(json.dumps(asdict(config), default=str))
-    config_identity(resolved["train"])
+    resolved["train"] = json.loads(json.dumps(config_identity(config.train), default=str))
     resolved["data_fingerprint"] = fingerprint(splits)
     resolved["scores_sha256"] = {m: tensor_digest(r) for m, r in rows.items()}
     return resolved

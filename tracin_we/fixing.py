@@ -511,7 +511,7 @@ def run_fixing(
 def _resolved(config: FixingConfig, splits: DatasetDict) -> dict:
     """The config as saved beside the results: without where data lives or how many workers."""
     resolved = json.loads(json.dumps(asdict(replace(config, n_workers=None)), default=str))
-    config_identity(resolved["train"])
+    resolved["train"] = json.loads(json.dumps(config_identity(config.train), default=str))
     return resolved | {"data_fingerprint": fingerprint(splits)}
 
 

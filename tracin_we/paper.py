@@ -1,4 +1,5 @@
-"""The paper's published numbers (arXiv 2202.11844 v1, Table 3), to print beside ours."""
+"""The paper's published numbers (arXiv 2202.11844 v1, Table 3), to print beside ours: for the
+paper's own datasets only (``reports``)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,27 @@ def table3(dataset: str) -> pd.DataFrame:
     )
 
 
+def reports(dataset: str) -> bool:
+    """Whether the paper reports numbers for ``dataset``: its own tasks, by their built-in names
+    (``toxicity``, ``ag_news``, ``mnli``), never a dataset of one's own."""
+    return (dataset, "DEL+") in TABLE3
+
+
+def paper_note(dataset: str) -> str:
+    """One sentence saying which paper numbers a table of ``dataset`` shows, if any."""
+    if reports(dataset):
+        return f"Paper columns: v1 Table 3, {dataset}."
+    return (
+        f"No paper columns: the paper reports {sorted({d for d, _ in TABLE3})}, not "
+        f"dataset={dataset!r}."
+    )
+
+
 def beside_paper(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Our AUC-DEL summary (``deletion.auc_del``) with the paper's numbers in extra columns, in
-    the paper's method order (methods the paper lacks, such as ``random``, last)."""
+    the paper's method order (methods the paper lacks, such as ``random``, last). For a dataset
+    the paper does not report (``reports``), our summary alone, in the same order."""
     ours = summary.set_index("method")
-    joined = ours.join(table3(dataset), how="left")
+    joined = ours.join(table3(dataset), how="left") if reports(dataset) else ours
     order = [m for m in TABLE3_METHODS.values() if m in joined.index]
     return joined.loc[order + [m for m in joined.index if m not in order]].reset_index()

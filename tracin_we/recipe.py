@@ -21,7 +21,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -133,11 +133,9 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
     """A fresh model for ``config`` and a description of its init (part of every cache key):
     ``build_model``'s, or ``mlm:<sha256 of the weights>`` with ``init_from``, whose word
     embeddings and encoder then replace the random ones (the classifier head stays seeded)."""
-    from tracin_we.data import TASKS
-
     model, init = build_model(
         config.model,
-        TASKS[config.data.dataset].num_classes,
+        config.data.num_classes,
         config.seed,
         pretrained=config.pretrained and config.init_from is None,
     )
@@ -148,14 +146,14 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
     return model, init
 
 
-def config_identity(train: dict) -> dict:
-    """``asdict(TrainConfig)`` (changed in place and returned) without what does not define a
-    result: where the data lives, and ``init_from`` when unset, so that the keys of runs made
-    before it existed are unchanged."""
-    train["data"].pop("data_dir")
-    if train.get("init_from", "") is None:
-        train.pop("init_from")
-    return train
+def config_identity(config: TrainConfig) -> dict:
+    """``asdict(config)`` without what does not define a result: where the data lives
+    (``DataConfig.identity``), and ``init_from`` when unset, so that the keys of runs made before
+    it existed are unchanged."""
+    resolved = asdict(config) | {"data": config.data.identity()}
+    if config.init_from is None:
+        resolved.pop("init_from")
+    return resolved
 
 
 def classification_loss(model: nn.Module, batch: Tensors) -> torch.Tensor:

@@ -251,7 +251,7 @@ class RetrainStore:
         self.folder = Folder(
             cache_dir(cache)
             / "retrain"
-            / f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
+            / f"{config.model.replace('/', '_')}-{config.data.name}-{key}"
         )
         self.dir = self.folder.path
         self.folder.remove_stale_tmp()

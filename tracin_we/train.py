@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -86,7 +86,7 @@ def resolved_config(config: TrainConfig, init: str, data_fingerprint: str, threa
     epochs: BERT-tiny Adam max |Δw| 1.1e-6, CNN SGD 6e-8; the reliability issue saw 1e-3 after a
     full run), while any one thread count gives bitwise-identical weights every time.
     """
-    resolved = config_identity(asdict(config))
+    resolved = config_identity(config)
     resolved.pop("init_from", None)  # `init` names the pretrained weights by their hash
     resolved |= {
         "init": init,
@@ -119,7 +119,7 @@ def train(
     check_length(model, config.data.max_length, name=config.model)
     resolved = resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
     key = config_key(resolved)
-    name = f"{config.model.replace('/', '_')}-{config.data.dataset}-{key}"
+    name = f"{config.model.replace('/', '_')}-{config.data.name}-{key}"
     folder = Folder(Path(run_dir) if run_dir else cache_dir(cache) / "train" / name)
     result = open_run(folder, resolved, overwrite)
     if result is None:

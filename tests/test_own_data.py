@@ -1,0 +1,272 @@
+"""A dataset of one's own by parameters alone: local files, a hub name, label names inferred or
+given, errors naming the parameter, workers that need nothing but the config, and notebooks
+01 → 03 run from a preset."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tracin_we.data import DataConfig, make_splits
+from tracin_we.inputs import model_inputs
+from tracin_we.paper import beside_paper, paper_note
+from tracin_we.recipe import TrainConfig
+from tracin_we.reproduce import reproduce
+from tracin_we.retrain import RetrainJob, retrain_probabilities
+
+POSITIVE = ["great", "loved", "wonderful", "superb", "fun", "moving"]
+NEGATIVE = ["awful", "boring", "hated", "dull", "waste", "clumsy"]
+
+
+def reviews(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` reviews with columns ``review`` and ``sentiment`` ("pos"/"neg", alternating)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        words = POSITIVE if i % 2 == 0 else NEGATIVE
+        text = " ".join(rng.choice(words, size=5)) + f" film number {seed}x{i}"
+        rows.append({"review": text, "sentiment": "pos" if i % 2 == 0 else "neg"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def reviews_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "my reviews.csv"
+    reviews(200).to_csv(path, index=False)
+    return path
+
+
+def own(path: Path, **changes) -> DataConfig:
+    params = dict(
+        dataset=str(path),
+        text_columns=("review",),
+        label_column="sentiment",
+        n_train=60,
+        n_val=20,
+        n_test=40,
+        max_length=16,
+    )
+    return DataConfig(**(params | changes))
+
+
+def test_one_csv_with_string_labels(reviews_csv):
+    config = own(reviews_csv)
+    assert config.label_names == ("neg", "pos")  # read from the data, sorted
+    assert config.num_classes == 2 and config.name == "my_reviews"
+    splits = make_splits(config)
+    assert [len(splits[k]) for k in ("train", "validation", "test")] == [60, 20, 40]
+    assert np.bincount(splits["test"]["label"]).tolist() == [20, 20]  # drawn from the one file
+    rows = {k: set(splits[k]["source_index"]) for k in splits}
+    assert not rows["train"] & rows["test"] and not rows["validation"] & rows["test"]
+    frame = pd.read_csv(reviews_csv)
+    for row in splits["train"].select(range(5)):
+        expected = "pos" if row["label"] == 1 else "neg"
+        assert frame.loc[row["source_index"], "sentiment"] == expected
+    # Given names set the class order: now "pos" is class 0.
+    flipped = make_splits(own(reviews_csv, label_names=("pos", "neg")))
+    for row in flipped["train"].select(range(5)):
+        expected = "pos" if row["label"] == 0 else "neg"
+        assert frame.loc[row["source_index"], "sentiment"] == expected
+    # The identity saved beside results names the data, not where the file lies.
+    assert config.identity()["dataset"] == "my_reviews" and "data_dir" not in config.identity()
+
+
+def test_folder_of_split_files_with_integer_labels_and_pairs(tmp_path):
+    folder = tmp_path / "nli"
+    folder.mkdir()
+    frame = pd.DataFrame(
+        {
+            "first": [f"a cat sat {i}" for i in range(30)],
+            "second": [f"an animal {'sat' if i % 3 else 'flew'}" for i in range(30)],
+            "y": [1 + i % 3 for i in range(30)],  # 1, 2, 3
+        }
+    )
+    frame.to_json(folder / "train.jsonl", orient="records", lines=True)
+    frame.assign(first=frame["first"] + " today").to_parquet(folder / "test.parquet")
+    config = DataConfig(
+        dataset=str(folder),
+        text_columns=("first", "second"),
+        label_column="y",
+        n_train=12,
+        n_val=3,
+        n_test=9,
+        max_length=16,
+    )
+    assert config.label_names == (1, 2, 3)
+    splits = make_splits(config)
+    assert set(splits["test"]["label"]) == {0, 1, 2}
+    assert 1 in splits["train"][0]["token_type_ids"]  # the second text is segment 1
+    # Integer labels that name no class are indices into the given names (the hub's convention).
+    indexed = make_splits(DataConfig(**{**config.__dict__, "label_names": ("w", "x", "y", "z")}))
+    test = indexed["test"]
+    assert test["label"] == frame.loc[test["source_index"], "y"].tolist()  # 1 → "x", ...
+
+
+def test_hub_dataset_through_load_dataset(tmp_path, monkeypatch):
+    """The hub path calls ``datasets.load_dataset(name, config, split=...)``; here the real
+    function reads local files, so nothing touches the network."""
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    reviews(80, seed=0).to_csv(folder / "train.csv", index=False)
+    reviews(40, seed=1).to_csv(folder / "test.csv", index=False)
+    real, calls = datasets.load_dataset, []
+
+    def offline(path, name=None, split=None):
+        calls.append((path, name, split))
+        data = real(str(folder), split=split)
+        labels = datasets.ClassLabel(names=["neg", "pos"])  # the hub's class names win
+        return data.cast_column("sentiment", labels)
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    config = DataConfig(
+        dataset="someone/reviews",
+        dataset_config="plain",
+        text_columns=("review",),
+        label_column="sentiment",
+        n_train=30,
+        n_val=10,
+        n_test=20,
+        max_length=16,
+    )
+    assert config.label_names == ("neg", "pos") and config.name == "someone_reviews"
+    splits = make_splits(config)
+    assert calls[-2:] == [
+        ("someone/reviews", "plain", "train"),
+        ("someone/reviews", "plain", "test"),
+    ]
+    assert np.bincount(splits["test"]["label"]).tolist() == [10, 10]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (
+            {"text_columns": ("body",)},
+            r"text_columns=\('body',\): '.*my reviews\.csv' has no column 'body'; its columns: "
+            r"\['review', 'sentiment'\]",
+        ),
+        ({"label_column": None}, r"label_column=None: .* no column 'label' \(the default"),
+        (
+            {"label_names": ("good", "bad")},
+            r"label_names=\['good', 'bad'\] do not cover the labels of '.*my reviews\.csv': "
+            r"\['neg', 'pos'\]",
+        ),
+        ({"label_names": ("pos", "pos")}, r"label_names=\['pos', 'pos'\]: give at least two"),
+        ({"text_columns": ("review",) * 3}, "text_columns=.*: give one text column, or two"),
+        ({"split_names": ("train",)}, "split_names=.* is one file"),
+        ({"dataset": "./nowhere/data.csv"}, r"dataset='./nowhere/data.csv': no such file"),
+        ({"n_test": 200}, "n_test=200 leaves none of the 200 examples"),
+    ],
+)
+def test_mismatch_is_an_error_naming_the_parameter(reviews_csv, change, match):
+    with pytest.raises(ValueError, match=match):
+        make_splits(own(reviews_csv, **change))
+
+
+def test_builtin_task_keeps_its_columns_and_one_class_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="label_column='y': dataset='ag_news' is a built-in task"):
+        DataConfig(label_column="y")
+    path = tmp_path / "one.csv"
+    pd.DataFrame({"text": ["a", "b"], "label": ["x", "x"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"has 1 distinct label\(s\) \['x'\]; .* needs two"):
+        DataConfig(dataset=str(path))
+
+
+def test_paper_numbers_only_for_the_papers_datasets():
+    summary = pd.DataFrame({"method": ["random", "tracin-we"], "DEL+": [0.0, -0.1]})
+    assert "paper DEL+" in beside_paper(summary, "ag_news").columns
+    own_table = beside_paper(summary, "my_reviews")
+    assert list(own_table.columns) == ["method", "DEL+"]
+    assert list(own_table["method"]) == ["tracin-we", "random"]
+    assert paper_note("my_reviews").startswith("No paper columns")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["joblib", "dask"])
+def test_workers_retrain_from_the_config_alone(reviews_csv, backend):
+    """Workers get the class count from the pickled config: the file is gone when they run."""
+    config = TrainConfig(
+        data=own(reviews_csv), model="cnn", epochs=1, batch_size=16, checkpoint_epochs=(1,)
+    )
+    splits = make_splits(config.data)
+    train, test = model_inputs(splits["train"]), model_inputs(splits["test"])
+    reviews_csv.unlink()
+    config = pickle.loads(pickle.dumps(config))
+    jobs = [RetrainJob(0), RetrainJob(1, (0, 1))]
+    if backend == "joblib":
+        probs = retrain_probabilities(
+            config, jobs, train, test, "joblib", n_workers=2, progress=False
+        )
+    else:
+        dask = pytest.importorskip("dask")
+        distributed = pytest.importorskip("distributed")
+        with (
+            dask.config.set({"distributed.worker.multiprocessing-method": "fork"}),
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            probs = retrain_probabilities(
+                config, jobs, train, test, "dask", client=client, progress=False
+            )
+    local = retrain_probabilities(config, jobs, train, test, "sequential", threads=1)
+    assert probs.shape == (2, 40, 2)
+    assert np.allclose(probs.numpy(), local.numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_notebooks_01_to_03_on_own_csv_by_a_preset_alone(reviews_csv, tmp_path):
+    """The done-when check of issue 10: a CSV with columns of its own, two string classes, and
+    notebooks 01 → 03 run by editing a preset only."""
+    preset = {
+        "common": {
+            "dataset": str(reviews_csv),
+            "text_columns": ["review"],
+            "label_column": "sentiment",
+            "model": "cnn",
+            "pretrained": False,
+            "n_train": 60,
+            "n_val": 20,
+            "n_test": 40,
+            "max_length": 16,
+            "epochs": 2,
+            "optimizer": "adam",
+            "lr": 0.01,
+            "batch_size": 16,
+            "checkpoint_epochs": [1, 2],
+        },
+        "02_influence": {"per_class": 1, "k": 2, "diagnostic_per_class": 2, "diagnostic_k": 2},
+        "03_case_deletion": {
+            "methods": ["tracin-we", "tracin-last", "random"],
+            "ks": [3],
+            "n_test_points": 2,
+            "seeds": [0],
+            "backend": "sequential",
+        },
+    }
+    path = tmp_path / "own_reviews.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    reproduce(path, only=["01", "02", "03"], runs=runs, figures_dir=figures)
+    metrics = {
+        name: json.loads((runs / "own_reviews" / "metrics" / f"{name}.json").read_text())
+        for name in ("01_train", "02_influence", "03_case_deletion")
+    }
+    assert 0.0 <= metrics["01_train"]["test_accuracy"] <= 1.0
+    assert metrics["02_influence"]["n_test_points"] == 4  # 2 per class, 2 classes
+    assert metrics["03_case_deletion"]["n_points"] == 2
+    table = pd.read_csv(runs / "own_reviews" / "03_auc_del.csv")
+    assert not [c for c in table.columns if c.startswith("paper")]  # not the paper's data
+    assert sorted(p.name for p in figures.glob("*.png")) == [
+        "01_training_curves.png",
+        "02_score_distributions.png",
+        "03_deletion_curves.png",
+    ]
