@@ -27,9 +27,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_smoke(prefix: str, tmp_path: Path, runs: Path) -> tuple[dict, list]:
     """Run the notebook ``prefix`` under the smoke preset; its metrics and the figure files it
-    wrote (each notebook writes its figures into its own ``tmp_path``)."""
+    wrote (each notebook writes its figures into its own ``tmp_path``). Progress bars must
+    render as widgets."""
     figures = tmp_path / "figures"
-    reproduce("smoke", only=[prefix], runs=runs, figures_dir=figures)
+    (executed,) = reproduce("smoke", only=[prefix], runs=runs, figures_dir=figures)
+    # tqdm.auto draws widgets (ipywidgets installed), not "IProgress not found" warnings.
+    streams = [
+        output.get("text", "")
+        for cell in nbformat.read(executed, as_version=4).cells
+        for output in cell.get("outputs", [])
+    ]
+    assert not any("IProgress not found" in text for text in streams), prefix
     metrics = json.loads(next((runs / "smoke" / "metrics").glob(f"{prefix}_*.json")).read_text())
     return metrics, sorted(p.name for p in figures.glob("*.png"))
 
