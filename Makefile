@@ -1,5 +1,7 @@
-# The two commands in README.md: `make reproduce` and `make test`.
-# Each creates (or reuses) a local virtual environment in .venv and installs what it needs.
+# The two commands in README.md: `make reproduce` and `make test`; `make lab` opens the notebooks
+# in JupyterLab. Each creates (or reuses) a local virtual environment in .venv and installs what
+# it needs. `make browser` installs headless Chromium (Debian's package) for the report's
+# browser test, which skips without one.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +19,12 @@ export TRACIN_WE_DATA_DIR := $(SHARED_DATA)
 endif
 endif
 
-.PHONY: reproduce test lint benchmark clean
+# apt-get needs root: sudo where we are not root (non-interactive: fails rather than asks).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+# JupyterLab refuses to run as root (containers) unless told.
+LAB_ARGS ?= $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
+.PHONY: reproduce test lab browser lint benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +40,13 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check tracin_we tests benchmarks
 	$(PY) -m ruff format --check tracin_we tests benchmarks
 	$(PY) -m pytest
+
+lab: $(VENV)/.installed
+	$(PY) -m jupyterlab $(LAB_ARGS) notebooks
+
+browser:
+	@command -v chromium || command -v chromium-browser || command -v google-chrome || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium && command -v chromium; }
 
 benchmark: $(VENV)/.installed
 	$(PY) benchmarks/bench_tracin_we.py

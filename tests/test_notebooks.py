@@ -1,21 +1,43 @@
-"""Each notebook executed by papermill under the smoke preset, asserting on its recorded metrics."""
+"""Each notebook executed by papermill under the smoke preset, asserting on its recorded metrics;
+last, the HTML report of all of them rendered in headless Chromium."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
+from tests import browser
+from tracin_we.reporting import notebook_title
 from tracin_we.reproduce import NOTEBOOKS, load_preset, reproduce
 
 pytestmark = pytest.mark.slow
 
 
-def run_smoke(prefix: str, tmp_path) -> tuple[dict, list]:
-    runs, figures = tmp_path / "runs", tmp_path / "figures"
-    reproduce("smoke", only=[prefix], runs=runs, figures_dir=figures)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One runs folder for the module: each notebook adds its executed copy, and the report
+    test renders the report of all of them without executing anything again."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def run_smoke(prefix: str, tmp_path: Path, runs: Path) -> tuple[dict, list]:
+    """Run the notebook ``prefix`` under the smoke preset; its metrics and the figure files it
+    wrote (each notebook writes its figures into its own ``tmp_path``). Progress bars must
+    render as widgets."""
+    figures = tmp_path / "figures"
+    (executed,) = reproduce("smoke", only=[prefix], runs=runs, figures_dir=figures)
+    # tqdm.auto draws widgets (ipywidgets installed), not "IProgress not found" warnings.
+    streams = [
+        output.get("text", "")
+        for cell in nbformat.read(executed, as_version=4).cells
+        for output in cell.get("outputs", [])
+    ]
+    assert not any("IProgress not found" in text for text in streams), prefix
     metrics = json.loads(next((runs / "smoke" / "metrics").glob(f"{prefix}_*.json")).read_text())
     return metrics, sorted(p.name for p in figures.glob("*.png"))
 
@@ -51,8 +73,8 @@ def test_unknown_preset_is_refused():
         load_preset("huge")
 
 
-def test_00_tracin_we_by_hand(tmp_path):
-    metrics, figures = run_smoke("00", tmp_path)
+def test_00_tracin_we_by_hand(tmp_path, runs):
+    metrics, figures = run_smoke("00", tmp_path, runs)
     # The three routes to one TracIn-WE score agree to float64 rounding.
     for route in ("dense", "shared", "words", "last"):
         assert metrics[f"{route}_rel_error"] < 1e-10, route
@@ -66,8 +88,8 @@ def test_00_tracin_we_by_hand(tmp_path):
     assert figures == []
 
 
-def test_01_train(ag_news_dir, tmp_path):
-    metrics, figures = run_smoke("01", tmp_path)
+def test_01_train(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("01", tmp_path, runs)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["epochs_run"] == load_preset("smoke")["common"]["epochs"]
     assert metrics["n_checkpoints"] == 2
@@ -75,8 +97,8 @@ def test_01_train(ag_news_dir, tmp_path):
     assert figures == ["01_training_curves.png"]
 
 
-def test_02_influence(ag_news_dir, tmp_path):
-    metrics, figures = run_smoke("02", tmp_path)
+def test_02_influence(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("02", tmp_path, runs)
     assert metrics["word_sum_error"] < 1e-4
     assert metrics["last_zero_share"] == 0.0  # every pair shares the final activation
     assert metrics["we_zero_share"] == 0.0  # every pair shares [CLS] and [SEP]
@@ -85,14 +107,14 @@ def test_02_influence(ag_news_dir, tmp_path):
     assert figures == ["02_score_distributions.png"]
 
 
-def test_03_case_deletion(ag_news_dir, tmp_path):
-    metrics, figures = run_smoke("03", tmp_path)
+def test_03_case_deletion(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("03", tmp_path, runs)
     assert metrics["n_points"] == 4
     assert set(metrics["auc_del_plus"]) == {"tracin-last", "tracin-we", "random"}
     assert all(-1.0 <= v <= 1.0 for v in metrics["auc_del_minus"].values())
     assert metrics["crn_se_ratio_median"] is None or metrics["crn_se_ratio_median"] >= 0
     assert figures == ["03_deletion_curves.png"]
-    assert (tmp_path / "runs" / "smoke" / "03_paired_differences.csv").is_file()
+    assert (runs / "smoke" / "03_paired_differences.csv").is_file()
     if {"tracin-we", "tracin-last"} <= set(load_preset("smoke")["03_case_deletion"]["methods"]):
         paired = metrics["we_minus_last"]  # TracIn-WE − TracIn-Last, paired over test points
         assert set(paired) == {"DEL+", "DEL-"}
@@ -103,8 +125,8 @@ def test_03_case_deletion(ag_news_dir, tmp_path):
             assert 0.0 <= row["share_better"] <= 1.0, metric
 
 
-def test_04_no_overlap(ag_news_dir, tmp_path):
-    metrics, figures = run_smoke("04", tmp_path)
+def test_04_no_overlap(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("04", tmp_path, runs)
     assert metrics["n_points"] == 4
     assert metrics["n_candidates"] == 30  # candidate_fraction 0.25 of 120
     assert metrics["candidate_max_cosine"] < 0.2
@@ -121,8 +143,8 @@ def test_04_no_overlap(ag_news_dir, tmp_path):
     assert figures == ["04_no_overlap_auc_del.png"]
 
 
-def test_05_fixing(ag_news_dir, tmp_path):
-    metrics, figures = run_smoke("05", tmp_path)
+def test_05_fixing(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("05", tmp_path, runs)
     assert metrics["n_mistakes"] == 2
     assert set(metrics["share_fixed"]) == {
         "control none",
@@ -137,8 +159,8 @@ def test_05_fixing(ag_news_dir, tmp_path):
     assert figures == ["05_fixing.png"]
 
 
-def test_06_cancellation(ag_news_dir, tmp_path):
-    metrics, figures = run_smoke("06", tmp_path)
+def test_06_cancellation(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("06", tmp_path, runs)
     assert metrics["variant"] == "C_l1"
     assert metrics["min_ratio"] >= 1.0 - 1e-6
     assert list(metrics["ratio_by_layer"]) == [
@@ -157,8 +179,8 @@ def test_06_cancellation(ag_news_dir, tmp_path):
     ]
 
 
-def test_07_layers_and_aggregation(ag_news_dir, tmp_path):
-    metrics, figures = run_smoke("07", tmp_path)
+def test_07_layers_and_aggregation(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("07", tmp_path, runs)
     assert metrics["n_flipped"] == round(0.2 * 120)
     assert {"word_embeddings", "classifier", "agg:mean", "agg:rank", "agg:vote"} <= set(
         metrics["ndr"]
@@ -172,8 +194,8 @@ def test_07_layers_and_aggregation(ag_news_dir, tmp_path):
     ]
 
 
-def test_08_lds(ag_news_dir, tmp_path):
-    metrics, figures = run_smoke("08", tmp_path)
+def test_08_lds(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("08", tmp_path, runs)
     assert metrics["n_points"] == 8 and metrics["n_subsets"] == 6
     assert set(metrics["lds"]) == {"tracin-last", "tracin-we", "random"}
     assert all(-1.0 <= v <= 1.0 for v in metrics["lds"].values())
@@ -182,3 +204,34 @@ def test_08_lds(ag_news_dir, tmp_path):
     )
     assert set(metrics["tracin_we_minus"]) == {"tracin-last", "random"}
     assert figures == ["08_lds.png", "08_lds_convergence.png", "08_lds_scatter.png"]
+
+
+def test_report_of_the_smoke_run_renders_in_headless_chromium(runs, tmp_path):
+    """The report that reproduce wrote after the notebooks above (the last one's run holds all
+    of them), opened in Chromium: every executed notebook's title is a heading of the rendered
+    page and every figure an inline image, and its screenshot is a real page, not a blank."""
+    found = browser.find_browser()
+    if found is None:
+        pytest.skip("no Chromium/Chrome found (apt-get install chromium, or make browser)")
+    executed = sorted((runs / "smoke" / "notebooks").glob("*.ipynb"))
+    if not executed:
+        pytest.skip("no smoke notebook ran in this session (deselected or skipped)")
+    report = runs / "smoke" / "report.html"
+    notebooks = [nbformat.read(path, as_version=4) for path in executed]
+    n_figures = sum(
+        "image/png" in output.get("data", {})
+        for notebook in notebooks
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+    )
+    dom = browser.dump_dom(found, report)
+    headings = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r"<h1[^>]*>(.*?)</h1>", dom, re.S)]
+    for notebook in notebooks:
+        title = notebook_title(notebook)
+        assert any(h.strip().rstrip("¶").strip() == title for h in headings), (title, headings)
+    assert dom.count('src="data:image/png;base64,') == n_figures
+    assert n_figures >= (len(executed) > 1)  # 00 alone draws none; 01-08 draw at least one
+    shot = browser.screenshot(found, report, tmp_path / "report.png")
+    n_colours, not_background = browser.colours(shot)
+    assert shot.stat().st_size > 20_000
+    assert n_colours > 100 and not_background > 0.05, (n_colours, not_background)

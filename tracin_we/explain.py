@@ -93,6 +93,9 @@ def score_distributions(scores_by_method: dict[str, torch.Tensor]) -> plt.Figure
         facet_kws={"sharey": False},
     )
     grid.set(yscale="log")
+    grid.set_axis_labels("score / max |score| of the method", "(test, train) pairs (log)")
+    grid.set_titles("{col_name}")
+    grid.figure.suptitle("Every (test, train) influence score, scaled per method", y=1.04)
     return grid.figure
 
 

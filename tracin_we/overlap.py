@@ -230,9 +230,12 @@ def auc_del_figure(summary: pd.DataFrame) -> plt.Figure:
         ax.axvline(0, color="grey", lw=0.8)
         ax.set(
             title=f"AUC-{name} ({'lower' if name == 'DEL+' else 'higher'} is better)",
+            xlabel=f"AUC-{name}",
             yticks=list(positions),
             yticklabels=list(comparison.index),
         )
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    fig.suptitle("No word overlap: case deletion among the least-overlapping training texts")
+    fig.supxlabel("AUC-DEL± = mean Δ p(true class) over k and test points", fontsize=10)
     fig.tight_layout()
     return fig

@@ -7,7 +7,9 @@ data and training recipe) and one section per notebook (``01_train``, ...); sect
 ``parameters`` cell that the preset sets, plus where to write: executed copies and metrics go to
 ``runs/<preset>/``, figures to ``figures/`` for the built-in ``default`` preset only and to
 ``runs/<preset>/figures/`` otherwise. A key that its notebook (or, in ``common``, every notebook)
-does not declare is an error before anything runs.
+does not declare is an error before anything runs. After the notebooks (also when one fails),
+``runs/<preset>/report.html`` collects every executed notebook of that folder in one page, with
+its figures inline (``reporting.write_report``).
 
 ``--params-for 03`` prints, as flat YAML, exactly the parameters that ``reproduce`` would give
 notebook ``03_*``, for a papermill run by hand::
@@ -27,6 +29,8 @@ from pathlib import Path
 
 import papermill
 import yaml
+
+from tracin_we.reporting import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -166,6 +170,17 @@ def params_for(preset: str | Path, prefix: str) -> dict:
     return notebook_parameters(load_preset(preset), notebooks[0], run_dir, figures_dir)
 
 
+def run_report(run_dir: Path, name: str) -> Path | None:
+    """Write ``<run_dir>/report.html`` from the executed copies of this repository's notebooks
+    in ``<run_dir>/notebooks`` (all of them, not only the last ``--only``), in notebook order;
+    None when there is none yet."""
+    executed = [run_dir / "notebooks" / nb.name for nb in notebook_paths()]
+    executed = [path for path in executed if path.is_file()]
+    if not executed:
+        return None
+    return write_report(executed, run_dir / "report.html", f"tracin-we · preset {name}")
+
+
 def reproduce(
     preset: str | Path = "default",
     only: list[str] | None = None,
@@ -173,26 +188,33 @@ def reproduce(
     figures_dir: Path | None = None,
 ) -> list[Path]:
     """Execute ``notebooks/NN_*.ipynb`` in order (or those whose names start with ``only``) and
-    return the executed copies. Every notebook runs with the repository root as working folder."""
+    return the executed copies. Every notebook runs with the repository root as working folder.
+    Then (also after a failed notebook, whose copy shows the error) ``run_report`` writes
+    ``<run_dir>/report.html``."""
     config = load_preset(preset)
     run_dir, figures_dir = output_dirs(preset, runs, figures_dir)
     executed = []
-    for notebook in select_notebooks(only):
-        output = run_dir / "notebooks" / notebook.name
-        output.parent.mkdir(parents=True, exist_ok=True)
-        params = notebook_parameters(config, notebook, run_dir, figures_dir)
-        started = time.perf_counter()
-        log.info("%s with %s", notebook.name, params)
-        papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters=params,
-            cwd=str(REPO),
-            kernel_name="python3",
-            progress_bar=False,
-        )
-        log.info("%s done in %.0f s → %s", notebook.name, time.perf_counter() - started, output)
-        executed.append(output)
+    try:
+        for notebook in select_notebooks(only):
+            output = run_dir / "notebooks" / notebook.name
+            output.parent.mkdir(parents=True, exist_ok=True)
+            params = notebook_parameters(config, notebook, run_dir, figures_dir)
+            started = time.perf_counter()
+            log.info("%s with %s", notebook.name, params)
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters=params,
+                cwd=str(REPO),
+                kernel_name="python3",
+                progress_bar=False,
+            )
+            log.info("%s done in %.0f s → %s", notebook.name, time.perf_counter() - started, output)
+            executed.append(output)
+    finally:
+        report = run_report(run_dir, preset_name(preset))
+        if report is not None:
+            log.info("report of the executed notebooks → %s", report)
     return executed
 
 
