@@ -15,7 +15,9 @@ import pytest
 import yaml
 
 from tracin_we.data import DataConfig, make_splits
+from tracin_we.fixing import beside_paper as fixed_beside_paper
 from tracin_we.inputs import model_inputs
+from tracin_we.overlap import auc_del_figure, paper_comparison
 from tracin_we.paper import beside_paper, paper_note
 from tracin_we.recipe import TrainConfig
 from tracin_we.reproduce import reproduce
@@ -186,6 +188,22 @@ def test_paper_numbers_only_for_the_papers_datasets():
     assert list(own_table.columns) == ["method", "DEL+"]
     assert list(own_table["method"]) == ["tracin-we", "random"]
     assert paper_note("my_reviews").startswith("No paper columns")
+
+
+def test_no_overlap_and_fixing_show_paper_numbers_only_for_the_papers_datasets():
+    summary = pd.DataFrame(
+        {"method": ["tracin-we", "random"], "DEL+": [-0.1, 0.0], "DEL-": [0.1, 0.0]}
+        | {f"DEL{s} low": [-0.2, -0.1] for s in "+-"}
+        | {f"DEL{s} high": [0.2, 0.1] for s in "+-"}
+    )
+    assert "paper DEL+" in paper_comparison(summary, "ag_news").columns
+    assert list(paper_comparison(summary, "my_reviews.csv").columns) == ["DEL+", "DEL-"]
+    figure = auc_del_figure(summary, "my_reviews.csv")
+    labels = [label for ax in figure.axes for label in ax.get_legend_handles_labels()[1]]
+    assert "paper (Toxicity)" not in labels
+    fixed = pd.DataFrame({"method": ["tracin-we-topk"], "share_fixed": [0.5]})
+    assert fixed_beside_paper(fixed, "ag_news")["paper"].tolist() == [0.73]
+    assert "paper" not in fixed_beside_paper(fixed, "my_reviews.csv")
 
 
 @pytest.mark.slow

@@ -52,6 +52,7 @@ from tracin_we.checkpoints import StateDict
 from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
 from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, model_inputs
+from tracin_we.paper import reports
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
 from tracin_we.recipe import TrainConfig, config_identity, predict_proba
@@ -66,6 +67,14 @@ FIX_METHODS = ("tracin-we-topk", "influence-last")
 FIXES = ("remove", "replace")
 # v1 §6: share of 40 mistakes fixed over 10 retrains, k = 50 (BERT-tiny).
 PAPER_FIXED_SHARE = {"tracin-we-topk": 0.73, "influence-last": 0.33}
+
+
+def beside_paper(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """``summary`` with a ``paper`` column (v1 §6's share fixed) for the paper's datasets only
+    (``paper.reports``)."""
+    if not reports(dataset):
+        return summary
+    return summary.assign(paper=summary["method"].map(PAPER_FIXED_SHARE))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from tracin_we.deletion import (
 )
 from tracin_we.influence.last_layer import tfidf_cosine
 from tracin_we.inputs import SPECIAL_IDS, Tensors
-from tracin_we.paper import NO_OVERLAP
+from tracin_we.paper import NO_OVERLAP, reports
 from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
 
 
@@ -194,18 +194,22 @@ def _pool(
     return result
 
 
-def paper_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+def paper_comparison(summary: pd.DataFrame, dataset: str = "ag_news") -> pd.DataFrame:
     """The AUC-DEL± summary (``deletion.auc_del``) beside v1's no-overlap numbers (Toxicity,
-    BERT-tiny; NaN where the paper has none): columns DEL+, DEL-, paper DEL+, paper DEL-."""
+    BERT-tiny; NaN where the paper has none): columns DEL+, DEL-, paper DEL+, paper DEL-. For a
+    dataset the paper does not report (``paper.reports``), DEL+ and DEL- alone."""
     out = summary.set_index("method")[["DEL+", "DEL-"]].copy()
+    if not reports(dataset):
+        return out
     for name in ("DEL+", "DEL-"):
         out[f"paper {name}"] = [NO_OVERLAP[name].get(m, float("nan")) for m in out.index]
     return out
 
 
-def auc_del_figure(summary: pd.DataFrame) -> plt.Figure:
-    """AUC-DEL+ and AUC-DEL− per method with their bootstrap CIs, paper values as black ticks."""
-    comparison = paper_comparison(summary)
+def auc_del_figure(summary: pd.DataFrame, dataset: str = "ag_news") -> plt.Figure:
+    """AUC-DEL+ and AUC-DEL− per method with their bootstrap CIs, paper values as black ticks
+    (for the paper's datasets only, ``paper_comparison``)."""
+    comparison = paper_comparison(summary, dataset)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
     positions = range(len(comparison))
     for ax, name in zip(axes, ("DEL+", "DEL-"), strict=True):
@@ -219,14 +223,15 @@ def auc_del_figure(summary: pd.DataFrame) -> plt.Figure:
             alpha=0.7,
             label="this run (95% CI)",
         )
-        ax.scatter(
-            comparison[f"paper {name}"],
-            list(positions),
-            marker="|",
-            s=300,
-            color="k",
-            label="paper (Toxicity)",
-        )
+        if f"paper {name}" in comparison:
+            ax.scatter(
+                comparison[f"paper {name}"],
+                list(positions),
+                marker="|",
+                s=300,
+                color="k",
+                label="paper (Toxicity)",
+            )
         ax.axvline(0, color="grey", lw=0.8)
         ax.set(
             title=f"AUC-{name} ({'lower' if name == 'DEL+' else 'higher'} is better)",
