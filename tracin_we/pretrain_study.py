@@ -27,7 +27,8 @@ the full-corpus baseline is made by the same code path as the counterfactuals.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,11 +39,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tracin_we.data import TASKS, balanced_indices
-from tracin_we.doge import DogeSettings, mixture_keep
+from tracin_we.doge import DogeResult, DogeSettings, mixture_keep, run_doge
 from tracin_we.inputs import Tensors, model_inputs
 from tracin_we.models import build_model
 from tracin_we.params import check_types, from_params
-from tracin_we.pretrain import PretrainConfig, PretrainResult, load_encoder, mlm_loss, new_mlm_model
+from tracin_we.pretrain import (
+    PretrainConfig,
+    PretrainResult,
+    load_encoder,
+    mlm_loss,
+    mlm_tensors,
+    new_mlm_model,
+)
 from tracin_we.recipe import TrainConfig, fit, predict_proba
 from tracin_we.stats import paired_bootstrap
 from tracin_we.tokenizer import load_tokenizer
@@ -108,6 +116,10 @@ class PretrainStudyConfig:
             batch_size=self.train.batch_size,
             seed=self.train.seed,
         )
+
+    def finetune_from(self, run_dir: str | Path) -> TrainConfig:
+        """The fine-tuning config started from the pretraining run in ``run_dir``."""
+        return replace(self.train, init_from=str(run_dir))
 
     @classmethod
     def from_params(cls, **params) -> PretrainStudyConfig:
@@ -250,3 +262,28 @@ def counterfactual_summary(
 def subtask_tensors(splits: DatasetDict) -> dict[str, Tensors]:
     """``model_inputs`` of every split."""
     return {k: model_inputs(s) for k, s in splits.items()}
+
+
+def doge_weights(
+    config: PretrainStudyConfig,
+    pre: PretrainResult,
+    splits: DatasetDict,
+    device: str = "cpu",
+    progress: bool = False,
+) -> DogeResult:
+    """DoGE (``tracin_we.doge``) from a fresh ``MaskedLM`` (the pretraining run's seed and
+    optimizer) over ``pre``'s corpus and domains, the target being the MLM loss on the subtask's
+    train texts ``splits["train"]`` (masked as the corpus)."""
+    target = mlm_tensors(splits["train"], pre.config)
+    vocab = len(load_tokenizer(pre.config.data.tokenizer))
+    return run_doge(
+        new_mlm_model(pre.config.seed, vocab),
+        pre.tensors,
+        list(pre.corpus["domain"]),
+        target,
+        pre.config,
+        config.doge,
+        mlm_loss,
+        device,
+        progress,
+    )
