@@ -80,10 +80,11 @@ def doge_update(
             f"target_grads has {target_grads.shape[-1]} parameters, domain_grads "
             f"{domain_grads.shape[-1]}"
         )
-    scores = lr * (domain_grads @ target_grads.T).sum(-1)
-    scores = scores / (domain_grads.norm(dim=-1).mean() + 1e-6)
+    # the k x m inner products in the gradients' dtype (float32: P is millions), the rest float64
+    scores = lr * (domain_grads @ target_grads.T).double().sum(-1)
+    scores = scores / (domain_grads.norm(dim=-1).double().mean() + 1e-6)
     scores = scores.clamp(lr * dw_min, lr * dw_max)
-    new = torch.softmax(weights.log() + scores / mu, dim=-1)
+    new = torch.softmax(weights.double().log() + scores / mu, dim=-1)
     new = (1 - eps) * new + eps / len(new)
     return DogeStep(new, scores)
 
@@ -165,7 +166,7 @@ def run_doge(
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = (
-        torch.optim.Adam(params, lr=recipe.lr, betas=(recipe.momentum, 0.999))
+        torch.optim.Adam(params, lr=recipe.lr, betas=(recipe.momentum, 0.999), fused=True)
         if recipe.optimizer == "adam"
         else torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum)
     )
@@ -175,7 +176,7 @@ def run_doge(
 
     def grad_of(tensors: Tensors, index: np.ndarray) -> torch.Tensor:
         batch = select(tensors, torch.as_tensor(index), device)
-        return flat_grad(model, loss_fn(model, batch), params).double()
+        return flat_grad(model, loss_fn(model, batch), params)
 
     for step in tqdm(range(1, settings.doge_steps + 1), "DoGE", disable=not progress):
         grads = torch.stack(
@@ -195,7 +196,7 @@ def run_doge(
             settings.reweight_eps,
         )
         weights = update.weights
-        combined = (weights[:, None] * grads).sum(0).float()
+        combined = weights.to(grads.dtype) @ grads  # Σ_i α_i g_i
         offset = 0
         for p in params:
             p.grad = combined[offset : offset + p.numel()].view_as(p).to(p.device).clone()
