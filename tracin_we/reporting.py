@@ -242,6 +242,7 @@ def domain_heatmap(table: pd.DataFrame, title: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(1.6 * table.shape[1] + 2.5, 0.55 * table.shape[0] + 1.4))
     sns.heatmap(table, annot=True, fmt=".2g", center=0, cmap="vlag", cbar=False, ax=ax)
     ax.set(title=title, xlabel="test class (fine-tuning)", ylabel="pretraining domain")
+    ax.tick_params(axis="y", rotation=0)
     fig.tight_layout()
     return fig
 
