@@ -47,6 +47,8 @@ from tracin_we.inputs import Tensors, select
 from tracin_we.params import check_types
 from tracin_we.recipe import Recipe
 
+_NO_GRADIENT = {"grad_norm": float("nan"), "cosine": float("nan")}  # step 0: the start
+
 
 @dataclass(frozen=True)
 class DogeStep:
@@ -115,8 +117,9 @@ class DogeSettings:
 
 @dataclass
 class DogeResult:
-    """``history``: one row per (step, domain) with ``weight`` α and ``score`` W (step 0: the
-    uniform start); ``average``: mean α over steps 1..T per domain (the weights to pretrain on);
+    """``history``: one row per (step, domain) with ``weight`` α, ``score`` W, the domain
+    gradient's ``grad_norm`` ‖g_i‖ and its ``cosine`` with g_T (step 0: the uniform start, no
+    gradient); ``average``: mean α over steps 1..T per domain (the weights to pretrain on);
     ``final``: α after the last step; ``state``: the DoGE-trained model's weights."""
 
     history: pd.DataFrame
@@ -203,9 +206,12 @@ def run_doge(
             offset += p.numel()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        norms = grads.norm(dim=-1).double()
+        cosines = (grads @ target_grad).double() / (norms * target_grad.norm().double() + 1e-12)
         records += [
             {"step": step, "domain": d, "weight": float(w), "score": float(s)}
-            for d, w, s in zip(names, weights, update.scores, strict=True)
+            | {"grad_norm": float(n), "cosine": float(c)}
+            for d, w, s, n, c in zip(names, weights, update.scores, norms, cosines, strict=True)
         ]
     history = pd.DataFrame.from_records(records)
     later = history[history["step"] > 0]
