@@ -75,8 +75,8 @@ def test_counterfactual_removes_k_texts_per_point_and_method(study, monkeypatch)
     assert len(table) == 2 * len(points) and set(table["method"]) == set(METHODS)
     assert (table.groupby("point")["p_full"].nunique() == 1).all()
     assert torch.allclose(
-        torch.as_tensor(table["delta"].to_numpy()),
-        torch.as_tensor((table["p_removed"] - table["p_full"]).to_numpy()),
+        torch.tensor(table["delta"].to_numpy()),
+        torch.tensor((table["p_removed"] - table["p_full"]).to_numpy()),
     )
     with pytest.raises(ValueError, match="scores has shape"):
         counterfactual(config, pre, scores[:, :3], data, points)
