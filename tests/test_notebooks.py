@@ -206,6 +206,29 @@ def test_08_lds(ag_news_dir, tmp_path, runs):
     assert figures == ["08_lds.png", "08_lds_convergence.png", "08_lds_scatter.png"]
 
 
+def test_09_pretraining_influence(ag_news_dir, tmp_path, runs):
+    metrics, figures = run_smoke("09", tmp_path, runs)
+    section = load_preset("smoke")["09_pretraining_influence"]
+    assert metrics["n_corpus"] == section["n_corpus"]
+    assert metrics["n_points"] == section["n_test_points"] and metrics["k"] == section["k"]
+    domains = {"World", "Sports", "Business", "Sci/Tech"}
+    for weights in (metrics["doge_average"], metrics["doge_final"]):
+        assert set(weights) == domains and abs(sum(weights.values()) - 1) < 1e-9
+    assert set(metrics["influence_signed"]) == domains
+    assert all(set(row) == {"World", "Sci/Tech"} for row in metrics["influence_magnitude"].values())
+    assert set(metrics["mixtures"]) == {"uniform", "doge"}
+    assert set(metrics["counterfactual_mean"]) == {"multistage-tracin-we", "random"}
+    for method, mean in metrics["counterfactual_mean"].items():
+        low, high = metrics["counterfactual_low"][method], metrics["counterfactual_high"][method]
+        assert low - 1e-12 <= mean <= high + 1e-12 and -1 <= mean <= 1, method
+    assert figures == [
+        "09_counterfactual.png",
+        "09_doge_weights.png",
+        "09_domain_influence.png",
+        "09_domain_influence_magnitude.png",
+    ]
+
+
 def test_report_of_the_smoke_run_renders_in_headless_chromium(runs, tmp_path):
     """The report that reproduce wrote after the notebooks above (the last one's run holds all
     of them), opened in Chromium: every executed notebook's title is a heading of the rendered

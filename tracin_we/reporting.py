@@ -330,6 +330,42 @@ def convergence_plot(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def domain_heatmap(table: pd.DataFrame, title: str) -> plt.Figure:
+    """A pretraining-domain × test-class table (``influence.multistage.by_domain``) as a heatmap
+    centred on 0 (positive = proponent), annotated with its values."""
+    sns.set_theme(style="white")
+    fig, ax = plt.subplots(figsize=(1.6 * table.shape[1] + 2.5, 0.55 * table.shape[0] + 1.4))
+    sns.heatmap(table, annot=True, fmt=".2g", center=0, cmap="vlag", cbar=False, ax=ax)
+    ax.set(title=title, xlabel="test class (fine-tuning)", ylabel="pretraining domain")
+    ax.tick_params(axis="y", rotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def domain_weight_curves(history: pd.DataFrame) -> plt.Figure:
+    """DoGE's domain weights α against the step (``doge.DogeResult.history``); dashed: uniform."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    sns.lineplot(data=history, x="step", y="weight", hue="domain", ax=ax)
+    ax.axhline(1 / history["domain"].nunique(), color="black", linestyle="--", linewidth=0.8)
+    ax.set(xlabel="DoGE step", ylabel="domain weight α")
+    fig.tight_layout()
+    return fig
+
+
+def counterfactual_bars(table: pd.DataFrame) -> plt.Figure:
+    """Δp(true class) after removing k pretraining texts and re-pretraining + re-fine-tuning:
+    the mean per method with its 95% bootstrap CI over test points, and each test point."""
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    sns.barplot(data=table, x="method", y="delta", errorbar=("ci", 95), seed=0, alpha=0.5, ax=ax)
+    sns.stripplot(data=table, x="method", y="delta", color="black", size=4, ax=ax)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="texts removed", ylabel="Δ p(true class)")
+    fig.tight_layout()
+    return fig
+
+
 # ---- one HTML report of executed notebooks ----
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # a live widget: no state in a report

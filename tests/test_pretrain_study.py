@@ -1,0 +1,109 @@
+"""Notebook 09's study (tracin_we.pretrain_study): re-pretraining reproduces the cached run (common
+random numbers), the counterfactual table, the mixtures comparison and the summary."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from tracin_we.data import make_splits
+from tracin_we.pretrain import pretrain
+from tracin_we.pretrain_study import (
+    METHODS,
+    PretrainStudyConfig,
+    class_subset,
+    compare_mixtures,
+    counterfactual,
+    counterfactual_summary,
+    pick_points,
+    repretrain,
+    subtask_tensors,
+)
+
+
+@pytest.fixture
+def study(tiny_data_dir):
+    config = PretrainStudyConfig.from_params(
+        n_train=40,
+        n_val=8,
+        n_test=20,
+        max_length=16,
+        epochs=1,
+        checkpoint_epochs=[1],
+        batch_size=16,
+        optimizer="adam",
+        lr=1e-3,
+        n_corpus=40,
+        n_mixture=20,
+        k=4,
+        n_test_points=2,
+        pretrain_epochs=1,
+        data_dir=str(tiny_data_dir),
+        target_classes=["World", "Sports"],
+    )
+    pre = pretrain(config.pretrain, progress=False)
+    names = config.train.data.task.label_names
+    splits = class_subset(make_splits(config.train.data), config.target_classes, names)
+    return config, pre, subtask_tensors(splits)
+
+
+def test_repretraining_on_every_text_reproduces_the_cached_run(study):
+    _, pre, _ = study
+    final = pre.final.load()["state_dict"]
+    again = repretrain(pre, torch.ones(len(pre.corpus), dtype=torch.bool))
+    assert all(torch.equal(final[k], again[k]) for k in final)
+
+
+def test_counterfactual_removes_k_texts_per_point_and_method(study, monkeypatch):
+    config, pre, data = study
+    n_test, n = len(data["test"]["labels"]), len(pre.corpus)
+    scores = torch.arange(n, dtype=torch.float).repeat(n_test, 1)  # top-k: the last k texts
+    kept = []
+    real = repretrain
+
+    def spy(pre, keep, device="cpu"):
+        kept.append(keep.clone())
+        return real(pre, keep, device)
+
+    monkeypatch.setattr("tracin_we.pretrain_study.repretrain", spy)
+    points = pick_points(config, data["test"]["labels"])
+    table = counterfactual(config, pre, scores, data, points)
+    assert len(kept) == 1 + 2 * len(points) and kept[0].all()
+    assert torch.equal((~kept[1]).nonzero().flatten(), torch.arange(n - config.k, n))
+    assert all(int((~keep).sum()) == config.k for keep in kept[1:])
+    assert len(table) == 2 * len(points) and set(table["method"]) == set(METHODS)
+    assert (table.groupby("point")["p_full"].nunique() == 1).all()
+    assert torch.allclose(
+        torch.tensor(table["delta"].to_numpy()),
+        torch.tensor((table["p_removed"] - table["p_full"]).to_numpy()),
+    )
+    with pytest.raises(ValueError, match="scores has shape"):
+        counterfactual(config, pre, scores[:, :3], data, points)
+
+
+def test_summary_pairs_the_methods_over_points():
+    table = pd.DataFrame(
+        {
+            "point": [0, 0, 1, 1, 2, 2],
+            "method": list(METHODS) * 3,
+            "delta": [-0.3, 0.0, -0.2, 0.1, -0.4, 0.0],
+        }
+    )
+    means, paired = counterfactual_summary(table, n_bootstrap=200)
+    assert means.set_index("method")["mean"].to_dict() == pytest.approx(
+        {METHODS[0]: -0.3, METHODS[1]: 1 / 30}
+    )
+    row = paired.iloc[0]
+    assert row["difference"] == pytest.approx(-0.3 - 1 / 30)
+    assert row["verdict"] == "reference better" and row["share_better"] == 1.0
+
+
+def test_mixtures_at_one_budget(study):
+    config, pre, data = study
+    weights = {"World": 1.0, "Sports": 1.0, "Business": 0.0, "Sci/Tech": 0.0}
+    table = compare_mixtures(config, pre, {"targets": weights}, data)
+    counts = table["texts_by_domain"].iloc[0]
+    assert sum(counts.values()) == config.n_mixture
+    assert counts["Business"] == counts["Sci/Tech"] == 0
+    assert 0 <= table["val_accuracy"].iloc[0] <= 1 and table["val_loss"].iloc[0] > 0
