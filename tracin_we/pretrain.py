@@ -61,7 +61,7 @@ from tracin_we.inputs import CLS_ID, PAD_ID, SEP_ID, Tensors
 from tracin_we.models import bert_tiny_config
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import Folder, cache_dir, config_key, file_sha256, tensor_digest
-from tracin_we.recipe import OPTIMIZERS, RECIPE_VERSION, fit
+from tracin_we.recipe import RECIPE_VERSION, check_recipe, fit
 from tracin_we.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -97,24 +97,7 @@ class PretrainConfig:
             raise ValueError(f"n_corpus={self.n_corpus} must be a positive integer or None")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob={self.mask_prob} must be in (0, 1)")
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs} must be a positive integer")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be > 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r}; allowed: {list(OPTIMIZERS)}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be a positive integer")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm={self.max_grad_norm} must be > 0 or None")
-        bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
-        if not self.checkpoint_epochs or bad:
-            raise ValueError(
-                f"checkpoint_epochs={list(self.checkpoint_epochs)} must be a non-empty list of "
-                f"epochs in [1, {self.epochs}]"
-            )
+        check_recipe(self)
 
     @property
     def freeze_embeddings(self) -> bool:

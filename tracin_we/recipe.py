@@ -68,24 +68,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_types(self)
         object.__setattr__(self, "checkpoint_epochs", tuple(self.checkpoint_epochs))
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs} must be a positive integer")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be > 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r}; allowed: {list(OPTIMIZERS)}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm={self.max_grad_norm} must be > 0 or None")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be a positive integer")
-        bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
-        if not self.checkpoint_epochs or bad:
-            raise ValueError(
-                f"checkpoint_epochs={list(self.checkpoint_epochs)} must be a non-empty list of "
-                f"epochs in [1, {self.epochs}]"
-            )
+        check_recipe(self)
         # Validates the name before any data is loaded or model built.
         if (
             self.model not in ("bert-tiny", "cnn")
@@ -116,6 +99,29 @@ class TrainConfig:
         return from_params(cls, params)
 
 
+def check_recipe(config: Recipe) -> None:
+    """``ValueError`` naming the field of a recipe (``TrainConfig``, ``pretrain.PretrainConfig``)
+    that is out of range, and what is allowed."""
+    if config.epochs < 1:
+        raise ValueError(f"epochs={config.epochs} must be a positive integer")
+    if not config.lr > 0:
+        raise ValueError(f"lr={config.lr} must be > 0")
+    if config.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={config.optimizer!r}; allowed: {list(OPTIMIZERS)}")
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"momentum={config.momentum} must be in [0, 1)")
+    if config.max_grad_norm is not None and not config.max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm={config.max_grad_norm} must be > 0 or None")
+    if config.batch_size < 1:
+        raise ValueError(f"batch_size={config.batch_size} must be a positive integer")
+    bad = [e for e in config.checkpoint_epochs if not 1 <= e <= config.epochs]
+    if not config.checkpoint_epochs or bad:
+        raise ValueError(
+            f"checkpoint_epochs={list(config.checkpoint_epochs)} must be a non-empty list of "
+            f"epochs in [1, {config.epochs}]"
+        )
+
+
 class Recipe(Protocol):
     """What ``fit`` reads from a config (``TrainConfig``, ``pretrain.PretrainConfig``)."""
 
@@ -127,6 +133,7 @@ class Recipe(Protocol):
     seed: int
     max_grad_norm: float | None
     freeze_embeddings: bool
+    checkpoint_epochs: tuple[int, ...]
 
 
 def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
