@@ -113,9 +113,10 @@ def test_most_negative_word():
     words = pd.DataFrame(
         {"start": [0, 1, 2, 4], "end": [1, 2, 4, 5], "contribution": [-9.0, 0.5, -0.2, -5.0]}
     )
-    worst = most_negative_word(words, ids)
+    worst = most_negative_word(words, ids, (CLS_ID, SEP_ID))
     assert (worst["start"], worst["end"]) == (2, 4)  # [CLS] and [SEP] are never chosen
-    assert most_negative_word(words.assign(contribution=[-1.0, 0.5, 0.1, -1.0]), ids) is None
+    negative = words.assign(contribution=[-1.0, 0.5, 0.1, -1.0])
+    assert most_negative_word(negative, ids, (CLS_ID, SEP_ID)) is None
 
 
 @pytest.mark.parametrize("method", ["tracin-we-topk", "influence-last"])

@@ -25,7 +25,7 @@ from tests.conftest import example, texts
 from tracin_we import influence
 from tracin_we.influence import attribution, embedding
 from tracin_we.influence.words import word_spans, word_text
-from tracin_we.inputs import SPECIAL_IDS, model_inputs
+from tracin_we.inputs import model_inputs
 from tracin_we.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
 from tracin_we.tokenizer import load_tokenizer
 
@@ -298,7 +298,7 @@ def test_influence_last_words_sum_positions_over_whole_words() -> None:
     tables = attribution.influence_last_words(model, ckpts, train_t, vector, Pieces(), **F64)
     assert list(tables[0].word) == ["playinging", "now"] and list(tables[1].word) == ["w106"]
     assert list(zip(tables[0].start, tables[0].end, strict=True)) == [(1, 4), (4, 5)]
-    words_only = ~torch.isin(train_t["input_ids"], torch.tensor(SPECIAL_IDS))  # [PAD] is 0 anyway
+    words_only = ~torch.isin(train_t["input_ids"], torch.tensor([PAD, CLS, SEP]))
     for table, row, keep in zip(tables, positions.positions, words_only, strict=True):
         assert table.contribution.sum() == pytest.approx(float(row[keep].sum()), rel=1e-10)
         assert list(table.columns) == ["word", "start", "end", "contribution"]
@@ -317,7 +317,7 @@ def test_word_spans_join_word_pieces_and_skip_specials() -> None:
     encoded = tokenizer("the unaffordable cat", padding="max_length", max_length=10)
     ids = torch.tensor(encoded["input_ids"])
     mask = torch.tensor(encoded["attention_mask"])
-    valid = mask.bool() & ~torch.isin(ids, torch.tensor(SPECIAL_IDS))
+    valid = mask.bool() & ~torch.isin(ids, torch.tensor([PAD, CLS, SEP]))
     spans = word_spans(ids, valid, tokenizer)
     assert [tokenizer.decode(ids[s:e].tolist()) for s, e in spans] == ["the", "unaffordable", "cat"]
     assert [word_text(ids, s, e, tokenizer) for s, e in spans] == [

@@ -13,8 +13,7 @@ from datasets import Dataset
 
 from tracin_we.influence import WordScores, top_k
 from tracin_we.influence.words import word_spans, word_text
-
-SPECIAL_TOKENS = {"[CLS]", "[SEP]", "[PAD]"}
+from tracin_we.inputs import structural_ids
 
 
 def influential_table(
@@ -104,13 +103,15 @@ def highlight_words(words: WordScores, tokenizer, input_ids: list[int]) -> str:
     (green = towards proponent, red = towards opponent; opacity ∝ |contribution|)."""
     spans = {(int(r.start), int(r.end)): float(r.contribution) for r in words.words.itertuples()}
     scale = max((abs(v) for v in spans.values()), default=1.0) or 1.0
+    structural = set(structural_ids(tokenizer))  # [CLS], [SEP], [PAD]: not shown
+    ids = torch.as_tensor(input_ids).tolist()
     pieces = []
     for start, end in word_spans(
         input_ids, torch.ones(len(input_ids), dtype=torch.bool), tokenizer
     ):
-        word = word_text(input_ids, start, end, tokenizer)
-        if word in SPECIAL_TOKENS and (start, end) not in spans:
+        if set(ids[start:end]) <= structural and (start, end) not in spans:
             continue
+        word = word_text(input_ids, start, end, tokenizer)
         text = html.escape(word)
         if (start, end) in spans:
             value = spans[(start, end)]

@@ -51,7 +51,7 @@ from tracin_we import influence
 from tracin_we.checkpoints import StateDict
 from tracin_we.data import fingerprint, make_splits
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
-from tracin_we.inputs import PAD_ID, SPECIAL_IDS, Tensors, model_inputs
+from tracin_we.inputs import PAD_ID, Tensors, model_inputs, structural_ids
 from tracin_we.paper import reports
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
@@ -164,10 +164,13 @@ def select_mistakes(
     return chosen[:n_mistakes].tolist()
 
 
-def most_negative_word(words: pd.DataFrame, input_ids: torch.Tensor) -> pd.Series | None:
+def most_negative_word(
+    words: pd.DataFrame, input_ids: torch.Tensor, structural: tuple[int, ...]
+) -> pd.Series | None:
     """The row of ``words`` (columns ``start``, ``end``, ``contribution``) with the most negative
-    contribution, words made only of [CLS]/[SEP]/[PAD] left out; None when none is negative."""
-    special = torch.isin(input_ids, torch.tensor(SPECIAL_IDS))
+    contribution, words made only of ``structural`` ids ([CLS]/[SEP]/[PAD]:
+    ``inputs.structural_ids``) left out; None when none is negative."""
+    special = torch.isin(input_ids, torch.tensor(structural))
     usable = words[
         [not bool(special[s:e].all()) for s, e in zip(words["start"], words["end"], strict=True)]
     ]
@@ -199,11 +202,14 @@ def worst_words(
         if method == "influence-last"
         else None
     )
+    structural = structural_ids(tokenizer, [train])
     rows = []
     for j, indices in enumerate(opponents.tolist()):
         if vectors is not None:
             chosen = {k: v[indices] for k, v in train.items()}
-            tables = influence_last_words(model, checkpoints, chosen, vectors[j], tokenizer, device)
+            tables = influence_last_words(
+                model, checkpoints, chosen, vectors[j], tokenizer, device, structural=structural
+            )
         else:
             tables = [
                 influence.word_scores(
@@ -219,7 +225,8 @@ def worst_words(
             ]
         for rank, (i, words) in enumerate(zip(indices, tables, strict=True)):
             ids = train["input_ids"][i]
-            rows.append(_word_row(j, rank, i, most_negative_word(words, ids), ids, tokenizer))
+            worst = most_negative_word(words, ids, structural)
+            rows.append(_word_row(j, rank, i, worst, ids, tokenizer))
     return pd.DataFrame.from_records(rows)
 
 

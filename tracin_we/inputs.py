@@ -3,11 +3,17 @@
 A batch is a dict of tensors (``Tensors``): ``input_ids``, ``attention_mask`` and
 ``token_type_ids`` (each (N, T), when present) and ``labels`` (N,). Texts of different lengths
 (tokenized without padding, as Hugging Face's ``DataCollatorWithPadding`` expects them, or batches
-that collator padded each to its own length) are padded on the right to the longest one. The
-special token ids are bert-base-uncased's, the vocabulary every built-in model uses.
+that collator padded each to its own length) are padded on the right to the longest one.
+
+Structural tokens ([CLS], [SEP], [PAD] for BERT; <s>, </s>, <pad> for RoBERTa) are never "shared
+words", never edited and never shown as words: ``structural_ids`` finds them from the tokenizer,
+or without one from the data. ``PAD_ID``, ``CLS_ID``, ``SEP_ID`` are bert-base-uncased's, the
+vocabulary every built-in model uses.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from datasets import Dataset
@@ -18,7 +24,40 @@ Tensors = dict[str, torch.Tensor]
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PAD_ID, CLS_ID, SEP_ID = 0, 101, 102  # bert-base-uncased [PAD], [CLS], [SEP]
-SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID)  # in every text: never "shared words", never edited
+
+
+def structural_ids(tokenizer=None, datasets: Sequence[Tensors] = ()) -> tuple[int, ...]:
+    """Sorted ids of the tokens that mark a text's structure rather than a word.
+
+    With a tokenizer: its pad, cls (else bos) and sep (else eos) ids — (0, 101, 102) for
+    bert-base-uncased, (0, 1, 2) for RoBERTa. Without one (or one that names none of them):
+    ``common_token_ids(datasets)``, the ids present in every input (the [CLS]/[SEP] a tokenizer
+    adds to every text); on large data the two agree, on a handful of texts the second also
+    holds words they happen to share."""
+
+    def first(*names: str) -> int | None:
+        found = (getattr(tokenizer, name, None) for name in names)
+        return next((int(i) for i in found if i is not None), None)
+
+    ids = {first("pad_token_id"), first("cls_token_id", "bos_token_id")}
+    ids |= {first("sep_token_id", "eos_token_id")}
+    ids.discard(None)
+    return tuple(sorted(ids)) if ids else common_token_ids(datasets)
+
+
+def common_token_ids(datasets: Sequence[Tensors]) -> tuple[int, ...]:
+    """Sorted ids present (unmasked) in every input of ``datasets`` ([CLS], [SEP], ...)."""
+    if not datasets:
+        return ()
+    vocab_size = 1 + max(int(d["input_ids"].max()) for d in datasets)
+    present = []
+    for data in datasets:
+        example, position = data["attention_mask"].bool().nonzero(as_tuple=True)
+        keys = torch.unique(example * vocab_size + data["input_ids"][example, position])
+        present.append(keys % vocab_size)
+    n = sum(len(d["input_ids"]) for d in datasets)
+    counts = torch.bincount(torch.cat(present), minlength=vocab_size)
+    return tuple((counts == n).nonzero().flatten().tolist())
 
 
 def model_inputs(data: Dataset | list[dict] | dict, pad_id: int = PAD_ID) -> Tensors:

@@ -4,7 +4,8 @@ fewest words with the test point.
 For each test point z', only the ``candidate_fraction`` of training texts with the least TF-IDF
 overlap with z' may be deleted (paper: 5,000 of 50,000, fraction 0.1), and the model is trained
 with its word embeddings frozen (``TrainConfig(freeze_embeddings=True)``). Overlap is the cosine
-of TF-IDF vectors of token ids, [PAD]/[CLS]/[SEP] left out (``least_overlap_candidates``).
+of TF-IDF vectors of token ids, structural tokens ([PAD]/[CLS]/[SEP] for BERT) left out
+(``least_overlap_candidates``).
 
 The deletion itself is ``deletion.run_deletion``, run once per direction with precomputed score
 matrices in which the non-candidates are pushed to the end of that direction's ranking
@@ -37,19 +38,21 @@ from tracin_we.deletion import (
     score_rows,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
-from tracin_we.inputs import SPECIAL_IDS, Tensors
+from tracin_we.inputs import Tensors, structural_ids
 from tracin_we.paper import NO_OVERLAP, reports
 from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
+from tracin_we.tokenizer import load_tokenizer
 
 
 def least_overlap_candidates(
-    train: Tensors, test: Tensors, fraction: float, ignore: tuple[int, ...] = SPECIAL_IDS
+    train: Tensors, test: Tensors, fraction: float, ignore: tuple[int, ...] | None = None
 ) -> torch.Tensor:
     """Bool mask (n_test, n_train): per test text, the ``round(fraction · n_train)`` training texts
     with the lowest TF-IDF cosine to it (ties: lower training index first).
 
     ``train``/``test``: tensors with ``input_ids`` and ``attention_mask`` (N, T). The TF-IDF
-    vectors count token ids of unmasked positions outside ``ignore``, idf fitted on ``train``
+    vectors count token ids of unmasked positions outside ``ignore`` (default: the ids in every
+    text, ``inputs.structural_ids``), idf fitted on ``train``
     (``influence.last_layer.tfidf_cosine``, the TracIn-TFIDF control's).
     """
     n_train = len(train["input_ids"])
@@ -59,6 +62,8 @@ def least_overlap_candidates(
             f"candidate_fraction={fraction} must be in (0, 1] and keep at least one "
             f"of the {n_train} training texts"
         )
+    if ignore is None:
+        ignore = structural_ids(None, [train, test])
     cosine = tfidf_cosine(train, test, tuple(ignore))
     order = torch.sort(cosine, dim=1, stable=True).indices[:, :count]
     mask = torch.zeros(cosine.shape, dtype=torch.bool)
@@ -66,10 +71,13 @@ def least_overlap_candidates(
 
 
 def overlap_summary(
-    train: Tensors, test: Tensors, candidates: torch.Tensor, ignore: tuple[int, ...] = SPECIAL_IDS
+    train: Tensors, test: Tensors, candidates: torch.Tensor, ignore: tuple[int, ...] | None = None
 ) -> pd.DataFrame:
     """Per test text: the largest TF-IDF cosine among its candidates and the median over all
-    training texts, and how many candidates share no token (outside ``ignore``) at all."""
+    training texts, and how many candidates share no token (outside ``ignore``, default as in
+    ``least_overlap_candidates``) at all."""
+    if ignore is None:
+        ignore = structural_ids(None, [train, test])
     cosine = tfidf_cosine(train, test, tuple(ignore)).float()
     inside = cosine.masked_fill(~candidates, float("-inf"))
     return pd.DataFrame(
@@ -130,8 +138,9 @@ def run_no_overlap(
     ``<cache>/no_overlap/<key of both>``.
     """
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
+    structural = structural_ids(load_tokenizer(config.train.data.tokenizer))
     candidates = least_overlap_candidates(
-        train_t, {k: v[points] for k, v in test_t.items()}, candidate_fraction
+        train_t, {k: v[points] for k, v in test_t.items()}, candidate_fraction, structural
     )
     n_candidates = int(candidates.sum(1).min())
     if max(config.ks) > n_candidates:

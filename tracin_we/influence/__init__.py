@@ -45,7 +45,7 @@ from torch import nn
 
 from tracin_we.checkpoints import StateDict, resolve_checkpoints
 from tracin_we.influence.context import Kernel, Run, prepared, tracin, tracin_diagonal
-from tracin_we.influence.embedding import SynonymKernel, WordEmbeddingKernel, common_token_ids
+from tracin_we.influence.embedding import SynonymKernel, WordEmbeddingKernel
 from tracin_we.influence.last_layer import (
     influence_last,
     last_layer_kernel,
@@ -65,8 +65,8 @@ from tracin_we.influence.options import (
 )
 from tracin_we.influence.progress import shown
 from tracin_we.influence.words import WordScores, word_scores
-from tracin_we.inputs import CLS_ID, PAD_ID, SEP_ID, Tensors
-from tracin_we.models import as_classifier, check_length, pad_token_id, word_embeddings
+from tracin_we.inputs import Tensors, common_token_ids
+from tracin_we.models import as_classifier, check_length, pad_token_id
 
 __all__ = [
     "METHODS",
@@ -213,7 +213,8 @@ def _influence(method: str, run: Run, train: Tensors, test: Tensors | None) -> t
         return representer(run, train, test)
     if method == "tracin-tfidf":
         ignore = run.options.special_token_ids
-        ignore = (PAD_ID, CLS_ID, SEP_ID) if ignore is None else ignore
+        if ignore is None:
+            ignore = common_token_ids([train] if test is None else [train, test])
         kernel = last_layer_kernel(run, activations=False)
         if test is None:
             logit_part = tracin_diagonal(run, kernel, train)
@@ -235,8 +236,7 @@ def _kernel(method: str, run: Run, datasets: list[Tensors]) -> Kernel:
     if method == "tracin-we-noc":
         exclude = options.special_token_ids
         if exclude is None:
-            vocab_size = word_embeddings(run.model).num_embeddings
-            exclude = (CLS_ID, SEP_ID, *common_token_ids(datasets, vocab_size))
+            exclude = common_token_ids(datasets)
         return WordEmbeddingKernel(exclude=tuple(sorted(set(exclude))))
     if method == "tracin-we-syn":
         return SynonymKernel(options.top_tokens, options.threshold)

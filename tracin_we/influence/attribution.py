@@ -31,7 +31,7 @@ from tracin_we.influence.context import Run, prepared
 from tracin_we.influence.gradients import frozen
 from tracin_we.influence.options import Options
 from tracin_we.influence.words import word_spans, word_text
-from tracin_we.inputs import SPECIAL_IDS, Tensors, forward
+from tracin_we.inputs import Tensors, forward, structural_ids
 from tracin_we.models import as_classifier, classifier_layer, word_embeddings
 
 Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
@@ -116,18 +116,22 @@ def influence_last_words(
     tokenizer=None,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    structural: tuple[int, ...] | None = None,
 ) -> list[pd.DataFrame]:
-    """Per row of ``examples``: its whole words (``words.word_spans``; [CLS], [SEP], [PAD] and
+    """Per row of ``examples``: its whole words (``words.word_spans``; ``structural`` ids and
     masked positions are no word) with ``word``, ``start``, ``end`` and ``contribution`` = the
     sum of ``influence_last_positions`` over the word's positions, the columns of
-    ``WordScores.words``. ``vectors`` as in ``influence_last_positions``."""
+    ``WordScores.words``. ``vectors`` as in ``influence_last_positions``. ``structural``:
+    default ``inputs.structural_ids(tokenizer, [examples])`` ([CLS], [SEP], [PAD] for BERT)."""
+    if structural is None:
+        structural = structural_ids(tokenizer, [examples])
     positions = influence_last_positions(
         model, checkpoints, examples, vectors, device, dtype
     ).positions
     tables = []
     rows = zip(examples["input_ids"], examples["attention_mask"], positions, strict=True)
     for ids, mask, row in rows:
-        valid = mask.bool() & ~torch.isin(ids, torch.tensor(SPECIAL_IDS))
+        valid = mask.bool() & ~torch.isin(ids, torch.tensor(structural))
         tables.append(
             pd.DataFrame(
                 [

@@ -199,15 +199,3 @@ def _padded(features: Tensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     valid = torch.zeros(shape[:2], dtype=torch.bool, device=example.device)
     valid[example, slot] = True
     return padded_rows, padded_unit, valid
-
-
-def common_token_ids(datasets: list[Tensors], vocab_size: int) -> tuple[int, ...]:
-    """Token ids present (unmasked) in every input of ``datasets`` ([CLS], [SEP], ...)."""
-    present = []
-    for data in datasets:
-        example, position = data["attention_mask"].bool().nonzero(as_tuple=True)
-        keys = torch.unique(example * vocab_size + data["input_ids"][example, position])
-        present.append(keys % vocab_size)
-    n = sum(len(d["input_ids"]) for d in datasets)
-    counts = torch.bincount(torch.cat(present), minlength=vocab_size)
-    return tuple((counts == n).nonzero().flatten().tolist())
