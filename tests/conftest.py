@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
 
 from tracin_we import retrain
 from tracin_we.deletion import DeletionConfig
@@ -88,6 +90,25 @@ def tiny_data_dir(tmp_path: Path) -> Path:
 
 
 # ---- tiny texts of token ids for the influence tests: import ``example`` and ``texts`` ----
+
+
+def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A RoBERTa-style tokenizer built offline: <s> = 0, <pad> = 1, </s> = 2, <unk> = 3, then one
+    id per word of ``words`` (lower-cased, split on whitespace), each text framed as <s> … </s>."""
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
 
 
 def example(tokens: list[int], label: int, length: int = 12) -> dict:

@@ -11,17 +11,23 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
+import papermill
 import pytest
+import torch
 import yaml
+from transformers import BertConfig, BertForSequenceClassification
 
+from tests.conftest import word_level_tokenizer
 from tracin_we.data import DataConfig, make_splits
 from tracin_we.fixing import beside_paper as fixed_beside_paper
 from tracin_we.inputs import model_inputs
+from tracin_we.models import word_embeddings
 from tracin_we.overlap import auc_del_figure, paper_comparison
 from tracin_we.paper import beside_paper, paper_note
-from tracin_we.recipe import TrainConfig
+from tracin_we.recipe import TrainConfig, fit, new_model
 from tracin_we.reproduce import reproduce
 from tracin_we.retrain import RetrainJob, retrain_probabilities
+from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
 
 POSITIVE = ["great", "loved", "wonderful", "superb", "fun", "moving"]
 NEGATIVE = ["awful", "boring", "hated", "dull", "waste", "clumsy"]
@@ -45,8 +51,9 @@ def reviews_csv(tmp_path: Path) -> Path:
     return path
 
 
-def own(path: Path, **changes) -> DataConfig:
-    params = dict(
+def own_params(path: Path) -> dict:
+    """The data parameters of the reviews CSV at ``path``."""
+    return dict(
         dataset=str(path),
         text_columns=("review",),
         label_column="sentiment",
@@ -55,7 +62,10 @@ def own(path: Path, **changes) -> DataConfig:
         n_test=40,
         max_length=16,
     )
-    return DataConfig(**(params | changes))
+
+
+def own(path: Path, **changes) -> DataConfig:
+    return DataConfig(**(own_params(path) | changes))
 
 
 def test_one_csv_with_string_labels(reviews_csv):
@@ -288,3 +298,76 @@ def test_notebooks_01_to_03_on_own_csv_by_a_preset_alone(reviews_csv, tmp_path):
         "02_score_distributions.png",
         "03_deletion_curves.png",
     ]
+
+
+# ---- a tokenizer of one's own ------------------------------------------------------------------
+
+
+@pytest.fixture
+def review_tokenizer(tmp_path: Path) -> Path:
+    """A RoBERTa-style word-level tokenizer of the reviews' words, saved as a folder."""
+    words = sorted({w for text in reviews(200)["review"] for w in text.split()})
+    folder = tmp_path / "review-tokenizer"
+    word_level_tokenizer(words).save_pretrained(folder)
+    return folder
+
+
+def test_own_tokenizer_tokenizes_and_sizes_the_builtin_model(reviews_csv, review_tokenizer):
+    tokenizer = load_tokenizer(str(review_tokenizer))
+    config = TrainConfig.from_params(
+        **own_params(reviews_csv),
+        tokenizer=str(review_tokenizer),
+        model="cnn",
+        epochs=1,
+        optimizer="adam",
+        lr=0.01,
+        checkpoint_epochs=[1],
+    )
+    train = model_inputs(make_splits(config.data)["train"])
+    lengths = train["attention_mask"].sum(1)
+    assert (train["input_ids"][:, 0] == 0).all()  # <s>
+    assert (train["input_ids"][torch.arange(len(lengths)), lengths - 1] == 2).all()  # </s>
+    assert (train["input_ids"][train["attention_mask"] == 0] == 1).all()  # <pad>
+    model = new_model(config)[0]
+    assert word_embeddings(model).num_embeddings == len(tokenizer) < VOCAB_SIZE
+    fit(model, train, config, progress=False)  # trains on the tokenizer's ids
+
+
+def test_a_hugging_face_model_folder_brings_its_own_tokenizer(
+    reviews_csv, review_tokenizer, tmp_path
+):
+    tokenizer = load_tokenizer(str(review_tokenizer))
+    bert = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with_tokenizer, without = tmp_path / "with", tmp_path / "without"
+    for folder in (with_tokenizer, without):
+        BertForSequenceClassification(bert).save_pretrained(folder)
+    tokenizer.save_pretrained(with_tokenizer)
+    config = TrainConfig.from_params(**own_params(reviews_csv), model=str(with_tokenizer))
+    assert config.data.tokenizer == str(with_tokenizer)
+    ids = model_inputs(make_splits(config.data)["test"])["input_ids"]
+    assert (ids[:, 0] == tokenizer.bos_token_id).all()
+    # A folder without tokenizer files (a Trainer checkpoint saved without one) keeps the default;
+    # a tokenizer named explicitly wins.
+    plain = TrainConfig.from_params(**own_params(reviews_csv), model=str(without))
+    assert plain.data.tokenizer == "bert-base-uncased"
+    named = TrainConfig.from_params(
+        **own_params(reviews_csv), model=str(without), tokenizer=str(review_tokenizer)
+    )
+    assert named.data.tokenizer == str(review_tokenizer)
+
+
+def test_notebooks_take_a_tokenizer_parameter():
+    """Each notebook that builds a TrainConfig exposes ``tokenizer`` in its parameters cell, so a
+    preset can set it."""
+    for path in sorted(Path("notebooks").glob("0[1-8]_*.ipynb")):
+        default = papermill.inspect_notebook(str(path))["tokenizer"]["default"]
+        assert default == '"bert-base-uncased"', path.name

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from tests.conftest import word_level_tokenizer
 from tests.test_influence import F64, checkpoints
 from tracin_we import influence
 from tracin_we.explain import highlight_words
@@ -31,19 +31,7 @@ BERT_IDS = (0, 101, 102)
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
+    return word_level_tokenizer(WORDS)
 
 
 def encode(tokenizer, texts: list[str], labels: list[int]) -> dict[str, torch.Tensor]:

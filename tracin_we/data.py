@@ -110,7 +110,9 @@ class DataConfig:
     seed: int = 0  # drives every sample and the label noise
     label_noise: float = 0.0  # share of training labels flipped to another class (NDR studies)
     data_dir: str | None = None  # built-in tasks' folder; None → $TRACIN_WE_DATA_DIR, else hub
-    tokenizer: str = "bert-base-uncased"  # WordPiece uncased, 30,522 ids
+    # bert-base-uncased (shipped, 30,522 ids), or a tokenizer name/folder; TrainConfig gives a
+    # Hugging Face model its own in place of the default (tokenizer.model_tokenizer).
+    tokenizer: str = "bert-base-uncased"
     dataset_config: str | None = None  # hub configuration name ("mnli" of "nyu-mll/glue")
     split_names: tuple[str, ...] | None = None  # (train, test) hub splits or file prefixes
     text_columns: tuple[str, ...] | None = None  # one text column, or two for pairs; None: "text"

@@ -33,6 +33,7 @@ from tracin_we.data import DataConfig
 from tracin_we.inputs import Tensors, forward, select
 from tracin_we.models import as_classifier, build_model, check_length, word_embeddings
 from tracin_we.params import check_types, from_params
+from tracin_we.tokenizer import BERT_UNCASED, model_tokenizer, vocab_size
 
 OPTIMIZERS = ("sgd", "adam")
 # Part of every cache key: bump it when the training loop changes its numbers (v2: fused Adam).
@@ -80,6 +81,10 @@ class TrainConfig:
                 "AutoModelForSequenceClassification name ('org/name') or local folder"
             )
         check_length(self.model, self.data.max_length)  # built-ins here, others once built
+        own = None if self.model in ("bert-tiny", "cnn") else model_tokenizer(self.model)
+        if own is not None and self.data.tokenizer == BERT_UNCASED:
+            # A Hugging Face model reads the ids of its own tokenizer, not the built-ins' default.
+            object.__setattr__(self, "data", replace(self.data, tokenizer=own))
         if self.init_from is not None:
             if self.model != "bert-tiny":
                 raise ValueError(
@@ -145,6 +150,7 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
         config.data.num_classes,
         config.seed,
         pretrained=config.pretrained and config.init_from is None,
+        vocab_size=vocab_size(config.data.tokenizer),
     )
     if config.init_from is not None:
         from tracin_we.pretrain import load_encoder  # pretrain imports this module

@@ -2,11 +2,14 @@
 
 ``bert-base-uncased``'s vocabulary (30,522 tokens, Apache-2.0, from Google's BERT release) ships
 in ``tracin_we/assets`` so that the default run needs no network; any other name or path goes to
-``transformers.AutoTokenizer`` (the hub, or a local folder).
+``transformers.AutoTokenizer`` (the hub, or a local folder). A Hugging Face model brings its own
+(``model_tokenizer``); the built-in models size their word embedding by the tokenizer's
+(``vocab_size``).
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,6 +18,15 @@ from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBa
 BERT_UNCASED = "bert-base-uncased"
 VOCAB_FILE = Path(__file__).parent / "assets" / "bert-base-uncased-vocab.txt"
 VOCAB_SIZE = 30522
+# What AutoTokenizer reads from a folder; a Trainer checkpoint saved without its tokenizer has none.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 @lru_cache(maxsize=4)
@@ -24,3 +36,19 @@ def load_tokenizer(name: str = BERT_UNCASED) -> PreTrainedTokenizerBase:
         # Positional: the argument is `vocab_file` in transformers 4 and `vocab` in 5.
         return BertTokenizerFast(str(VOCAB_FILE), do_lower_case=True)
     return AutoTokenizer.from_pretrained(name)
+
+
+def model_tokenizer(model: str) -> str | None:
+    """The tokenizer that comes with Hugging Face model ``model``: its hub name, or its local
+    folder when that holds tokenizer files (``TOKENIZER_FILES``); None for a folder without any.
+    """
+    if os.path.isdir(model):
+        return model if any((Path(model) / f).is_file() for f in TOKENIZER_FILES) else None
+    return model
+
+
+@lru_cache(maxsize=8)
+def vocab_size(name: str = BERT_UNCASED) -> int:
+    """Token ids of tokenizer ``name``, added tokens included (``len(tokenizer)``): the rows a
+    built-in model's word embedding needs."""
+    return VOCAB_SIZE if name == BERT_UNCASED else len(load_tokenizer(name))
