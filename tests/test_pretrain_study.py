@@ -15,6 +15,7 @@ from tracin_we.pretrain_study import (
     class_subset,
     compare_mixtures,
     counterfactual,
+    counterfactual_store,
     counterfactual_summary,
     pick_points,
     repretrain,
@@ -55,7 +56,7 @@ def test_repretraining_on_every_text_reproduces_the_cached_run(study):
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 
-def test_counterfactual_removes_k_texts_per_point_and_method(study, monkeypatch):
+def test_counterfactual_removes_k_texts_per_point_and_method(study, monkeypatch, tmp_path):
     config, pre, data = study
     n_test, n = len(data["test"]["labels"]), len(pre.corpus)
     scores = torch.arange(n, dtype=torch.float).repeat(n_test, 1)  # top-k: the last k texts
@@ -68,8 +69,11 @@ def test_counterfactual_removes_k_texts_per_point_and_method(study, monkeypatch)
 
     monkeypatch.setattr("tracin_we.pretrain_study.repretrain", spy)
     points = pick_points(config, data["test"]["labels"])
-    table = counterfactual(config, pre, scores, data, points)
-    assert len(kept) == 1 + 2 * len(points) and kept[0].all()
+    table = counterfactual(config, pre, scores, data, points, cache=tmp_path)
+    # Every distinct kept set trains once: the full corpus, the top-k (the same for every point,
+    # as every row of scores is), and a random k per point.
+    assert len(kept) == 2 + len(points) and kept[0].all()
+    assert len({tuple(keep.tolist()) for keep in kept}) == len(kept)
     assert torch.equal((~kept[1]).nonzero().flatten(), torch.arange(n - config.k, n))
     assert all(int((~keep).sum()) == config.k for keep in kept[1:])
     assert len(table) == 2 * len(points) and set(table["method"]) == set(METHODS)
@@ -80,6 +84,30 @@ def test_counterfactual_removes_k_texts_per_point_and_method(study, monkeypatch)
     )
     with pytest.raises(ValueError, match="scores has shape"):
         counterfactual(config, pre, scores[:, :3], data, points)
+
+
+def test_counterfactual_runs_are_cached_and_resume(study, monkeypatch, tmp_path):
+    config, pre, data = study
+    n_test, n = len(data["test"]["labels"]), len(pre.corpus)
+    scores = torch.arange(n, dtype=torch.float).repeat(n_test, 1)
+    points = pick_points(config, data["test"]["labels"])
+    first = counterfactual(config, pre, scores, data, points, cache=tmp_path)
+    store = counterfactual_store(config, pre, data, tmp_path)
+    runs = sorted(store.path.glob("*.pt"))
+    assert len(runs) == 2 + len(points)  # full corpus, the shared top-k, one random k per point
+    calls = []
+    real = repretrain
+    monkeypatch.setattr(
+        "tracin_we.pretrain_study.repretrain",
+        lambda pre, keep, device="cpu": calls.append(keep) or real(pre, keep, device),
+    )
+    again = counterfactual(config, pre, scores, data, points, cache=tmp_path)
+    pd.testing.assert_frame_equal(first, again)
+    assert calls == []  # every run came from the cache
+    runs[-1].unlink()  # as if interrupted before that run was saved
+    resumed = counterfactual(config, pre, scores, data, points, cache=tmp_path)
+    pd.testing.assert_frame_equal(first, resumed)
+    assert len(calls) == 1  # only the missing run trains
 
 
 def test_summary_pairs_the_methods_over_points():

@@ -43,6 +43,7 @@ from tracin_we.doge import DogeResult, DogeSettings, mixture_keep, run_doge
 from tracin_we.inputs import Tensors, model_inputs
 from tracin_we.models import build_model
 from tracin_we.params import check_types, from_params
+from tracin_we.persistence import Folder, cache_dir, config_key, tensor_digest
 from tracin_we.pretrain import (
     PretrainConfig,
     PretrainResult,
@@ -54,6 +55,7 @@ from tracin_we.pretrain import (
 from tracin_we.recipe import TrainConfig, fit, predict_proba
 from tracin_we.stats import paired_bootstrap
 from tracin_we.tokenizer import load_tokenizer
+from tracin_we.train import resolved_config
 
 METHODS = ("multistage-tracin-we", "random")
 
@@ -210,18 +212,30 @@ def counterfactual(
     points: Sequence[int],
     device: str = "cpu",
     progress: bool = False,
+    cache: str | Path | None = None,
 ) -> pd.DataFrame:
     """Δp(true class) per test point (rows ``points`` of ``data["test"]``) and method (module
     docstring, 3). ``scores``: (n_test, n_corpus) multi-stage TracIn-WE on ``data["test"]``.
-    Columns: ``point``, ``method``, ``p_full``, ``p_removed``, ``delta``."""
+    Columns: ``point``, ``method``, ``p_full``, ``p_removed``, ``delta``.
+
+    Each (re-pretrain, fine-tune) run's p(true class) on ``data["test"]`` is cached under
+    ``<cache>/pretrain_counterfactual/<key>/<digest of the kept rows>.pt``
+    (``counterfactual_store``), so an interrupted study resumes where it stopped and a rerun
+    trains nothing."""
     n = len(pre.tensors["input_ids"])
     if scores.shape != (len(data["test"]["labels"]), n):
         raise ValueError(f"scores has shape {tuple(scores.shape)}; expected (n_test, {n})")
     test, labels = data["test"], data["test"]["labels"]
+    store = counterfactual_store(config, pre, data, cache)
 
     def p_true(keep: torch.Tensor) -> torch.Tensor:
-        model = finetune(repretrain(pre, keep, device), config.train, data["train"], device)
-        return predict_proba(model, test, device=device)[torch.arange(len(labels)), labels]
+        name = f"{tensor_digest(keep)}.pt"
+        saved = store.load_torch(name, recompute=True)
+        if saved is None:
+            model = finetune(repretrain(pre, keep, device), config.train, data["train"], device)
+            saved = predict_proba(model, test, device=device)[torch.arange(len(labels)), labels]
+            store.save_torch(name, saved)
+        return saved
 
     full = p_true(torch.ones(n, dtype=torch.bool))
     rows = []
@@ -246,6 +260,25 @@ def counterfactual(
                 }
             )
     return pd.DataFrame.from_records(rows)
+
+
+def counterfactual_store(
+    config: PretrainStudyConfig,
+    pre: PretrainResult,
+    data: dict[str, Tensors],
+    cache: str | Path | None = None,
+) -> Folder:
+    """The cache folder of ``counterfactual``'s runs. Its key hashes the fine-tuning recipe, the
+    pretraining run (its final checkpoint's sha256), the fine-tuning and test tensors and the
+    torch thread count (``train.resolved_config``), so no other study's runs are served."""
+    init = f"mlm:{pre.final.sha256}"
+    digest = tensor_digest(pre.tensors, data["train"], data["test"])
+    resolved = resolved_config(config.train, init, digest, torch.get_num_threads())
+    folder = Folder(cache_dir(cache) / "pretrain_counterfactual" / config_key(resolved))
+    folder.remove_stale_tmp()
+    if folder.read_json("config.json", recompute=True) is None:
+        folder.write_json("config.json", resolved)
+    return folder
 
 
 def counterfactual_summary(
