@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import datasets
@@ -330,7 +331,37 @@ def test_own_tokenizer_tokenizes_and_sizes_the_builtin_model(reviews_csv, review
     assert (train["input_ids"][train["attention_mask"] == 0] == 1).all()  # <pad>
     model = new_model(config)[0]
     assert word_embeddings(model).num_embeddings == len(tokenizer) < VOCAB_SIZE
+    before = word_embeddings(model).weight.detach().clone()
     fit(model, train, config, progress=False)  # trains on the tokenizer's ids
+    moved = (word_embeddings(model).weight.detach() != before).any(dim=1)
+    assert moved[0] and moved[2]  # <s> and </s> are inputs like any token
+
+
+def test_bert_tiny_keeps_the_tokenizers_pad_row_and_workers_need_only_the_config(
+    reviews_csv, review_tokenizer
+):
+    config = TrainConfig.from_params(
+        **own_params(reviews_csv),
+        tokenizer=str(review_tokenizer),
+        model="bert-tiny",
+        pretrained=True,  # the hub's weights read BERT's ids: a random init instead
+        epochs=1,
+        optimizer="adam",
+        lr=0.01,
+        checkpoint_epochs=[1],
+    )
+    size = len(load_tokenizer(str(review_tokenizer)))
+    assert (config.data.vocab_size, config.data.pad_token_id) == (size, 1)
+    train = model_inputs(make_splits(config.data)["train"])
+    shutil.rmtree(review_tokenizer)  # a worker elsewhere has only the config
+    load_tokenizer.cache_clear()
+    model, init = new_model(config)
+    assert init.startswith("random") and word_embeddings(model).padding_idx == 1
+    assert word_embeddings(model).num_embeddings == config.data.vocab_size
+    before = word_embeddings(model).weight.detach().clone()
+    fit(model, train, config, progress=False)
+    moved = (word_embeddings(model).weight.detach() != before).any(dim=1)
+    assert moved[0] and not moved[1]  # <s> trains; <pad> stays at zero
 
 
 def test_a_hugging_face_model_folder_brings_its_own_tokenizer(
@@ -356,13 +387,18 @@ def test_a_hugging_face_model_folder_brings_its_own_tokenizer(
     ids = model_inputs(make_splits(config.data)["test"])["input_ids"]
     assert (ids[:, 0] == tokenizer.bos_token_id).all()
     # A folder without tokenizer files (a Trainer checkpoint saved without one) keeps the default;
-    # a tokenizer named explicitly wins.
+    # a tokenizer named explicitly wins, bert-base-uncased included.
     plain = TrainConfig.from_params(**own_params(reviews_csv), model=str(without))
-    assert plain.data.tokenizer == "bert-base-uncased"
+    assert plain.data.tokenizer is None
+    assert plain.data.identity()["tokenizer"] == "bert-base-uncased"
     named = TrainConfig.from_params(
         **own_params(reviews_csv), model=str(without), tokenizer=str(review_tokenizer)
     )
     assert named.data.tokenizer == str(review_tokenizer)
+    bert = TrainConfig.from_params(
+        **own_params(reviews_csv), model=str(with_tokenizer), tokenizer="bert-base-uncased"
+    )
+    assert bert.data.tokenizer == "bert-base-uncased"
 
 
 def test_notebooks_take_a_tokenizer_parameter():
@@ -370,4 +406,4 @@ def test_notebooks_take_a_tokenizer_parameter():
     preset can set it."""
     for path in sorted(Path("notebooks").glob("0[1-8]_*.ipynb")):
         default = papermill.inspect_notebook(str(path))["tokenizer"]["default"]
-        assert default == '"bert-base-uncased"', path.name
+        assert default == "None", path.name

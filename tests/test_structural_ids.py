@@ -13,13 +13,13 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from tests.conftest import word_level_tokenizer
-from tests.test_influence import F64, checkpoints
+from tests.conftest import example, word_level_tokenizer
+from tests.test_influence import F64, checkpoints, cnn
 from tracin_we import influence
 from tracin_we.explain import highlight_words
 from tracin_we.fixing import most_negative_word
-from tracin_we.influence import WordScores
-from tracin_we.inputs import common_token_ids, structural_ids
+from tracin_we.influence import WordScores, attribution
+from tracin_we.inputs import CLS_ID, SEP_ID, framing_ids, model_inputs, structural_ids
 from tracin_we.models import CNNClassifier
 from tracin_we.overlap import least_overlap_candidates
 from tracin_we.tokenizer import load_tokenizer
@@ -69,7 +69,7 @@ def test_structural_ids_from_the_tokenizer_or_the_data(tokenizer, data) -> None:
     assert structural_ids(load_tokenizer()) == BERT_IDS  # [PAD], [CLS], [SEP]
     assert structural_ids(tokenizer) == (0, 1, 2)  # <s>, <pad>, </s>: bos/eos stand in
     train, test = data
-    assert common_token_ids([train, test]) == (0, 2)  # <pad> is masked: never "present"
+    assert framing_ids([train, test]) == (0, 2)  # <s> opens, </s> closes every text
     assert structural_ids(None, [train, test]) == (0, 2)
     no_ids = type("Pieces", (), {"convert_ids_to_tokens": lambda self, ids: ids})()
     assert structural_ids(no_ids, [train]) == (0, 2)  # a bare piece-namer: the data decide
@@ -120,3 +120,18 @@ def test_word_choice_and_highlighting_skip_only_structure(tokenizer, data) -> No
     rendered = highlight_words(WordScores(-0.5, pd.DataFrame(), shared), tokenizer, ids)
     assert "&lt;s&gt;" not in rendered and "&lt;/s&gt;" not in rendered
     assert 'title="-0.5">w101</span>' in rendered and "w5" in rendered
+
+
+def test_one_pair_keeps_its_words() -> None:
+    """Without a tokenizer, only the ids that frame every text are structure: on one pair the
+    shared words still count (TF-IDF) and are still words (Influence-Last word tables)."""
+    model = cnn()
+    ckpts = checkpoints(model)
+    train, test = [example([CLS_ID, 103, 105, SEP_ID], 0)], [example([CLS_ID, 105, 106, SEP_ID], 1)]
+    assert framing_ids([model_inputs(train), model_inputs(test)]) == (CLS_ID, SEP_ID)
+    tfidf = influence.scores("tracin-tfidf", model, ckpts, train, test, **F64)
+    assert tfidf.abs().max() > 0  # word 105 is shared
+    train_t = model_inputs(train)
+    vector = attribution.influence_last_vectors(model, ckpts, train_t, model_inputs(test), **F64)
+    table = attribution.influence_last_words(model, ckpts, train_t, vector[0], **F64)[0]
+    assert list(table["word"]) == ["103", "105"]

@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +35,7 @@ from datasets import Dataset, DatasetDict
 
 from tracin_we.params import check_types
 from tracin_we.persistence import tensor_digest
-from tracin_we.tokenizer import load_tokenizer
+from tracin_we.tokenizer import BERT_UNCASED, load_tokenizer
 
 DATA_DIR_ENV = "TRACIN_WE_DATA_DIR"
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv")
@@ -110,14 +110,18 @@ class DataConfig:
     seed: int = 0  # drives every sample and the label noise
     label_noise: float = 0.0  # share of training labels flipped to another class (NDR studies)
     data_dir: str | None = None  # built-in tasks' folder; None → $TRACIN_WE_DATA_DIR, else hub
-    # bert-base-uncased (shipped, 30,522 ids), or a tokenizer name/folder; TrainConfig gives a
-    # Hugging Face model its own in place of the default (tokenizer.model_tokenizer).
-    tokenizer: str = "bert-base-uncased"
+    # A tokenizer name/folder; None: bert-base-uncased (shipped, 30,522 ids), or for a Hugging Face
+    # model its own (TrainConfig, tokenizer.model_tokenizer).
+    tokenizer: str | None = None
     dataset_config: str | None = None  # hub configuration name ("mnli" of "nyu-mll/glue")
     split_names: tuple[str, ...] | None = None  # (train, test) hub splits or file prefixes
     text_columns: tuple[str, ...] | None = None  # one text column, or two for pairs; None: "text"
     label_column: str | None = None  # None: "label"
     label_names: tuple[str | int, ...] | None = None  # class names in class order; None: inferred
+    # Read from a tokenizer other than bert-base-uncased when the config is built, so that workers
+    # build models without it: its ids (the built-in models' embedding rows) and its [PAD] id.
+    vocab_size: int | None = field(default=None, init=False)
+    pad_token_id: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -130,6 +134,15 @@ class DataConfig:
             raise ValueError(f"max_length={self.max_length} must be >= 8 (room for the CNN)")
         if not 0.0 <= self.label_noise < 1.0:
             raise ValueError(f"label_noise={self.label_noise} must be in [0, 1)")
+        if self.tokenizer is not None and self.tokenizer != BERT_UNCASED:
+            tokenizer = load_tokenizer(self.tokenizer)
+            if tokenizer.pad_token_id is None:
+                raise ValueError(
+                    f"tokenizer={self.tokenizer!r} has no pad token; texts are padded to "
+                    "max_length: give a tokenizer with one (save it with tokenizer.pad_token set)"
+                )
+            object.__setattr__(self, "vocab_size", len(tokenizer))
+            object.__setattr__(self, "pad_token_id", int(tokenizer.pad_token_id))
         if self.dataset in TASKS:
             given = [name for name in USER_FIELDS if getattr(self, name) is not None]
             if given:
@@ -191,6 +204,10 @@ class DataConfig:
         data's fingerprint identifies the contents)."""
         resolved = json.loads(json.dumps(asdict(self)))
         resolved.pop("data_dir")
+        resolved["tokenizer"] = self.tokenizer or BERT_UNCASED  # keys as before None meant it
+        for name in ("vocab_size", "pad_token_id"):  # read from the tokenizer; None for BERT's
+            if resolved[name] is None:
+                resolved.pop(name)
         for name in USER_FIELDS:
             if resolved[name] is None:
                 resolved.pop(name)

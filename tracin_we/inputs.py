@@ -8,7 +8,7 @@ that collator padded each to its own length) are padded on the right to the long
 Structural tokens ([CLS], [SEP], [PAD] for BERT; <s>, </s>, <pad> for RoBERTa) are never "shared
 words", never edited and never shown as words: ``structural_ids`` finds them from the tokenizer,
 or without one from the data. ``PAD_ID``, ``CLS_ID``, ``SEP_ID`` are bert-base-uncased's, the
-vocabulary every built-in model uses.
+default tokenizer's.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ def structural_ids(tokenizer=None, datasets: Sequence[Tensors] = ()) -> tuple[in
 
     With a tokenizer: its pad, cls (else bos) and sep (else eos) ids — (0, 101, 102) for
     bert-base-uncased, (0, 1, 2) for RoBERTa. Without one (or one that names none of them):
-    ``common_token_ids(datasets)``, the ids present in every input (the [CLS]/[SEP] a tokenizer
-    adds to every text); on large data the two agree, on a handful of texts the second also
-    holds words they happen to share."""
+    ``framing_ids(datasets)``, the ids that open every input or close every input."""
 
     def first(*names: str) -> int | None:
         found = (getattr(tokenizer, name, None) for name in names)
@@ -42,22 +40,26 @@ def structural_ids(tokenizer=None, datasets: Sequence[Tensors] = ()) -> tuple[in
     ids = {first("pad_token_id"), first("cls_token_id", "bos_token_id")}
     ids |= {first("sep_token_id", "eos_token_id")}
     ids.discard(None)
-    return tuple(sorted(ids)) if ids else common_token_ids(datasets)
+    return tuple(sorted(ids)) if ids else framing_ids(datasets)
 
 
-def common_token_ids(datasets: Sequence[Tensors]) -> tuple[int, ...]:
-    """Sorted ids present (unmasked) in every input of ``datasets`` ([CLS], [SEP], ...)."""
-    if not datasets:
+def framing_ids(datasets: Sequence[Tensors]) -> tuple[int, ...]:
+    """Sorted ids that a tokenizer puts around every text: the id at the first unmasked position
+    of every input of ``datasets`` when it is the same everywhere ([CLS], <s>), and likewise at
+    the last ([SEP], </s>). A tokenizer that adds none gives (), unless all texts happen to start
+    (or end) with one word — with one text, its first and last tokens."""
+    inputs = [d for d in datasets if len(d["input_ids"])]
+    if not inputs:
         return ()
-    vocab_size = 1 + max(int(d["input_ids"].max()) for d in datasets)
-    present = []
-    for data in datasets:
-        example, position = data["attention_mask"].bool().nonzero(as_tuple=True)
-        keys = torch.unique(example * vocab_size + data["input_ids"][example, position])
-        present.append(keys % vocab_size)
-    n = sum(len(d["input_ids"]) for d in datasets)
-    counts = torch.bincount(torch.cat(present), minlength=vocab_size)
-    return tuple((counts == n).nonzero().flatten().tolist())
+    ends = []
+    for data in inputs:
+        mask = data.get("attention_mask", torch.ones_like(data["input_ids"])).bool()
+        first = mask.int().argmax(dim=1)
+        last = mask.shape[1] - 1 - mask.flip(1).int().argmax(dim=1)
+        rows = torch.arange(len(mask))
+        ends.append(torch.stack([data["input_ids"][rows, first], data["input_ids"][rows, last]]))
+    both = torch.cat(ends, dim=1)  # (2, N): first and last id of every input
+    return tuple(sorted({int(row[0]) for row in both if bool((row == row[0]).all())}))
 
 
 def model_inputs(data: Dataset | list[dict] | dict, pad_id: int = PAD_ID) -> Tensors:

@@ -295,19 +295,30 @@ def bert_tiny_config(vocab_size: int = VOCAB_SIZE, **changes) -> BertConfig:
     )
 
 
-def _bert_tiny(num_labels: int, vocab_size: int) -> BertForSequenceClassification:
-    """The BERT-tiny architecture (google/bert_uncased_L-2_H-128_A-2), randomly initialised."""
-    model = BertForSequenceClassification(bert_tiny_config(vocab_size, num_labels=num_labels))
+def _bert_tiny(
+    num_labels: int, vocab_size: int, pad_token_id: int = PAD_ID
+) -> BertForSequenceClassification:
+    """The BERT-tiny architecture (google/bert_uncased_L-2_H-128_A-2), randomly initialised;
+    ``pad_token_id``: the embedding row kept at zero (the tokenizer's [PAD])."""
+    config = bert_tiny_config(vocab_size, num_labels=num_labels, pad_token_id=pad_token_id)
+    model = BertForSequenceClassification(config)
     model.set_attn_implementation("eager")  # vmap has batching rules for it, not for SDPA
     return model
 
 
 def build_model(
-    name: str, num_labels: int, seed: int, pretrained: bool = True, vocab_size: int = VOCAB_SIZE
+    name: str,
+    num_labels: int,
+    seed: int,
+    pretrained: bool = True,
+    vocab_size: int = VOCAB_SIZE,
+    pad_token_id: int | None = None,
 ) -> tuple[nn.Module, str]:
     """A fresh model and a description of its initialisation (part of every cache key).
 
     ``seed`` fixes every randomly initialised weight (for pretrained models: the new head).
+    ``vocab_size`` and ``pad_token_id`` (None: bert-base-uncased's [PAD], 0) shape the built-in
+    models' word embedding for the tokenizer in use; a Hugging Face model keeps its own.
     ``"bert-tiny"`` loads ``google/bert_uncased_L-2_H-128_A-2`` when ``pretrained`` and the hub is
     reachable, else the same architecture randomly initialised, and logs which.
     """
@@ -327,7 +338,8 @@ def build_model(
             "BERT-tiny architecture (2 layers, hidden 128, 2 heads, vocab %d)",
             vocab_size,
         )
-        return HFClassifier(_bert_tiny(num_labels, vocab_size)), f"random(seed={seed})"
+        pad = PAD_ID if pad_token_id is None else pad_token_id
+        return HFClassifier(_bert_tiny(num_labels, vocab_size, pad)), f"random(seed={seed})"
     if os.path.isdir(name) or "/" in name:
         return _from_pretrained(name, num_labels), f"pretrained:{name}"
     raise ValueError(

@@ -38,8 +38,12 @@ T = TypeVar("T")
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    """Field name → resolved annotation (annotations are strings under ``from __future__``)."""
-    return typing.get_type_hints(cls)
+    """Field name → resolved annotation (annotations are strings under ``from __future__``) of
+    the fields a caller sets (a dataclass's ``init=False`` fields are derived, not parameters)."""
+    hints = typing.get_type_hints(cls)
+    if dataclasses.is_dataclass(cls):
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    return hints
 
 
 def flat_fields(cls: type) -> set[str]:

@@ -33,7 +33,7 @@ from tracin_we.data import DataConfig
 from tracin_we.inputs import Tensors, forward, select
 from tracin_we.models import as_classifier, build_model, check_length, word_embeddings
 from tracin_we.params import check_types, from_params
-from tracin_we.tokenizer import BERT_UNCASED, model_tokenizer, vocab_size
+from tracin_we.tokenizer import VOCAB_SIZE, model_tokenizer
 
 OPTIMIZERS = ("sgd", "adam")
 # Part of every cache key: bump it when the training loop changes its numbers (v2: fused Adam).
@@ -82,7 +82,7 @@ class TrainConfig:
             )
         check_length(self.model, self.data.max_length)  # built-ins here, others once built
         own = None if self.model in ("bert-tiny", "cnn") else model_tokenizer(self.model)
-        if own is not None and self.data.tokenizer == BERT_UNCASED:
+        if own is not None and self.data.tokenizer is None:
             # A Hugging Face model reads the ids of its own tokenizer, not the built-ins' default.
             object.__setattr__(self, "data", replace(self.data, tokenizer=own))
         if self.init_from is not None:
@@ -145,12 +145,15 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
     """A fresh model for ``config`` and a description of its init (part of every cache key):
     ``build_model``'s, or ``mlm:<sha256 of the weights>`` with ``init_from``, whose word
     embeddings and encoder then replace the random ones (the classifier head stays seeded)."""
+    own_ids = config.data.vocab_size is not None  # a tokenizer other than bert-base-uncased
     model, init = build_model(
         config.model,
         config.data.num_classes,
         config.seed,
-        pretrained=config.pretrained and config.init_from is None,
-        vocab_size=vocab_size(config.data.tokenizer),
+        # The hub's BERT-tiny reads bert-base-uncased ids: with other ids, a random init.
+        pretrained=config.pretrained and config.init_from is None and not own_ids,
+        vocab_size=config.data.vocab_size or VOCAB_SIZE,
+        pad_token_id=config.data.pad_token_id,
     )
     if config.init_from is not None:
         from tracin_we.pretrain import load_encoder  # pretrain imports this module

@@ -30,9 +30,10 @@ TOKENIZER_FILES = (
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(name: str = BERT_UNCASED) -> PreTrainedTokenizerBase:
-    """``bert-base-uncased`` from the shipped vocabulary, anything else via ``AutoTokenizer``."""
-    if name == BERT_UNCASED:
+def load_tokenizer(name: str | None = BERT_UNCASED) -> PreTrainedTokenizerBase:
+    """``bert-base-uncased`` (also for ``None``) from the shipped vocabulary, anything else via
+    ``AutoTokenizer``."""
+    if name is None or name == BERT_UNCASED:
         # Positional: the argument is `vocab_file` in transformers 4 and `vocab` in 5.
         return BertTokenizerFast(str(VOCAB_FILE), do_lower_case=True)
     return AutoTokenizer.from_pretrained(name)
@@ -45,10 +46,3 @@ def model_tokenizer(model: str) -> str | None:
     if os.path.isdir(model):
         return model if any((Path(model) / f).is_file() for f in TOKENIZER_FILES) else None
     return model
-
-
-@lru_cache(maxsize=8)
-def vocab_size(name: str = BERT_UNCASED) -> int:
-    """Token ids of tokenizer ``name``, added tokens included (``len(tokenizer)``): the rows a
-    built-in model's word embedding needs."""
-    return VOCAB_SIZE if name == BERT_UNCASED else len(load_tokenizer(name))

@@ -65,7 +65,7 @@ from tracin_we.influence.options import (
 )
 from tracin_we.influence.progress import shown
 from tracin_we.influence.words import WordScores, word_scores
-from tracin_we.inputs import Tensors, common_token_ids
+from tracin_we.inputs import Tensors, framing_ids
 from tracin_we.models import as_classifier, check_length, pad_token_id
 
 __all__ = [
@@ -214,7 +214,7 @@ def _influence(method: str, run: Run, train: Tensors, test: Tensors | None) -> t
     if method == "tracin-tfidf":
         ignore = run.options.special_token_ids
         if ignore is None:
-            ignore = common_token_ids([train] if test is None else [train, test])
+            ignore = framing_ids([train] if test is None else [train, test])
         kernel = last_layer_kernel(run, activations=False)
         if test is None:
             logit_part = tracin_diagonal(run, kernel, train)
@@ -236,7 +236,7 @@ def _kernel(method: str, run: Run, datasets: list[Tensors]) -> Kernel:
     if method == "tracin-we-noc":
         exclude = options.special_token_ids
         if exclude is None:
-            exclude = common_token_ids(datasets)
+            exclude = framing_ids(datasets)
         return WordEmbeddingKernel(exclude=tuple(sorted(set(exclude))))
     if method == "tracin-we-syn":
         return SynonymKernel(options.top_tokens, options.threshold)

@@ -59,9 +59,9 @@ class Options:
     progress: bool = True  # progress bars over checkpoints and gradient batches (tqdm.auto)
     top_tokens: int = 10  # TracIn-WE-Topk/Syn: positions kept per text, eqs. 3–4 (paper: 10)
     threshold: float = 0.7  # TracIn-WE-Syn: embedding cosine above which words match (paper: 0.7)
-    # NoC: ids dropped; TF-IDF: ids ignored. Default: the ids in every input of the data scored
-    # (inputs.common_token_ids: [CLS]/[SEP] for BERT, <s>/</s> for RoBERTa); masked [PAD] never
-    # counts. Give inputs.structural_ids(tokenizer) to take them from a tokenizer instead.
+    # NoC: ids dropped; TF-IDF: ids ignored. Default: the ids that open or close every input of
+    # the data scored (inputs.framing_ids: [CLS]/[SEP] for BERT, <s>/</s> for RoBERTa); masked
+    # [PAD] never counts. inputs.structural_ids(tokenizer) takes them from a tokenizer instead.
     special_token_ids: tuple[int, ...] | None = None
     params: str | tuple[str, ...] | None = None  # TracIn-Layer: regex or parameter names
     layer: str = "last"  # grad-cos: "last", "embedding" or a parameter-name regex
