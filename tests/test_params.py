@@ -291,3 +291,15 @@ def test_a_direct_papermill_run_leaves_git_status_clean(ag_news_dir, tmp_path):
     assert (repo / "runs/notebook/figures/01_training_curves.png").is_file()
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+
+def test_a_flattened_asdict_round_trips_with_its_derived_fields():
+    """``asdict`` holds DataConfig's derived fields (vocab_size, pad_token_id); given back as flat
+    parameters they are recomputed, not refused."""
+    from dataclasses import asdict
+
+    config = TrainConfig.from_params(model="cnn", n_train=100, epochs=2, checkpoint_epochs=[2])
+    flat = asdict(config)
+    flat |= flat.pop("data")
+    assert {"vocab_size", "pad_token_id"} <= set(flat)
+    assert TrainConfig.from_params(**flat) == config

@@ -55,8 +55,21 @@ def flat_fields(cls: type) -> set[str]:
     return names
 
 
+def derived_fields(cls: type) -> set[str]:
+    """The ``init=False`` fields of ``cls`` and of its nested configs: computed when the config
+    is built (``DataConfig.vocab_size``), so ``asdict`` holds them but no caller sets them."""
+    if not dataclasses.is_dataclass(cls):
+        return set()
+    names = {f.name for f in dataclasses.fields(cls) if not f.init}
+    for hint in _hints(cls).values():
+        names |= derived_fields(hint)
+    return names
+
+
 def from_params(cls: type[T], params: Mapping[str, Any]) -> T:
-    """Build the config ``cls`` from flat ``params``; an unknown name is a ``ValueError``."""
+    """Build the config ``cls`` from flat ``params``; an unknown name is a ``ValueError``. Derived
+    fields (as a flattened ``asdict`` holds them) are recomputed, not read."""
+    params = {k: v for k, v in params.items() if k not in derived_fields(cls)}
     unknown = sorted(set(params) - flat_fields(cls))
     if unknown:
         raise ValueError(
