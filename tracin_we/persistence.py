@@ -286,6 +286,16 @@ def _abandoned(pid: int, host: str, path: Path) -> bool:
         return False
 
 
+def cache_folder(path: str | os.PathLike, resolved: dict) -> Folder:
+    """The cache folder at ``path`` of the results that ``resolved`` defines (``path`` names its
+    key): stale temporary files removed, ``config.json`` written once (rewritten when damaged)."""
+    folder = Folder(path)
+    folder.remove_stale_tmp()
+    if folder.read_json("config.json", recompute=True) is None:
+        folder.write_json("config.json", resolved)
+    return folder
+
+
 # ---- named result folders: one evaluation (deletion sweep, LDS, ...) beside its config ----
 
 

@@ -43,7 +43,7 @@ from tracin_we.doge import DogeResult, DogeSettings, mixture_keep, run_doge
 from tracin_we.inputs import Tensors, model_inputs
 from tracin_we.models import build_model
 from tracin_we.params import check_types, from_params
-from tracin_we.persistence import Folder, cache_dir, config_key, tensor_digest
+from tracin_we.persistence import Folder, cache_dir, cache_folder, config_key, tensor_digest
 from tracin_we.pretrain import (
     PretrainConfig,
     PretrainResult,
@@ -274,11 +274,8 @@ def counterfactual_store(
     init = f"mlm:{pre.final.sha256}"
     digest = tensor_digest(pre.tensors, data["train"], data["test"])
     resolved = resolved_config(config.train, init, digest, torch.get_num_threads())
-    folder = Folder(cache_dir(cache) / "pretrain_counterfactual" / config_key(resolved))
-    folder.remove_stale_tmp()
-    if folder.read_json("config.json", recompute=True) is None:
-        folder.write_json("config.json", resolved)
-    return folder
+    path = cache_dir(cache) / "pretrain_counterfactual" / config_key(resolved)
+    return cache_folder(path, resolved)
 
 
 def counterfactual_summary(

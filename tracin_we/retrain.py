@@ -37,7 +37,13 @@ import torch
 from tqdm.auto import tqdm
 
 from tracin_we.inputs import Tensors
-from tracin_we.persistence import CheckpointError, Folder, cache_dir, config_key, tensor_digest
+from tracin_we.persistence import (
+    CheckpointError,
+    cache_dir,
+    cache_folder,
+    config_key,
+    tensor_digest,
+)
 from tracin_we.recipe import TrainConfig, fit, new_model, predict_proba
 from tracin_we.train import resolved_config
 
@@ -247,16 +253,9 @@ class RetrainStore:
         resolved = resolved_config(
             neutral, new_model(neutral)[1], tensor_digest(train, test), threads
         )
-        key = config_key(resolved)
-        self.folder = Folder(
-            cache_dir(cache)
-            / "retrain"
-            / f"{config.model.replace('/', '_')}-{config.data.name}-{key}"
-        )
+        name = f"{config.model.replace('/', '_')}-{config.data.name}-{config_key(resolved)}"
+        self.folder = cache_folder(cache_dir(cache) / "retrain" / name, resolved)
         self.dir = self.folder.path
-        self.folder.remove_stale_tmp()
-        if self.folder.read_json("config.json", recompute=True) is None:
-            self.folder.write_json("config.json", resolved)
 
     def path(self, job: RetrainJob) -> Path:
         return self.dir / f"{job.removed_hash}-s{job.seed}.pt"
