@@ -92,6 +92,23 @@ def tiny_data_dir(tmp_path: Path) -> Path:
 # ---- tiny texts of token ids for the influence tests: import ``example`` and ``texts`` ----
 
 
+@contextmanager
+def local_dask_client() -> Iterator:
+    """A ``distributed.Client`` of a two-worker local cluster (skips without dask). Forked
+    workers start in a fraction of a second; spawned ones re-import torch and transformers
+    (~12 s each on two busy cores). Safe here: the tasks run one torch thread."""
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    with (
+        dask.config.set({"distributed.worker.multiprocessing-method": "fork"}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
 def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     """A RoBERTa-style tokenizer built offline: <s> = 0, <pad> = 1, </s> = 2, <unk> = 3, then one
     id per word of ``words`` (lower-cased, split on whitespace), each text framed as <s> … </s>."""

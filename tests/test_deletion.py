@@ -15,6 +15,7 @@ import pytest
 import torch
 from datasets import DatasetDict
 
+from tests.conftest import local_dask_client
 from tracin_we import influence
 from tracin_we.checkpoints import CheckpointError
 from tracin_we.deletion import (
@@ -282,18 +283,8 @@ def test_joblib_backend_equals_plain_retraining(sweep, splits, tmp_path, deletio
 
 @pytest.mark.slow
 def test_dask_backend_matches_local(sweep, splits, tmp_path, deletion_config):
-    dask = pytest.importorskip("dask")
-    distributed = pytest.importorskip("distributed")
     config = deletion_config(backend="dask", methods=("random",))
-    # Forked workers start in a fraction of a second; spawned ones re-import torch and
-    # transformers (~12 s each on two busy cores). Safe here: the tasks run one torch thread.
-    with (
-        dask.config.set({"distributed.worker.multiprocessing-method": "fork"}),
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with local_dask_client() as client:
         remote = run_deletion(config, splits, cache=tmp_path, client=client, progress=False)
     assert remote.n_trained == 2 + 4 * 2 * 2 * 2
     p, p_ref = matching_p(remote, sweep[0])

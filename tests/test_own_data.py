@@ -18,7 +18,7 @@ import torch
 import yaml
 from transformers import BertConfig, BertForSequenceClassification
 
-from tests.conftest import word_level_tokenizer
+from tests.conftest import local_dask_client, word_level_tokenizer
 from tracin_we.data import DataConfig, make_splits
 from tracin_we.fixing import beside_paper as fixed_beside_paper
 from tracin_we.inputs import model_inputs
@@ -234,15 +234,7 @@ def test_workers_retrain_from_the_config_alone(reviews_csv, backend):
             config, jobs, train, test, "joblib", n_workers=2, progress=False
         )
     else:
-        dask = pytest.importorskip("dask")
-        distributed = pytest.importorskip("distributed")
-        with (
-            dask.config.set({"distributed.worker.multiprocessing-method": "fork"}),
-            distributed.LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as cluster,
-            distributed.Client(cluster) as client,
-        ):
+        with local_dask_client() as client:
             probs = retrain_probabilities(
                 config, jobs, train, test, "dask", client=client, progress=False
             )
