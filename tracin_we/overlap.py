@@ -38,7 +38,7 @@ from tracin_we.deletion import (
     score_rows,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
-from tracin_we.inputs import Tensors, structural_ids
+from tracin_we.inputs import Tensors, framing_ids, structural_ids
 from tracin_we.paper import NO_OVERLAP, reports
 from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
 from tracin_we.tokenizer import load_tokenizer
@@ -51,8 +51,8 @@ def least_overlap_candidates(
     with the lowest TF-IDF cosine to it (ties: lower training index first).
 
     ``train``/``test``: tensors with ``input_ids`` and ``attention_mask`` (N, T). The TF-IDF
-    vectors count token ids of unmasked positions outside ``ignore`` (default: the ids in every
-    text, ``inputs.structural_ids``), idf fitted on ``train``
+    vectors count token ids of unmasked positions outside ``ignore`` (default: the ids that open
+    or close every text, ``inputs.framing_ids``), idf fitted on ``train``
     (``influence.last_layer.tfidf_cosine``, the TracIn-TFIDF control's).
     """
     n_train = len(train["input_ids"])
@@ -63,7 +63,7 @@ def least_overlap_candidates(
             f"of the {n_train} training texts"
         )
     if ignore is None:
-        ignore = structural_ids(None, [train, test])
+        ignore = framing_ids([train, test])
     cosine = tfidf_cosine(train, test, tuple(ignore))
     order = torch.sort(cosine, dim=1, stable=True).indices[:, :count]
     mask = torch.zeros(cosine.shape, dtype=torch.bool)
@@ -77,7 +77,7 @@ def overlap_summary(
     training texts, and how many candidates share no token (outside ``ignore``, default as in
     ``least_overlap_candidates``) at all."""
     if ignore is None:
-        ignore = structural_ids(None, [train, test])
+        ignore = framing_ids([train, test])
     cosine = tfidf_cosine(train, test, tuple(ignore)).float()
     inside = cosine.masked_fill(~candidates, float("-inf"))
     return pd.DataFrame(

@@ -31,7 +31,13 @@ from tqdm.auto import tqdm
 
 from tracin_we.data import DataConfig
 from tracin_we.inputs import Tensors, forward, select
-from tracin_we.models import as_classifier, build_model, check_length, word_embeddings
+from tracin_we.models import (
+    BUILTIN_MODELS,
+    as_classifier,
+    build_model,
+    check_length,
+    word_embeddings,
+)
 from tracin_we.params import check_types, from_params
 from tracin_we.tokenizer import VOCAB_SIZE, model_tokenizer
 
@@ -81,7 +87,7 @@ class TrainConfig:
                 "AutoModelForSequenceClassification name ('org/name') or local folder"
             )
         check_length(self.model, self.data.max_length)  # built-ins here, others once built
-        own = None if self.model in ("bert-tiny", "cnn") else model_tokenizer(self.model)
+        own = None if self.model in BUILTIN_MODELS else model_tokenizer(self.model)
         if own is not None and self.data.tokenizer is None:
             # A Hugging Face model reads the ids of its own tokenizer, not the built-ins' default.
             object.__setattr__(self, "data", replace(self.data, tokenizer=own))

@@ -4,7 +4,7 @@
 in ``tracin_we/assets`` so that the default run needs no network; any other name or path goes to
 ``transformers.AutoTokenizer`` (the hub, or a local folder). A Hugging Face model brings its own
 (``model_tokenizer``); the built-in models size their word embedding by the tokenizer's
-(``vocab_size``).
+(``DataConfig.vocab_size``).
 """
 
 from __future__ import annotations
