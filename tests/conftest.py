@@ -13,7 +13,15 @@ import pandas as pd
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    ByteLevelBPETokenizer,
+    SentencePieceBPETokenizer,
+    Tokenizer,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from transformers import PreTrainedTokenizerFast
 
 from tracin_we import retrain
@@ -121,6 +129,34 @@ def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def subword_tokenizer(style: str, corpus: list[str]) -> PreTrainedTokenizerFast:
+    """A subword tokenizer trained offline on ``corpus`` (vocabulary ~120, so rarer words split
+    into pieces): ``style="byte-bpe"`` marks a word's first piece with Ġ (GPT-2, RoBERTa),
+    ``"sentencepiece"`` with ▁ (T5, XLM-R). Texts are framed as <s> … </s>; <pad> pads."""
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    if style == "byte-bpe":
+        backend = ByteLevelBPETokenizer()
+        backend.train_from_iterator(
+            corpus, vocab_size=300, min_frequency=1, special_tokens=specials
+        )
+    else:
+        backend = SentencePieceBPETokenizer()
+        backend.train_from_iterator(
+            corpus, vocab_size=120, min_frequency=1, special_tokens=specials
+        )
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        special_tokens=[("<s>", backend.token_to_id("<s>")), ("</s>", backend.token_to_id("</s>"))],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend._tokenizer,
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",

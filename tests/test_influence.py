@@ -21,10 +21,10 @@ from torch.func import functional_call
 from torch.utils.data import TensorDataset
 from transformers import BertConfig, BertForSequenceClassification
 
-from tests.conftest import example, texts
+from tests.conftest import example, subword_tokenizer, texts
 from tracin_we import influence
 from tracin_we.influence import attribution, embedding
-from tracin_we.influence.words import word_spans, word_text
+from tracin_we.influence.words import word_spans, word_start_mark, word_text
 from tracin_we.inputs import model_inputs
 from tracin_we.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
 from tracin_we.tokenizer import load_tokenizer
@@ -331,6 +331,61 @@ def test_word_spans_join_word_pieces_and_skip_specials() -> None:
     ids = torch.tensor([CLS, 103, 104, PAD, 104, SEP])
     keep = torch.tensor([False, True, True, False, True, False])
     assert word_spans(ids, keep, Pieces()) == [(1, 3), (4, 5)]
+
+
+@pytest.mark.parametrize("style", ["byte-bpe", "sentencepiece"])
+def test_word_spans_join_pieces_of_marked_word_starts(style: str) -> None:
+    """Byte-level BPE (Ġ) and SentencePiece (▁) mark a word's first piece, not its continuations:
+    a word the vocabulary splits is still one word, and special tokens stay words of their own."""
+    corpus = ["we can afford it", "un doing able people", "the cat sat on the mat"] * 3
+    tokenizer = subword_tokenizer(style, corpus)
+    encoded = tokenizer("the unaffordable cat sat", padding="max_length", max_length=16)
+    ids, mask = torch.tensor(encoded["input_ids"]), torch.tensor(encoded["attention_mask"])
+    assert len(tokenizer.tokenize(" unaffordable")) > 2  # the word does split into pieces
+    words = ["the", "unaffordable", "cat", "sat"]
+    special = torch.tensor(tokenizer.all_special_ids)
+    spans = word_spans(ids, mask.bool() & ~torch.isin(ids, special), tokenizer)
+    assert [word_text(ids, s, e, tokenizer) for s, e in spans] == words
+    spans = word_spans(ids, torch.ones_like(mask, dtype=torch.bool), tokenizer)
+    n_pad = int((mask == 0).sum())
+    assert [word_text(ids, s, e, tokenizer) for s, e in spans] == [
+        "<s>",
+        *words,
+        "</s>",
+        *["<pad>"] * n_pad,
+    ]
+
+
+class MarkedPieces:
+    """A tokenizer without a fast backend whose vocabulary opens words with ▁ (SentencePiece)."""
+
+    def __init__(self) -> None:
+        self.vocab = {"<s>": 0, "▁the": 1, "▁un": 2, "able": 3, "▁cat": 4, "</s>": 5}
+        self.all_special_tokens = ["<s>", "</s>"]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [next(t for t, i in self.vocab.items() if i == j) for j in ids]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(tokens).replace("▁", " ")
+
+
+def test_word_start_mark_from_the_vocabulary_without_a_fast_backend() -> None:
+    tokenizer = MarkedPieces()
+    assert word_start_mark(tokenizer) == "▁" and word_start_mark(Pieces()) is None
+    assert word_start_mark(load_tokenizer()) is None  # WordPiece: ## marks continuations
+    ids = torch.tensor([0, 1, 2, 3, 4, 5])
+    spans = word_spans(ids, torch.ones(6, dtype=torch.bool), tokenizer)
+    assert [word_text(ids, s, e, tokenizer) for s, e in spans] == [
+        "<s>",
+        "the",
+        "unable",
+        "cat",
+        "</s>",
+    ]
 
 
 def test_representer_equals_formula(setup) -> None:

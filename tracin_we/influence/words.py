@@ -10,6 +10,7 @@ over its whole words (what targeted fixing edits, §6). Positive = proponent.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,8 +37,8 @@ class WordScores:
     ``tokens``: a row per token id present in both texts — ``token_id``, ``token`` (None without
     a tokenizer: ``tokenizer=None``, or a model whose vocabulary is not the shipped one),
     ``contribution`` = Σ_c η_c g_w(z) · g_w(z').
-    ``words``: the training text's whole words (WordPiece ``##`` pieces joined onto the piece
-    before) holding a shared token — ``word``, ``start``, ``end`` (positions [start, end) in the
+    ``words``: the training text's whole words (``word_spans``: pieces joined into words)
+    holding a shared token — ``word``, ``start``, ``end`` (positions [start, end) in the
     training text), ``contribution`` = the sum over its positions.
     Each ``contribution`` column sums to ``score`` (up to rounding).
     """
@@ -108,13 +109,16 @@ def word_spans(
     input_ids: torch.Tensor, valid: torch.Tensor, tokenizer=None
 ) -> list[tuple[int, int]]:
     """Whole words of one text, as [start, end) position ranges over its ``valid`` positions
-    ((T,) bool): a WordPiece piece starting with ``##`` continues the word ending just before
-    it. Without a tokenizer every valid position is its own word."""
+    ((T,) bool). A piece continues the word ending just before it when it is a WordPiece piece
+    starting with ``##``, or, for a tokenizer whose pieces open words with a mark
+    (``word_start_mark``: byte-level BPE's ``Ġ``, SentencePiece's ``▁``), when it lacks that mark.
+    Special tokens are words of their own. Without a tokenizer every valid position is a word."""
     pieces = _pieces(input_ids, tokenizer)
+    mark, special = word_start_mark(tokenizer), _special_tokens(tokenizer)
     spans: list[list[int]] = []
     for i in torch.as_tensor(valid).nonzero().flatten().tolist():
-        piece = pieces[i]
-        if piece is not None and piece.startswith("##") and spans and spans[-1][1] == i:
+        joins = spans and spans[-1][1] == i and pieces[i - 1] not in special
+        if joins and _continues_word(pieces[i], mark, special):
             spans[-1][1] = i + 1
         else:
             spans.append([i, i + 1])
@@ -122,14 +126,47 @@ def word_spans(
 
 
 def word_text(input_ids: torch.Tensor, start: int, end: int, tokenizer=None) -> str:
-    """The word at positions [start, end): its pieces joined without ``##`` (token ids without a
-    tokenizer)."""
+    """The word at positions [start, end): its pieces joined without ``##``, or decoded by the
+    tokenizer where pieces carry a word-start mark (``Ġ``, ``▁``); token ids without a
+    tokenizer."""
     ids = torch.as_tensor(input_ids)[start:end].tolist()
     pieces = _pieces(ids, tokenizer)
+    if word_start_mark(tokenizer) is not None:
+        return tokenizer.convert_tokens_to_string(pieces).strip()
     return "".join(
         str(i) if p is None else p[2:] if p.startswith("##") else p
         for i, p in zip(ids, pieces, strict=True)
     )
+
+
+# Byte-level BPE (GPT-2, RoBERTa) opens a word with Ġ; SentencePiece (T5, ALBERT, XLM-R) with ▁.
+WORD_START_MARKS = ("Ġ", "▁")
+
+
+@functools.lru_cache(maxsize=16)
+def word_start_mark(tokenizer) -> str | None:
+    """The mark (``WORD_START_MARKS``) that opens a word in ``tokenizer``'s pieces: read from a
+    fast tokenizer's decoder (ByteLevel: Ġ, Metaspace: ▁, WordPiece: none), else the mark at
+    least a tenth of its vocabulary carries. None for WordPiece (its continuing pieces carry
+    ``##`` instead), for a word-level vocabulary and without a tokenizer."""
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    known = {"ByteLevel": "Ġ", "Metaspace": "▁", "WordPiece": None}
+    if type(decoder).__name__ in known:
+        return known[type(decoder).__name__]
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    shares = {mark: sum(token.startswith(mark) for token in vocab) for mark in WORD_START_MARKS}
+    mark = max(shares, key=shares.__getitem__)
+    return mark if vocab and shares[mark] >= len(vocab) / 10 else None
+
+
+def _special_tokens(tokenizer) -> frozenset[str]:
+    return frozenset(getattr(tokenizer, "all_special_tokens", ()))
+
+
+def _continues_word(piece: str | None, mark: str | None, special: frozenset[str]) -> bool:
+    if piece is None or piece in special:
+        return False
+    return piece.startswith("##") if mark is None else not piece.startswith(mark)
 
 
 def _pieces(input_ids: torch.Tensor | list[int], tokenizer) -> list[str | None]:
