@@ -167,6 +167,10 @@ def test_edit_replaces_exactly_the_chosen_positions(splits):
     assert (train_t["input_ids"][changed] != 0).all()  # the input is left as it was
     assert torch.equal(edited["labels"], train_t["labels"])
     assert apply_edit(train_t, Edit(removed=(1, 2))) is train_t  # removal is the job's keep mask
+    # Another tokenizer's [PAD] (RoBERTa's is 1; its 0 is <s>) is what the edit writes.
+    roberta = apply_edit(train_t, Edit(masked=edit.masked, pad_id=1))
+    assert (roberta["input_ids"][changed] == 1).all()
+    assert torch.equal(roberta["attention_mask"], edited["attention_mask"])
     with pytest.raises(ValueError, match="outside the training tensors"):
         apply_edit(train_t, Edit(masked=((N, 0, 1),)))
     with pytest.raises(ValueError, match="0 <= start < end"):
@@ -219,6 +223,8 @@ def test_plan_and_share(splits):
     assert by_key[(10, "influence-last", "remove")].edit == Edit(removed=(2, 4))
     assert by_key[(10, "influence-last", "replace")].edit == Edit(masked=((4, 3, 5),))
     assert by_key[(20, "influence-last", "replace")].n_edited == 2
+    plan = fixing_plan([10, 20], opponents, words, ("replace",), pad_id=1)
+    assert {r.edit.pad_id for r in plan.itertuples() if r.fix == "replace"} == {1}
     table = pd.DataFrame(
         {
             "method": ["m"] * 4,

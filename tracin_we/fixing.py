@@ -259,11 +259,12 @@ def _word_row(
 @dataclass(frozen=True)
 class Edit:
     """A change of the training set: examples ``removed`` (sorted training indices) and
-    ``masked`` spans (training index, start, end): positions [start, end) become [PAD] with
-    attention mask 0 (and token type 0)."""
+    ``masked`` spans (training index, start, end): positions [start, end) become ``pad_id`` (the
+    tokenizer's [PAD]: 0 for BERT, 1 for RoBERTa) with attention mask 0 (and token type 0)."""
 
     removed: tuple[int, ...] = ()
     masked: tuple[tuple[int, int, int], ...] = ()
+    pad_id: int = PAD_ID
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "removed", tuple(sorted({int(i) for i in self.removed})))
@@ -295,7 +296,7 @@ def apply_edit(train: Tensors, edit: Edit) -> Tensors:
             raise ValueError(
                 f"masked span {(i, start, end)} is outside the training tensors ({n} × {length})"
             )
-        out["input_ids"][i, start:end] = PAD_ID
+        out["input_ids"][i, start:end] = edit.pad_id
         out["attention_mask"][i, start:end] = 0
         if "token_type_ids" in out:
             out["token_type_ids"][i, start:end] = 0
@@ -339,10 +340,12 @@ def fixing_plan(
     opponents: dict[str, torch.Tensor],
     words: dict[str, pd.DataFrame],
     fixes: Sequence[str],
+    pad_id: int = PAD_ID,
 ) -> pd.DataFrame:
     """One row per (mistake, method, fix) with its ``edit`` and ``n_edited`` (training texts
     removed or changed), plus a ``control`` row per mistake (``Edit()``, nothing changed).
-    ``opponents[method]``: (n_mistakes, k) indices; ``words[method]``: ``worst_words``' table."""
+    ``opponents[method]``: (n_mistakes, k) indices; ``words[method]``: ``worst_words``' table;
+    ``pad_id``: the tokenizer's [PAD], written over the replaced words."""
     rows = [
         {"point": p, "method": "control", "fix": "none", "edit": Edit(), "n_edited": 0}
         for p in mistakes
@@ -366,7 +369,8 @@ def fixing_plan(
                 edit = Edit(
                     masked=tuple(
                         zip(chosen["train_index"], chosen["start"], chosen["end"], strict=True)
-                    )
+                    ),
+                    pad_id=pad_id,
                 )
                 rows.append(
                     {
@@ -497,7 +501,7 @@ def run_fixing(
         if "replace" in config.fixes
         else {}
     )
-    plan = fixing_plan(mistakes, opponents, words, config.fixes)
+    plan = fixing_plan(mistakes, opponents, words, config.fixes, tokenizer.pad_token_id)
     retrained = retrain_edits(
         config.train,
         list(plan["edit"]),
