@@ -25,7 +25,7 @@ from tracin_we.inputs import model_inputs
 from tracin_we.models import word_embeddings
 from tracin_we.overlap import auc_del_figure, paper_comparison
 from tracin_we.paper import beside_paper, paper_note
-from tracin_we.recipe import TrainConfig, fit, new_model
+from tracin_we.recipe import TrainConfig, fit, new_model, with_overrides
 from tracin_we.reproduce import reproduce
 from tracin_we.retrain import RetrainJob, retrain_probabilities
 from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
@@ -391,6 +391,12 @@ def test_a_hugging_face_model_folder_brings_its_own_tokenizer(
         **own_params(reviews_csv), model=str(with_tokenizer), tokenizer="bert-base-uncased"
     )
     assert bert.data.tokenizer == "bert-base-uncased"
+    # Another model through with_overrides: the tokenizer the first model brought goes with it,
+    # one named explicitly stays.
+    assert with_overrides(config, model=str(without)).data.tokenizer is None
+    assert with_overrides(config, model="cnn").data.tokenizer is None
+    assert with_overrides(plain, model=str(with_tokenizer)).data.tokenizer == str(with_tokenizer)
+    assert with_overrides(named, model="cnn").data.tokenizer == str(review_tokenizer)
 
 
 def test_notebooks_take_a_tokenizer_parameter():

@@ -406,7 +406,14 @@ def accuracy(model: nn.Module, data: dict[str, torch.Tensor], device: str = "cpu
 
 
 def with_overrides(config: TrainConfig, **changes) -> TrainConfig:
-    """A copy of ``config`` with top-level or data fields changed."""
+    """A copy of ``config`` with top-level or data fields changed. A new ``model`` without a
+    ``tokenizer`` drops the tokenizer the old model brought (``TrainConfig`` gave it its own):
+    the new one gets its own, or the built-ins' default. (``dataclasses.replace`` would keep it.)
+    """
+    if "model" in changes and "tokenizer" not in changes:
+        own = None if config.model in BUILTIN_MODELS else model_tokenizer(config.model)
+        if own is not None and config.data.tokenizer == own:
+            changes["tokenizer"] = None
     data_changes = {k: v for k, v in changes.items() if k in DataConfig.__dataclass_fields__}
     top = {k: v for k, v in changes.items() if k not in data_changes}
     return replace(config, data=replace(config.data, **data_changes), **top)
