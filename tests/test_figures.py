@@ -155,3 +155,15 @@ def test_no_overlap_figure_labels_its_x_axis_and_keeps_the_legend_off_the_bars()
 def test_score_distributions_label_their_counts():
     fig = score_distributions({"TracIn-WE": torch.randn(4, 30), "TracIn-Last": torch.randn(4, 30)})
     assert_labelled(fig)
+
+
+def test_save_table_creates_its_folder_and_leaves_only_the_csv(tmp_path):
+    table = pd.DataFrame({"method": ["tracin-we", "random"], "auc": [-0.1, 0.02]})
+    path = reporting.save_table(table, tmp_path / "new" / "run", "03_auc_del")
+    assert path == tmp_path / "new" / "run" / "03_auc_del.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(path), table)
+    assert [p.name for p in path.parent.iterdir()] == ["03_auc_del.csv"]  # no temporary left
+    indexed = pd.read_csv(
+        reporting.save_table(table.set_index("method"), path.parent, "t", index=True)
+    )
+    assert list(indexed.columns) == ["method", "auc"]

@@ -65,6 +65,14 @@ def legend_outside(ax: plt.Axes, **kwargs: Any) -> None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, **kwargs)
 
 
+def save_table(table: pd.DataFrame, folder: str | Path, name: str, index: bool = False) -> Path:
+    """Save ``table`` as ``<folder>/<name>.csv`` (atomically, the folder created if need be) and
+    return the path."""
+    path = Path(folder) / f"{name}.csv"
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=index))
+    return path
+
+
 def save_figure(fig: plt.Figure, figures_dir: str | Path, name: str) -> Path:
     """Save ``fig`` as ``<figures_dir>/<name>.png`` (atomically) and return the path."""
     path = Path(figures_dir) / f"{name}.png"
