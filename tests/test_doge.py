@@ -74,6 +74,8 @@ def test_mixture_keeps_n_texts_with_the_weights_shares_and_redistributes_what_is
     assert torch.equal(keep, mixture_keep(domains, {"a": 0.25, "b": 0.25, "c": 0.5}, 16, 0))
     with pytest.raises(ValueError, match="domains \\['d'\\] have no corpus text"):
         mixture_keep(domains, {"a": 1.0, "d": 1.0}, 4, 0)
+    with pytest.raises(ValueError, match=r"n=12: the domains of weights \(\['c'\]\) hold only 4"):
+        mixture_keep(domains, {"c": 1.0}, 12, 0)  # weighted domains cannot fill n
 
 
 def test_the_loop_is_deterministic_and_records_weights_per_step(tiny_data_dir):

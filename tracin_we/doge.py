@@ -238,6 +238,11 @@ def mixture_keep(
         raise ValueError(f"weights={weights} must be >= 0 with a positive sum")
     share = share / share.sum()
     available = np.array([(domains == d).sum() for d in names])
+    if available.sum() < n:
+        raise ValueError(
+            f"n={n}: the domains of weights ({names}) hold only {available.sum()} corpus texts; "
+            "weight more domains or draw fewer texts"
+        )
     quota = share * n
     take = np.minimum(np.floor(quota).astype(int), available)
     order = np.argsort(-(quota - np.floor(quota)), kind="stable")
