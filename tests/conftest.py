@@ -117,10 +117,12 @@ def local_dask_client() -> Iterator:
         yield client
 
 
-def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+def word_level_tokenizer(words: list[str], mask: bool = False) -> PreTrainedTokenizerFast:
     """A RoBERTa-style tokenizer built offline: <s> = 0, <pad> = 1, </s> = 2, <unk> = 3, then one
-    id per word of ``words`` (lower-cased, split on whitespace), each text framed as <s> … </s>."""
-    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<unk>", *words])}
+    id per word of ``words`` (lower-cased, split on whitespace), each text framed as <s> … </s>;
+    with ``mask``, a last id for <mask> (MLM pretraining needs one)."""
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", *words, *(["<mask>"] if mask else [])]
+    vocab = {token: i for i, token in enumerate(tokens)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -133,6 +135,7 @@ def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",
+        **({"mask_token": "<mask>"} if mask else {}),
     )
 
 

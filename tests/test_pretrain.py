@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import tiny_table, word_level_tokenizer
 from tracin_we import pretrain as pretrain_module
 from tracin_we.data import DataConfig, make_splits
 from tracin_we.influence.multistage import by_domain, multistage_scores
@@ -15,6 +16,7 @@ from tracin_we.pretrain import (
     PretrainConfig,
     load_encoder,
     mask_tokens,
+    new_mlm_model,
     pretrain,
     pretraining_corpus,
 )
@@ -170,6 +172,49 @@ def test_fine_tuning_starts_from_the_pretrained_encoder(tiny_data_dir, tmp_path)
     assert torch.isfinite(scores).all() and scores.abs().max() > 0
     table = by_domain(scores, pre.corpus["domain"], test["labels"].tolist())
     assert table.shape == (4, 4)
+
+
+def test_pretraining_and_fine_tuning_read_their_own_tokenizer(tiny_data_dir, tmp_path):
+    """Another tokenizer (word-level, RoBERTa's special ids) runs the whole pretraining stage:
+    its ids are masked with its <mask>, BERT-tiny gets its vocabulary, fine-tuning starts from
+    the run and multi-stage TracIn-WE scores it. One without a mask token is refused."""
+    words = sorted({w for text in tiny_table(220)["text"] for w in text.split()})
+    folder = tmp_path / "tokenizer"
+    tokenizer = word_level_tokenizer(words, mask=True)
+    tokenizer.save_pretrained(folder)
+    pre = pretrain(
+        tiny_pretrain_config(tiny_data_dir, tokenizer=str(folder)), cache=tmp_path, progress=False
+    )
+    ids, labels = pre.tensors["input_ids"], pre.tensors["labels"]
+    assert (ids[:, 0] == tokenizer.bos_token_id).all()
+    assert (ids == tokenizer.mask_token_id).any() and (labels != IGNORE).any()
+    assert pre.load_model().word_embeddings().num_embeddings == len(tokenizer)
+    rows = new_mlm_model(0, pre.config.data).word_embeddings().weight
+    assert not rows[tokenizer.pad_token_id].any() and rows[tokenizer.bos_token_id].any()
+    config = TrainConfig.from_params(
+        model="bert-tiny",
+        pretrained=False,
+        n_train=40,
+        n_val=8,
+        n_test=20,
+        max_length=16,
+        epochs=1,
+        checkpoint_epochs=[1],
+        batch_size=16,
+        optimizer="adam",
+        data_dir=str(tiny_data_dir),
+        tokenizer=str(folder),
+        init_from=str(pre.run_dir),
+    )
+    fine = train(config, cache=tmp_path, progress=False)
+    assert fine.init == f"mlm:{pre.final.sha256[:16]}"
+    test = model_inputs(make_splits(config.data)["test"])
+    scores = multistage_scores(pre, fine, test, batch_size=16)
+    assert torch.isfinite(scores).all() and scores.abs().max() > 0
+    unmasked = tmp_path / "no-mask"
+    word_level_tokenizer(words).save_pretrained(unmasked)
+    with pytest.raises(ValueError, match=r"tokenizer=.*has no mask token"):
+        tiny_pretrain_config(tiny_data_dir, tokenizer=str(unmasked))
 
 
 def test_default_training_keys_do_not_name_init_from():

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from tests.conftest import tiny_table, word_level_tokenizer
 from tracin_we.data import make_splits
+from tracin_we.models import word_embeddings
 from tracin_we.pretrain import pretrain
 from tracin_we.pretrain_study import (
     METHODS,
@@ -17,32 +19,42 @@ from tracin_we.pretrain_study import (
     counterfactual,
     counterfactual_store,
     counterfactual_summary,
+    finetune,
     pick_points,
     repretrain,
     subtask_tensors,
 )
 
 
+def study_config(data_dir, **changes) -> PretrainStudyConfig:
+    return PretrainStudyConfig.from_params(
+        **(
+            dict(
+                n_train=40,
+                n_val=8,
+                n_test=20,
+                max_length=16,
+                epochs=1,
+                checkpoint_epochs=[1],
+                batch_size=16,
+                optimizer="adam",
+                lr=1e-3,
+                n_corpus=40,
+                n_mixture=20,
+                k=4,
+                n_test_points=2,
+                pretrain_epochs=1,
+                data_dir=str(data_dir),
+                target_classes=["World", "Sports"],
+            )
+            | changes
+        )
+    )
+
+
 @pytest.fixture
 def study(tiny_data_dir):
-    config = PretrainStudyConfig.from_params(
-        n_train=40,
-        n_val=8,
-        n_test=20,
-        max_length=16,
-        epochs=1,
-        checkpoint_epochs=[1],
-        batch_size=16,
-        optimizer="adam",
-        lr=1e-3,
-        n_corpus=40,
-        n_mixture=20,
-        k=4,
-        n_test_points=2,
-        pretrain_epochs=1,
-        data_dir=str(tiny_data_dir),
-        target_classes=["World", "Sports"],
-    )
+    config = study_config(tiny_data_dir)
     pre = pretrain(config.pretrain, progress=False)
     names = config.train.data.task.label_names
     splits = class_subset(make_splits(config.train.data), config.target_classes, names)
@@ -135,3 +147,22 @@ def test_mixtures_at_one_budget(study):
     assert sum(counts.values()) == config.n_mixture
     assert counts["Business"] == counts["Sci/Tech"] == 0
     assert 0 <= table["val_accuracy"].iloc[0] <= 1 and table["val_loss"].iloc[0] > 0
+
+
+def test_the_study_fine_tunes_with_its_own_tokenizer(tiny_data_dir, tmp_path):
+    """Another tokenizer (word-level, with <mask>): the study's fine-tuning runs, whose models
+    were once built with BERT's 30,522 rows whatever the tokenizer, load the pretraining run's
+    embedding of that tokenizer's size."""
+    words = sorted({w for text in tiny_table(220)["text"] for w in text.split()})
+    folder = tmp_path / "tokenizer"
+    word_level_tokenizer(words, mask=True).save_pretrained(folder)
+    config = study_config(tiny_data_dir, tokenizer=str(folder))
+    pre = pretrain(config.pretrain, progress=False)
+    names = config.train.data.task.label_names
+    data = subtask_tensors(
+        class_subset(make_splits(config.train.data), config.target_classes, names)
+    )
+    model = finetune(repretrain(pre, None), config.train, data["train"])
+    assert word_embeddings(model).num_embeddings == len(words) + 5  # 4 specials + <mask>
+    uniform = dict.fromkeys(names, 1.0)
+    assert compare_mixtures(config, pre, {"uniform": uniform}, data).shape[0] == 1

@@ -62,7 +62,7 @@ from tracin_we.models import bert_tiny_config
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import Folder, cache_dir, config_key, file_sha256, tensor_digest
 from tracin_we.recipe import RECIPE_VERSION, check_recipe, fit
-from tracin_we.tokenizer import load_tokenizer
+from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ class PretrainConfig:
             raise ValueError(f"n_corpus={self.n_corpus} must be a positive integer or None")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob={self.mask_prob} must be in (0, 1)")
+        if load_tokenizer(self.data.tokenizer).mask_token_id is None:
+            raise ValueError(
+                f"tokenizer={self.data.tokenizer!r} has no mask token; MLM pretraining replaces "
+                "tokens by it: give a tokenizer with one (save it with tokenizer.mask_token set)"
+            )
         check_recipe(self)
 
     @property
@@ -151,11 +156,13 @@ def mlm_loss(model: MaskedLM, batch: Tensors) -> torch.Tensor:
     return model.losses(batch).mean()
 
 
-def new_mlm_model(seed: int, vocab_size: int | None = None) -> MaskedLM:
-    """A randomly initialised ``MaskedLM`` (``seed`` fixes every weight)."""
+def new_mlm_model(seed: int, data: DataConfig | None = None) -> MaskedLM:
+    """A randomly initialised ``MaskedLM`` (``seed`` fixes every weight) for the tokenizer of
+    ``data`` (None: bert-base-uncased): one embedding row per id, its [PAD] row kept at zero."""
     torch.manual_seed(seed)
-    vocab_size = vocab_size or len(load_tokenizer())
-    return MaskedLM(bert_tiny_config(vocab_size, tie_word_embeddings=False))
+    vocab_size = data.vocab_size if data is not None and data.vocab_size else VOCAB_SIZE
+    pad = data.pad_token_id if data is not None and data.pad_token_id is not None else PAD_ID
+    return MaskedLM(bert_tiny_config(vocab_size, tie_word_embeddings=False, pad_token_id=pad))
 
 
 def text_seed(text: str, seed: int) -> int:
@@ -275,7 +282,7 @@ class PretrainResult:
         options = {"final": self.final} | {f"epoch{c.epoch}": c for c in self.checkpoints}
         if which not in options:
             raise ValueError(f"which={which!r}; allowed: {sorted(options)}")
-        model = new_mlm_model(self.config.seed, len(load_tokenizer(self.config.data.tokenizer)))
+        model = new_mlm_model(self.config.seed, self.config.data)
         model.load_state_dict(options[which].load()["state_dict"])
         return model.eval()
 
@@ -293,8 +300,7 @@ def pretrain(
     corpus, the recipe version and the torch thread count (``train.resolved_config``)."""
     corpus = pretraining_corpus(config)
     tensors = mlm_tensors(corpus, config)
-    vocab_size = len(load_tokenizer(config.data.tokenizer))
-    model = new_mlm_model(config.seed, vocab_size)
+    model = new_mlm_model(config.seed, config.data)
     resolved = asdict(config)
     resolved["data"].pop("data_dir")
     resolved |= {

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 from tracin_we.data import TASKS, balanced_indices
 from tracin_we.doge import DogeResult, DogeSettings, mixture_keep, run_doge
 from tracin_we.inputs import Tensors, model_inputs
-from tracin_we.models import build_model
 from tracin_we.params import check_types, from_params
 from tracin_we.persistence import Folder, cache_dir, cache_folder, config_key, tensor_digest
 from tracin_we.pretrain import (
@@ -52,9 +51,8 @@ from tracin_we.pretrain import (
     mlm_tensors,
     new_mlm_model,
 )
-from tracin_we.recipe import TrainConfig, fit, predict_proba
+from tracin_we.recipe import TrainConfig, fit, new_model, predict_proba
 from tracin_we.stats import paired_bootstrap
-from tracin_we.tokenizer import load_tokenizer
 from tracin_we.train import resolved_config
 
 METHODS = ("multistage-tracin-we", "random")
@@ -139,7 +137,7 @@ def finetune(
 ) -> nn.Module:
     """BERT-tiny fine-tuned with ``config``'s recipe on ``train``, its encoder from the
     ``MaskedLM`` ``state`` (``pretrain.load_encoder``; None: random init), head seeded."""
-    model, _ = build_model("bert-tiny", TASKS[config.data.dataset].num_classes, config.seed, False)
+    model, _ = new_model(replace(config, pretrained=False))  # the tokenizer's vocabulary
     if state is not None:
         load_encoder(model, state)
     return fit(model, train, config, device=device, progress=False)
@@ -150,8 +148,7 @@ def repretrain(
 ) -> dict[str, torch.Tensor]:
     """The ``MaskedLM`` weights after pretraining ``pre.config`` on the corpus rows ``keep``
     (None: all), same seed, masks and batch order as every other such run."""
-    vocab = len(load_tokenizer(pre.config.data.tokenizer))
-    model = new_mlm_model(pre.config.seed, vocab)
+    model = new_mlm_model(pre.config.seed, pre.config.data)
     fit(model, pre.tensors, pre.config, keep=keep, device=device, progress=False, loss_fn=mlm_loss)
     return model.state_dict()
 
@@ -305,9 +302,8 @@ def doge_weights(
     optimizer) over ``pre``'s corpus and domains, the target being the MLM loss on the subtask's
     train texts ``splits["train"]`` (masked as the corpus)."""
     target = mlm_tensors(splits["train"], pre.config)
-    vocab = len(load_tokenizer(pre.config.data.tokenizer))
     return run_doge(
-        new_mlm_model(pre.config.seed, vocab),
+        new_mlm_model(pre.config.seed, pre.config.data),
         pre.tensors,
         list(pre.corpus["domain"]),
         target,
