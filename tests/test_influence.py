@@ -16,15 +16,16 @@ import torch
 import torch.nn.functional as F
 from captum.influence import TracInCP, TracInCPFast
 from sklearn.feature_extraction.text import TfidfVectorizer
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from torch.func import functional_call
 from torch.utils.data import TensorDataset
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from tests.conftest import example, subword_tokenizer, texts
 from tracin_we import influence
 from tracin_we.influence import attribution, embedding
-from tracin_we.influence.words import word_spans, word_start_mark, word_text
+from tracin_we.influence.words import WordScheme, word_scheme, word_spans, word_text
 from tracin_we.inputs import model_inputs
 from tracin_we.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
 from tracin_we.tokenizer import load_tokenizer
@@ -337,8 +338,7 @@ def test_word_spans_join_word_pieces_and_skip_specials() -> None:
 def test_word_spans_join_pieces_of_marked_word_starts(style: str) -> None:
     """Byte-level BPE (Ġ) and SentencePiece (▁) mark a word's first piece, not its continuations:
     a word the vocabulary splits is still one word, and special tokens stay words of their own."""
-    corpus = ["we can afford it", "un doing able people", "the cat sat on the mat"] * 3
-    tokenizer = subword_tokenizer(style, corpus)
+    tokenizer = subword_tokenizer(style, CORPUS)
     encoded = tokenizer("the unaffordable cat sat", padding="max_length", max_length=16)
     ids, mask = torch.tensor(encoded["input_ids"]), torch.tensor(encoded["attention_mask"])
     assert len(tokenizer.tokenize(" unaffordable")) > 2  # the word does split into pieces
@@ -373,10 +373,11 @@ class MarkedPieces:
         return "".join(tokens).replace("▁", " ")
 
 
-def test_word_start_mark_from_the_vocabulary_without_a_fast_backend() -> None:
+def test_word_scheme_from_the_vocabulary_without_a_fast_backend() -> None:
     tokenizer = MarkedPieces()
-    assert word_start_mark(tokenizer) == "▁" and word_start_mark(Pieces()) is None
-    assert word_start_mark(load_tokenizer()) is None  # WordPiece: ## marks continuations
+    assert word_scheme(tokenizer) == WordScheme(start_mark="▁")
+    assert word_scheme(Pieces()) == word_scheme(None) == WordScheme(continuing_prefix="##")
+    assert word_scheme(load_tokenizer()) == WordScheme(continuing_prefix="##")  # BERT WordPiece
     ids = torch.tensor([0, 1, 2, 3, 4, 5])
     spans = word_spans(ids, torch.ones(6, dtype=torch.bool), tokenizer)
     assert [word_text(ids, s, e, tokenizer) for s, e in spans] == [
@@ -386,6 +387,61 @@ def test_word_start_mark_from_the_vocabulary_without_a_fast_backend() -> None:
         "cat",
         "</s>",
     ]
+
+
+def words_of(text: str, tokenizer) -> list[str]:
+    """``text``'s words by ``word_spans`` over its positions but <s>, </s> (not <unk>), as
+    ``word_text``."""
+    ids = torch.tensor(tokenizer(text)["input_ids"])
+    framing = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    valid = ~torch.isin(ids, torch.tensor(sorted(framing)))
+    return [word_text(ids, s, e, tokenizer) for s, e in word_spans(ids, valid, tokenizer)]
+
+
+CORPUS = ["we can afford it", "un doing able people", "the cat sat on the mat"] * 3
+
+
+def test_words_of_an_end_of_word_suffix_tokenizer_as_clip() -> None:
+    """CLIP's BPE closes a word with ``</w>`` and decodes with ByteLevel: its pieces carry no
+    Ġ, so reading the decoder alone would make the whole text one word."""
+    backend = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=60, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], end_of_word_suffix="</w>"
+    )
+    backend.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    assert word_scheme(tokenizer) == WordScheme(end_suffix="</w>")
+    assert len(tokenizer.tokenize("unaffordable")) > 2
+    assert words_of("the unaffordable cat sat", tokenizer) == ["the", "unaffordable", "cat", "sat"]
+
+
+def test_words_across_newlines_unknown_characters_and_decoder_sequences() -> None:
+    """A newline piece (byte-level Ċ) opens the next word instead of gluing two words; an unknown
+    character inside a SentencePiece word stays in that word; Llama's decoder (a Sequence that
+    replaces ▁) and no decoder at all both give the same words."""
+    byte_bpe = subword_tokenizer("byte-bpe", CORPUS)
+    assert "Ċ" in byte_bpe.tokenize("the cat\nsat")
+    assert words_of("the cat\nsat on\n\nthe mat", byte_bpe) == [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "the",
+        "mat",
+    ]
+    pieces = subword_tokenizer("sentencepiece", CORPUS)
+    assert "<unk>" in pieces.tokenize("the caté sat")
+    assert words_of("the caté sat", pieces) == ["the", "cat<unk>", "sat"]
+    llama = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    for decoder in (llama, None):
+        tokenizer = subword_tokenizer("sentencepiece", CORPUS)
+        tokenizer.backend_tokenizer.decoder = decoder
+        assert word_scheme(tokenizer) == WordScheme(start_mark="▁")
+        assert words_of("the unaffordable cat", tokenizer) == ["the", "unaffordable", "cat"]
 
 
 def test_representer_equals_formula(setup) -> None:

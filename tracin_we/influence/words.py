@@ -10,8 +10,9 @@ over its whole words (what targeted fixing edits, §6). Positive = proponent.
 
 from __future__ import annotations
 
-import functools
+import json
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,16 +110,18 @@ def word_spans(
     input_ids: torch.Tensor, valid: torch.Tensor, tokenizer=None
 ) -> list[tuple[int, int]]:
     """Whole words of one text, as [start, end) position ranges over its ``valid`` positions
-    ((T,) bool). A piece continues the word ending just before it when it is a WordPiece piece
-    starting with ``##``, or, for a tokenizer whose pieces open words with a mark
-    (``word_start_mark``: byte-level BPE's ``Ġ``, SentencePiece's ``▁``), when it lacks that mark.
-    Special tokens are words of their own. Without a tokenizer every valid position is a word."""
+    ((T,) bool). Pieces join into words by the tokenizer's ``word_scheme``: WordPiece's ``##``
+    continues a word; byte-level BPE's ``Ġ`` and SentencePiece's ``▁`` open one (a piece without
+    the mark continues the word before it, so a word is what whitespace delimits, punctuation
+    included, and whitespace pieces such as newlines open the next word); CLIP's ``</w>``
+    closes one. Special tokens ([CLS], <s>, [PAD]; not the unknown token, which can stand inside
+    a word) are words of their own. Without a tokenizer every valid position is a word."""
     pieces = _pieces(input_ids, tokenizer)
-    mark, special = word_start_mark(tokenizer), _special_tokens(tokenizer)
+    scheme, special = word_scheme(tokenizer), _special_tokens(tokenizer)
     spans: list[list[int]] = []
     for i in torch.as_tensor(valid).nonzero().flatten().tolist():
-        joins = spans and spans[-1][1] == i and pieces[i - 1] not in special
-        if joins and _continues_word(pieces[i], mark, special):
+        adjacent = bool(spans) and spans[-1][1] == i
+        if adjacent and _continues_word(pieces[i - 1], pieces[i], scheme, special):
             spans[-1][1] = i + 1
         else:
             spans.append([i, i + 1])
@@ -127,46 +130,134 @@ def word_spans(
 
 def word_text(input_ids: torch.Tensor, start: int, end: int, tokenizer=None) -> str:
     """The word at positions [start, end): its pieces joined without ``##``, or decoded by the
-    tokenizer where pieces carry a word-start mark (``Ġ``, ``▁``); token ids without a
-    tokenizer."""
+    tokenizer where pieces carry a word-start mark (``Ġ``, ``▁``) or an end-of-word suffix
+    (``</w>``); token ids without a tokenizer. A whitespace-only word is shown as its repr."""
     ids = torch.as_tensor(input_ids)[start:end].tolist()
     pieces = _pieces(ids, tokenizer)
-    if word_start_mark(tokenizer) is not None:
-        return tokenizer.convert_tokens_to_string(pieces).strip()
-    return "".join(
-        str(i) if p is None else p[2:] if p.startswith("##") else p
-        for i, p in zip(ids, pieces, strict=True)
-    )
+    scheme = word_scheme(tokenizer)
+    if scheme.continuing_prefix is not None:
+        prefix = scheme.continuing_prefix
+        return "".join(
+            str(i) if p is None else p.removeprefix(prefix)
+            for i, p in zip(ids, pieces, strict=True)
+        )
+    text = _pieces_to_string(pieces, tokenizer, scheme)
+    if scheme.end_suffix is not None:
+        text = text.replace(scheme.end_suffix, " ")
+    return text.strip() or repr(text)
 
 
-# Byte-level BPE (GPT-2, RoBERTa) opens a word with Ġ; SentencePiece (T5, ALBERT, XLM-R) with ▁.
+@dataclass(frozen=True)
+class WordScheme:
+    """How a tokenizer's pieces mark word boundaries (exactly one field is set).
+
+    - ``continuing_prefix``: a piece starting with it continues the word before it (WordPiece's
+      ``##``);
+    - ``start_mark``: a piece starting with it opens a word, any other piece continues the word
+      before it (byte-level BPE's ``Ġ``: GPT-2, RoBERTa; SentencePiece's ``▁``: T5, Llama, XLM-R);
+    - ``end_suffix``: a piece ending with it closes its word (CLIP's ``</w>``)."""
+
+    continuing_prefix: str | None = None
+    start_mark: str | None = None
+    end_suffix: str | None = None
+
+
+WORDPIECE = WordScheme(continuing_prefix="##")
 WORD_START_MARKS = ("Ġ", "▁")
+# Pieces that hold only whitespace: byte-level BPE writes space, newline, tab and carriage
+# return as Ġ Ċ ĉ č; SentencePiece writes ▁, or byte-fallback tokens such as <0x0A>.
+_SPACE_CHARS = frozenset("ĠĊĉč▁ \n\t\r")
+_SPACE_BYTES = frozenset({"<0x20>", "<0x0A>", "<0x09>", "<0x0D>"})
+_schemes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-@functools.lru_cache(maxsize=16)
-def word_start_mark(tokenizer) -> str | None:
-    """The mark (``WORD_START_MARKS``) that opens a word in ``tokenizer``'s pieces: read from a
-    fast tokenizer's decoder (ByteLevel: Ġ, Metaspace: ▁, WordPiece: none), else the mark at
-    least a tenth of its vocabulary carries. None for WordPiece (its continuing pieces carry
-    ``##`` instead), for a word-level vocabulary and without a tokenizer."""
-    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
-    known = {"ByteLevel": "Ġ", "Metaspace": "▁", "WordPiece": None}
-    if type(decoder).__name__ in known:
-        return known[type(decoder).__name__]
+def word_scheme(tokenizer) -> WordScheme:
+    """``tokenizer``'s ``WordScheme``: read from a fast tokenizer's model (an end-of-word suffix)
+    and decoder (ByteLevel: ``Ġ``; Metaspace, or a Replace of ``▁`` as Llama's: ``▁``; WordPiece:
+    its prefix; BPEDecoder: its suffix), else ``start_mark`` = the mark at least a tenth of its
+    vocabulary carries, else WordPiece's ``##`` (also a word-level vocabulary's and no
+    tokenizer's: no piece then continues a word). Cached per tokenizer while it lives."""
+    if tokenizer is None:
+        return WORDPIECE
+    try:
+        return _schemes[tokenizer]
+    except KeyError:
+        scheme = _backend_scheme(tokenizer) or _vocabulary_scheme(tokenizer)
+        _schemes[tokenizer] = scheme
+        return scheme
+
+
+def _backend_scheme(tokenizer) -> WordScheme | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    suffix = getattr(backend.model, "end_of_word_suffix", None)
+    if suffix:
+        return WordScheme(end_suffix=suffix)
+    if backend.decoder is None:
+        return None
+    for step in _decoder_steps(json.loads(backend.decoder.__getstate__())):
+        kind, pattern = step["type"], step.get("pattern", {}).get("String")
+        if kind == "ByteLevel":
+            return WordScheme(start_mark="Ġ")
+        if kind == "Metaspace":
+            return WordScheme(start_mark=step["replacement"])
+        if kind == "Replace" and pattern in WORD_START_MARKS:
+            return WordScheme(start_mark=pattern)
+        if kind == "WordPiece":
+            return WordScheme(continuing_prefix=step["prefix"])
+        if kind == "BPEDecoder" and step.get("suffix"):
+            return WordScheme(end_suffix=step["suffix"])
+    return None
+
+
+def _decoder_steps(decoder: dict) -> list[dict]:
+    """A decoder's steps in order, ``Sequence`` decoders flattened."""
+    if decoder["type"] == "Sequence":
+        return [step for inner in decoder["decoders"] for step in _decoder_steps(inner)]
+    return [decoder]
+
+
+def _vocabulary_scheme(tokenizer) -> WordScheme:
     vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     shares = {mark: sum(token.startswith(mark) for token in vocab) for mark in WORD_START_MARKS}
     mark = max(shares, key=shares.__getitem__)
-    return mark if vocab and shares[mark] >= len(vocab) / 10 else None
+    return WordScheme(start_mark=mark) if vocab and shares[mark] >= len(vocab) / 10 else WORDPIECE
 
 
 def _special_tokens(tokenizer) -> frozenset[str]:
-    return frozenset(getattr(tokenizer, "all_special_tokens", ()))
+    """Tokens that are words of their own; the unknown token is not one of them: SentencePiece
+    puts it inside a word for a character it lacks."""
+    unknown = getattr(tokenizer, "unk_token", None)
+    return frozenset(getattr(tokenizer, "all_special_tokens", ())) - {unknown}
 
 
-def _continues_word(piece: str | None, mark: str | None, special: frozenset[str]) -> bool:
-    if piece is None or piece in special:
+def _continues_word(
+    before: str | None, piece: str | None, scheme: WordScheme, special: frozenset[str]
+) -> bool:
+    """Whether ``piece`` continues the word that ``before`` (the piece just before it) ends."""
+    if before is None or piece is None or before in special or piece in special:
         return False
-    return piece.startswith("##") if mark is None else not piece.startswith(mark)
+    if scheme.end_suffix is not None:
+        return not before.endswith(scheme.end_suffix)
+    if scheme.start_mark is not None:  # whitespace pieces open the next word, whatever follows
+        return _is_space(before) or not (piece.startswith(scheme.start_mark) or _is_space(piece))
+    return piece.startswith(scheme.continuing_prefix)
+
+
+def _is_space(piece: str) -> bool:
+    return piece in _SPACE_BYTES or all(char in _SPACE_CHARS for char in piece)
+
+
+def _pieces_to_string(pieces: list[str | None], tokenizer, scheme: WordScheme) -> str:
+    """The tokenizer's own decoding of ``pieces`` (bytes of byte-level BPE, byte fallback), or,
+    for a fast tokenizer without a decoder (which would join them with spaces), the pieces
+    concatenated with the word-start mark read as a space."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.decoder is None:
+        text = "".join(str(p) for p in pieces)
+        return text.replace(scheme.start_mark, " ") if scheme.start_mark else text
+    return tokenizer.convert_tokens_to_string(pieces)
 
 
 def _pieces(input_ids: torch.Tensor | list[int], tokenizer) -> list[str | None]:
