@@ -140,8 +140,9 @@ def word_level_tokenizer(words: list[str], mask: bool = False) -> PreTrainedToke
 
 
 def subword_tokenizer(style: str, corpus: list[str]) -> PreTrainedTokenizerFast:
-    """A subword tokenizer trained offline on ``corpus`` (vocabulary ~120, so rarer words split
-    into pieces): ``style="byte-bpe"`` marks a word's first piece with Ġ (GPT-2, RoBERTa),
+    """A subword tokenizer trained offline on ``corpus`` with a small vocabulary (byte-level BPE:
+    300, its 256 byte symbols first; SentencePiece: at most 120), so rarer words split into
+    pieces: ``style="byte-bpe"`` marks a word's first piece with Ġ (GPT-2, RoBERTa),
     ``"sentencepiece"`` with ▁ (T5, XLM-R). Texts are framed as <s> … </s>; <pad> pads."""
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     if style == "byte-bpe":

@@ -22,7 +22,7 @@ from tracin_we import influence
 from tracin_we.deletion import DeletionConfig, load_deletion, run_deletion
 from tracin_we.influence import embedding
 from tracin_we.inputs import model_inputs
-from tracin_we.persistence import MANIFEST, CheckpointError, Folder, file_sha256
+from tracin_we.persistence import MANIFEST, CheckpointError, Folder, file_sha256, write_json
 from tracin_we.recipe import TrainConfig
 from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached
 from tracin_we.train import train
@@ -76,6 +76,19 @@ def test_folder_records_and_verifies_what_it_writes(tmp_path, caplog):
     with pytest.raises(CheckpointError, match="no record of it"):
         folder.read_json("c.json", recompute=False, remedy="delete the cache")
     assert folder.read_json("missing.json", recompute=False) is None
+
+
+def test_written_files_get_the_mode_open_gives_not_private(tmp_path):
+    """mkstemp makes its temporary file 0600; a result renamed from it stays readable by others
+    as a file written with open() would be."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder = Folder(tmp_path)
+    folder.save_torch("a.pt", {"x": torch.zeros(2)})
+    write_json(tmp_path / "b.json", {"k": 1})
+    (tmp_path / "c.txt").write_text("")
+    for name in ("a.pt", "b.json", "c.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_a_manifest_line_cut_short_is_skipped(tmp_path):

@@ -93,6 +93,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+# The process's umask, read once (reading it means setting it): files get the mode open() gives.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``:
     an interrupted run never leaves a half-written file under ``path``'s name."""
@@ -103,6 +108,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results private to their owner
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
