@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import DatasetDict
 
-from tracin_we import influence
+from tracin_we import fixing, influence
 from tracin_we.fixing import (
     Edit,
     FixingConfig,
@@ -243,13 +243,29 @@ def test_plan_and_share(splits):
     assert share["mean_dp"] == pytest.approx(0.1) and share["n_retrains"] == 4
 
 
-def test_run_fixing_end_to_end(splits, tmp_path, cnn_config, count_retrains):
+class PadsWithOne:
+    """BERT's tokenizer, but padding with id 1 (as RoBERTa's <pad>): what run_fixing must write."""
+
+    pad_token_id = 1
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name: str):
+        return getattr(self.tokenizer, name)
+
+
+def test_run_fixing_end_to_end(splits, tmp_path, cnn_config, count_retrains, monkeypatch):
     config = FixingConfig(
         train=cnn_config(), n_mistakes=2, p_range=(0.0, 1.0), k=3, seeds=(0, 1), n_workers=1
     )
+    real_tokenizer = fixing.load_tokenizer
+    monkeypatch.setattr(fixing, "load_tokenizer", lambda name: PadsWithOne(real_tokenizer(name)))
     with count_retrains() as trained:
         result = run_fixing(config, splits, cache=tmp_path, progress=False)
     assert len(result.mistakes) == 2
+    replaced = result.plan.loc[result.plan["fix"] == "replace", "edit"]
+    assert len(replaced) == 4 and {edit.pad_id for edit in replaced} == {1}  # the tokenizer's
     probs = predict_proba(
         train(config.train, splits, cache=tmp_path).load_model(), tensors(splits, "test")
     )
