@@ -191,6 +191,9 @@ def test_pretraining_and_fine_tuning_read_their_own_tokenizer(tiny_data_dir, tmp
     assert pre.load_model().word_embeddings().num_embeddings == len(tokenizer)
     rows = new_mlm_model(0, pre.config.data).word_embeddings().weight
     assert not rows[tokenizer.pad_token_id].any() and rows[tokenizer.bos_token_id].any()
+    trained = pre.load_model().word_embeddings().weight  # <pad> is never trained, <s> is
+    assert not trained[tokenizer.pad_token_id].any()
+    assert not torch.equal(trained[tokenizer.bos_token_id], rows[tokenizer.bos_token_id])
     config = TrainConfig.from_params(
         model="bert-tiny",
         pretrained=False,

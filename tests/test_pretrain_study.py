@@ -166,3 +166,7 @@ def test_the_study_fine_tunes_with_its_own_tokenizer(tiny_data_dir, tmp_path):
     assert word_embeddings(model).num_embeddings == len(words) + 5  # 4 specials + <mask>
     uniform = dict.fromkeys(names, 1.0)
     assert compare_mixtures(config, pre, {"uniform": uniform}, data).shape[0] == 1
+    without_mask = tmp_path / "no-mask"
+    word_level_tokenizer(words).save_pretrained(without_mask)
+    with pytest.raises(ValueError, match="mask"):  # refused before anything trains
+        study_config(tiny_data_dir, tokenizer=str(without_mask))

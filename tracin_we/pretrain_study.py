@@ -100,6 +100,7 @@ class PretrainStudyConfig:
             raise ValueError(f"n_mixture={self.n_mixture} must be <= n_corpus={self.n_corpus}")
         if self.k >= self.n_corpus:
             raise ValueError(f"k={self.k} must be < n_corpus={self.n_corpus}")
+        _ = self.pretrain  # validated now, not after fine-tuning (a tokenizer with no mask token)
 
     @property
     def pretrain(self) -> PretrainConfig:
