@@ -117,6 +117,23 @@ def local_dask_client() -> Iterator:
         yield client
 
 
+# BERT-tiny fine-tuned for one epoch on the tiny AG News table's 40 texts (16 tokens): the
+# pretraining tests' fine-tuning recipe (add data_dir).
+TINY_FINE_TUNING = dict(
+    model="bert-tiny",
+    pretrained=False,
+    n_train=40,
+    n_val=8,
+    n_test=20,
+    max_length=16,
+    epochs=1,
+    checkpoint_epochs=[1],
+    batch_size=16,
+    optimizer="adam",
+    lr=1e-3,
+)
+
+
 def word_level_tokenizer(words: list[str], mask: bool = False) -> PreTrainedTokenizerFast:
     """A RoBERTa-style tokenizer built offline: <s> = 0, <pad> = 1, </s> = 2, <unk> = 3, then one
     id per word of ``words`` (lower-cased, split on whitespace), each text framed as <s> … </s>;

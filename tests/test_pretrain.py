@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import tiny_table, word_level_tokenizer
+from tests.conftest import TINY_FINE_TUNING, tiny_table, word_level_tokenizer
 from tracin_we import pretrain as pretrain_module
 from tracin_we.data import DataConfig, make_splits
 from tracin_we.influence.multistage import by_domain, multistage_scores
@@ -134,20 +134,7 @@ def test_pretraining_is_cached_resumable_and_keeps_learning_rates(
 
 def test_fine_tuning_starts_from_the_pretrained_encoder(tiny_data_dir, tmp_path):
     pre = pretrain(tiny_pretrain_config(tiny_data_dir), cache=tmp_path, progress=False)
-    common = dict(
-        model="bert-tiny",
-        pretrained=False,
-        n_train=40,
-        n_val=8,
-        n_test=20,
-        max_length=16,
-        epochs=1,
-        checkpoint_epochs=[1],
-        batch_size=16,
-        optimizer="adam",
-        lr=1e-3,
-        data_dir=str(tiny_data_dir),
-    )
+    common = TINY_FINE_TUNING | dict(data_dir=str(tiny_data_dir))
     config = TrainConfig.from_params(**common, init_from=str(pre.run_dir))
     model, init = new_model(config)
     assert init == f"mlm:{pre.final.sha256[:16]}"
@@ -195,16 +182,7 @@ def test_pretraining_and_fine_tuning_read_their_own_tokenizer(tiny_data_dir, tmp
     assert not trained[tokenizer.pad_token_id].any()
     assert not torch.equal(trained[tokenizer.bos_token_id], rows[tokenizer.bos_token_id])
     config = TrainConfig.from_params(
-        model="bert-tiny",
-        pretrained=False,
-        n_train=40,
-        n_val=8,
-        n_test=20,
-        max_length=16,
-        epochs=1,
-        checkpoint_epochs=[1],
-        batch_size=16,
-        optimizer="adam",
+        **TINY_FINE_TUNING,
         data_dir=str(tiny_data_dir),
         tokenizer=str(folder),
         init_from=str(pre.run_dir),

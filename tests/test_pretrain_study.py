@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import tiny_table, word_level_tokenizer
+from tests.conftest import TINY_FINE_TUNING, tiny_table, word_level_tokenizer
 from tracin_we.data import make_splits
 from tracin_we.models import word_embeddings
 from tracin_we.pretrain import pretrain
@@ -29,16 +29,8 @@ from tracin_we.pretrain_study import (
 def study_config(data_dir, **changes) -> PretrainStudyConfig:
     return PretrainStudyConfig.from_params(
         **(
-            dict(
-                n_train=40,
-                n_val=8,
-                n_test=20,
-                max_length=16,
-                epochs=1,
-                checkpoint_epochs=[1],
-                batch_size=16,
-                optimizer="adam",
-                lr=1e-3,
+            TINY_FINE_TUNING
+            | dict(
                 n_corpus=40,
                 n_mixture=20,
                 k=4,
