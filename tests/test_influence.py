@@ -415,6 +415,8 @@ def test_words_of_an_end_of_word_suffix_tokenizer_as_clip() -> None:
     assert word_scheme(tokenizer) == WordScheme(end_suffix="</w>")
     assert len(tokenizer.tokenize("unaffordable")) > 2
     assert words_of("the unaffordable cat sat", tokenizer) == ["the", "unaffordable", "cat", "sat"]
+    # An unknown character carries no </w>: it ends its word rather than swallowing the next.
+    assert words_of("the caté sat on", tokenizer) == ["the", "cat<unk>", "sat", "on"]
 
 
 def test_words_across_newlines_unknown_characters_and_decoder_sequences() -> None:
@@ -434,14 +436,53 @@ def test_words_across_newlines_unknown_characters_and_decoder_sequences() -> Non
     pieces = subword_tokenizer("sentencepiece", CORPUS)
     assert "<unk>" in pieces.tokenize("the caté sat")
     assert words_of("the caté sat", pieces) == ["the", "cat<unk>", "sat"]
+    tokenizer = subword_tokenizer("sentencepiece", CORPUS)
+    tokenizer.backend_tokenizer.decoder = None  # convert_tokens_to_string would join with spaces
+    assert words_of("the unaffordable cat", tokenizer) == ["the", "unaffordable", "cat"]
+
+
+def character_tokenizer(decoder, chars: str = "thecatsku", **special) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style tokenizer of single characters (and ▁, a twelfth of its vocabulary:
+    too few for the vocabulary's guess, so only ``decoder`` tells its word scheme)."""
+    vocab = {token: i for i, token in enumerate(["<unk>", "▁", *chars, "č"])}
+    backend = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoder
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **special)
+
+
+def test_word_scheme_read_from_decoder_sequences_and_bpe_decoders() -> None:
     llama = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     )
-    for decoder in (llama, None):
-        tokenizer = subword_tokenizer("sentencepiece", CORPUS)
-        tokenizer.backend_tokenizer.decoder = decoder
-        assert word_scheme(tokenizer) == WordScheme(start_mark="▁")
-        assert words_of("the unaffordable cat", tokenizer) == ["the", "unaffordable", "cat"]
+    assert word_scheme(character_tokenizer(None)) == WordScheme(continuing_prefix="##")
+    assert word_scheme(character_tokenizer(llama)) == WordScheme(start_mark="▁")
+    assert word_scheme(character_tokenizer(decoders.Metaspace())) == WordScheme(start_mark="▁")
+    bpe = character_tokenizer(decoders.BPEDecoder(suffix="</w>"))
+    assert word_scheme(bpe) == WordScheme(end_suffix="</w>")
+    # Czech č is a letter here, not byte-level BPE's carriage return: "kuča" stays one word.
+    assert words_of("the kuča", character_tokenizer(llama)) == ["the", "kuča"]
+
+
+def test_an_unknown_token_that_also_ends_texts_stays_a_word_of_its_own() -> None:
+    """GPT-2's <|endoftext|> is its unknown, end and pad token: it must not join the word before
+    it (an unknown token inside a SentencePiece word does)."""
+    end = "<|endoftext|>"
+    backend = Tokenizer(models.BPE({end: 0, "the": 1, "Ġcat": 2, "Ġsat": 3}, []))
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=end, eos_token=end, unk_token=end, pad_token=end
+    )
+    ids = torch.tensor([0, 1, 2, 3, 0, 0])
+    spans = word_spans(ids, torch.ones(6, dtype=torch.bool), tokenizer)
+    assert [word_text(ids, s, e, tokenizer) for s, e in spans] == [
+        end,
+        "the",
+        "cat",
+        "sat",
+        end,
+        end,
+    ]
 
 
 def test_representer_equals_formula(setup) -> None:

@@ -114,14 +114,16 @@ def word_spans(
     continues a word; byte-level BPE's ``Ġ`` and SentencePiece's ``▁`` open one (a piece without
     the mark continues the word before it, so a word is what whitespace delimits, punctuation
     included, and whitespace pieces such as newlines open the next word); CLIP's ``</w>``
-    closes one. Special tokens ([CLS], <s>, [PAD]; not the unknown token, which can stand inside
-    a word) are words of their own. Without a tokenizer every valid position is a word."""
+    closes one. Special tokens ([CLS], <s>, [PAD]; the unknown token only where it also frames
+    texts, as GPT-2's <|endoftext|>: elsewhere it can stand inside a word) are words of their
+    own. Without a tokenizer every valid position is a word."""
     pieces = _pieces(input_ids, tokenizer)
     scheme, special = word_scheme(tokenizer), _special_tokens(tokenizer)
+    unknown = getattr(tokenizer, "unk_token", None)
     spans: list[list[int]] = []
     for i in torch.as_tensor(valid).nonzero().flatten().tolist():
         adjacent = bool(spans) and spans[-1][1] == i
-        if adjacent and _continues_word(pieces[i - 1], pieces[i], scheme, special):
+        if adjacent and _continues_word(pieces[i - 1], pieces[i], scheme, special, unknown):
             spans[-1][1] = i + 1
         else:
             spans.append([i, i + 1])
@@ -164,10 +166,11 @@ class WordScheme:
 
 WORDPIECE = WordScheme(continuing_prefix="##")
 WORD_START_MARKS = ("Ġ", "▁")
-# Pieces that hold only whitespace: byte-level BPE writes space, newline, tab and carriage
-# return as Ġ Ċ ĉ č; SentencePiece writes ▁, or byte-fallback tokens such as <0x0A>.
-_SPACE_CHARS = frozenset("ĠĊĉč▁ \n\t\r")
-_SPACE_BYTES = frozenset({"<0x20>", "<0x0A>", "<0x09>", "<0x0D>"})
+# Pieces that hold only whitespace. Byte-level BPE writes the bytes of tab, newline, vertical
+# tab, form feed, carriage return and space as ĉ Ċ ċ Č č Ġ (letters in SentencePiece's
+# vocabularies: Czech č). SentencePiece writes the mark (▁), or byte-fallback tokens <0x0A>.
+_BYTE_LEVEL_SPACES = frozenset("ĉĊċČčĠ")
+_SPACE_BYTES = frozenset({"<0x09>", "<0x0A>", "<0x0B>", "<0x0C>", "<0x0D>", "<0x20>"})
 _schemes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -176,7 +179,8 @@ def word_scheme(tokenizer) -> WordScheme:
     and decoder (ByteLevel: ``Ġ``; Metaspace, or a Replace of ``▁`` as Llama's: ``▁``; WordPiece:
     its prefix; BPEDecoder: its suffix), else ``start_mark`` = the mark at least a tenth of its
     vocabulary carries, else WordPiece's ``##`` (also a word-level vocabulary's and no
-    tokenizer's: no piece then continues a word). Cached per tokenizer while it lives."""
+    tokenizer's: no piece then continues a word). Cached per tokenizer object while it lives
+    (a decoder swapped in later is not seen)."""
     if tokenizer is None:
         return WORDPIECE
     try:
@@ -185,6 +189,8 @@ def word_scheme(tokenizer) -> WordScheme:
         scheme = _backend_scheme(tokenizer) or _vocabulary_scheme(tokenizer)
         _schemes[tokenizer] = scheme
         return scheme
+    except TypeError:  # neither hashable nor weakly referable: not cached
+        return _backend_scheme(tokenizer) or _vocabulary_scheme(tokenizer)
 
 
 def _backend_scheme(tokenizer) -> WordScheme | None:
@@ -194,9 +200,11 @@ def _backend_scheme(tokenizer) -> WordScheme | None:
     suffix = getattr(backend.model, "end_of_word_suffix", None)
     if suffix:
         return WordScheme(end_suffix=suffix)
-    if backend.decoder is None:
+    try:
+        decoder = json.loads(backend.decoder.__getstate__())
+    except Exception:  # no decoder, or a custom Python one, which cannot be serialized
         return None
-    for step in _decoder_steps(json.loads(backend.decoder.__getstate__())):
+    for step in _decoder_steps(decoder):
         kind, pattern = step["type"], step.get("pattern", {}).get("String")
         if kind == "ByteLevel":
             return WordScheme(start_mark="Ġ")
@@ -226,27 +234,36 @@ def _vocabulary_scheme(tokenizer) -> WordScheme:
 
 
 def _special_tokens(tokenizer) -> frozenset[str]:
-    """Tokens that are words of their own; the unknown token is not one of them: SentencePiece
-    puts it inside a word for a character it lacks."""
-    unknown = getattr(tokenizer, "unk_token", None)
-    return frozenset(getattr(tokenizer, "all_special_tokens", ())) - {unknown}
+    """Tokens that are words of their own. The unknown token is one only where it also frames or
+    pads texts (GPT-2's <|endoftext|>, OPT's </s>): SentencePiece puts it inside a word for a
+    character it lacks."""
+    roles = getattr(tokenizer, "special_tokens_map", {})
+    unknown = roles.get("unk_token")
+    framing = {token for role, token in roles.items() if role != "unk_token"}
+    special = frozenset(getattr(tokenizer, "all_special_tokens", ()))
+    return special if unknown in framing else special - {unknown}
 
 
 def _continues_word(
-    before: str | None, piece: str | None, scheme: WordScheme, special: frozenset[str]
+    before: str | None, piece: str | None, scheme: WordScheme, special: frozenset[str], unknown
 ) -> bool:
-    """Whether ``piece`` continues the word that ``before`` (the piece just before it) ends."""
+    """Whether ``piece`` continues the word that ``before`` (the piece just before it) ends.
+    ``unknown``: the unknown token, which closes a word under an end-of-word suffix."""
     if before is None or piece is None or before in special or piece in special:
         return False
     if scheme.end_suffix is not None:
-        return not before.endswith(scheme.end_suffix)
+        return not (before.endswith(scheme.end_suffix) or before == unknown)
     if scheme.start_mark is not None:  # whitespace pieces open the next word, whatever follows
-        return _is_space(before) or not (piece.startswith(scheme.start_mark) or _is_space(piece))
+        mark = scheme.start_mark
+        return _is_space(before, mark) or not (piece.startswith(mark) or _is_space(piece, mark))
     return piece.startswith(scheme.continuing_prefix)
 
 
-def _is_space(piece: str) -> bool:
-    return piece in _SPACE_BYTES or all(char in _SPACE_CHARS for char in piece)
+def _is_space(piece: str, mark: str) -> bool:
+    """Whether ``piece`` holds only whitespace under the word-start ``mark``."""
+    if mark == "Ġ":
+        return all(char in _BYTE_LEVEL_SPACES for char in piece)
+    return piece in _SPACE_BYTES or all(char == mark or char.isspace() for char in piece)
 
 
 def _pieces_to_string(pieces: list[str | None], tokenizer, scheme: WordScheme) -> str:
