@@ -245,7 +245,11 @@ def _special_tokens(tokenizer) -> frozenset[str]:
 
 
 def _continues_word(
-    before: str | None, piece: str | None, scheme: WordScheme, special: frozenset[str], unknown
+    before: str | None,
+    piece: str | None,
+    scheme: WordScheme,
+    special: frozenset[str],
+    unknown: str | None,
 ) -> bool:
     """Whether ``piece`` continues the word that ``before`` (the piece just before it) ends.
     ``unknown``: the unknown token, which closes a word under an end-of-word suffix."""
