@@ -116,6 +116,26 @@ def test_legends_sit_outside_the_data_and_axes_are_labelled():
     assert_labelled(reporting.training_curves(history))
 
 
+def test_deletion_at_a_single_k_shows_each_methods_interval():
+    """With one k (the default preset's), a band over k has no width: each method is drawn as a
+    point with a vertical 95% interval bar, not as a bare dot."""
+    rng = np.random.default_rng(0)
+    deletion = pd.DataFrame(
+        [
+            {"method": m, "direction": d, "k": 60, "point": p, "DEL": rng.normal()}
+            for m in ("tracin-we", "tracin-last", "random")
+            for d in ("proponents", "opponents")
+            for p in range(8)
+        ]
+    )
+    fig = reporting.deletion_curves(deletion)
+    assert_labelled(fig)  # the methods name the x ticks: no legend needed
+    for ax in fig.axes:
+        finite = [y[np.isfinite(y)] for y in (np.asarray(ln.get_ydata()) for ln in ax.lines)]
+        assert sum(y.size > 1 and np.ptp(y) > 0 for y in finite) == 3  # an interval per method
+        assert "k = 60" in ax.get_xlabel()
+
+
 def test_cancellation_bars_say_what_the_values_are():
     sums = pd.DataFrame(
         {

@@ -98,29 +98,44 @@ def training_curves(history: list[dict]) -> plt.Figure:
 
 def deletion_curves(table: pd.DataFrame) -> plt.Figure:
     """DEL against k for each method, proponents (DEL+, should fall) and opponents (DEL−, should
-    rise) side by side, with 95% bootstrap bands over test points (v1 Figures 1–3)."""
+    rise) side by side, with 95% bootstrap bands over test points (v1 Figures 1–3). With a single
+    k, a band has no width to show: each method is then a point with its interval bar."""
     per_point = table.groupby(["method", "direction", "k", "point"], as_index=False)["DEL"].mean()
+    directions = [d for d in ("proponents", "opponents") if d in set(per_point["direction"])]
+    ks = sorted(set(per_point["k"]))
     sns.set_theme(style="whitegrid")
-    grid = sns.relplot(
+    shared = dict(
         data=per_point,
-        x="k",
         y="DEL",
         hue="method",
         col="direction",
-        col_order=[d for d in ("proponents", "opponents") if d in set(per_point["direction"])],
-        kind="line",
-        marker="o",
+        col_order=directions,
         errorbar=("ci", 95),
         n_boot=1000,
         seed=0,
         height=3.4,
         aspect=1.2,
-        facet_kws={"sharey": False},
-        err_kws={"alpha": 0.08},
     )
+    if len(ks) == 1:
+        grid = sns.catplot(
+            **shared, x="method", kind="point", linestyle="none", sharey=False, capsize=0.2
+        )
+        grid.set_axis_labels(f"method (k = {ks[0]} training examples deleted)", "")
+        for ax in grid.axes.flat:
+            slant_ticks(ax)
+    else:
+        grid = sns.relplot(
+            **shared,
+            x="k",
+            kind="line",
+            marker="o",
+            facet_kws={"sharey": False},
+            err_kws={"alpha": 0.08},
+        )
+        grid.set_axis_labels("k (training examples deleted)", "")
     for ax in grid.axes.flat:
         ax.axhline(0, color="black", linewidth=0.8)
-    grid.set_axis_labels("k (training examples deleted)", "DEL = Δ p(true class)")
+    grid.axes.flat[0].set_ylabel("DEL = Δ p(true class)")
     grid.set_titles("top-k {col_name} deleted")
     grid.figure.suptitle(
         "Case deletion: change in the test point's p(true class) after retraining without the "
