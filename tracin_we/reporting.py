@@ -99,8 +99,10 @@ def training_curves(history: list[dict]) -> plt.Figure:
 def deletion_curves(table: pd.DataFrame) -> plt.Figure:
     """DEL against k for each method, proponents (DEL+, should fall) and opponents (DEL−, should
     rise) side by side, with 95% bootstrap bands over test points (v1 Figures 1–3). With a single
-    k, a band has no width to show: each method is then a point with its interval bar."""
+    k, a band has no width to show: each method is then a point with its interval bar. Methods
+    keep their order in ``table`` (the run's ``methods``)."""
     per_point = table.groupby(["method", "direction", "k", "point"], as_index=False)["DEL"].mean()
+    methods = list(dict.fromkeys(table["method"]))
     directions = [d for d in ("proponents", "opponents") if d in set(per_point["direction"])]
     ks = sorted(set(per_point["k"]))
     sns.set_theme(style="whitegrid")
@@ -108,6 +110,7 @@ def deletion_curves(table: pd.DataFrame) -> plt.Figure:
         data=per_point,
         y="DEL",
         hue="method",
+        hue_order=methods,
         col="direction",
         col_order=directions,
         errorbar=("ci", 95),
@@ -118,7 +121,13 @@ def deletion_curves(table: pd.DataFrame) -> plt.Figure:
     )
     if len(ks) == 1:
         grid = sns.catplot(
-            **shared, x="method", kind="point", linestyle="none", sharey=False, capsize=0.2
+            **shared,
+            x="method",
+            order=methods,
+            kind="point",
+            linestyle="none",
+            sharey=False,
+            capsize=0.2,
         )
         grid.set_axis_labels(f"method (k = {ks[0]} training examples deleted)", "")
         for ax in grid.axes.flat:
