@@ -273,3 +273,41 @@ def test_a_trainer_checkpoint_folder_is_a_model_name(trainer_run) -> None:
     state = trainer_checkpoints(folder)[-1][0]
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(tensor, state[name]), name
+
+
+def test_a_model_folder_with_another_head_pretrained_or_not(tmp_path, caplog) -> None:
+    """A saved classifier of 2 classes fine-tunes on 3: its encoder loads, a new seeded head of 3
+    outputs replaces its own (logged), not a transformers size-mismatch error. ``pretrained=
+    False`` builds the same architecture randomly initialised."""
+    saved = tiny_bert(vocab_size=120, num_labels=2)
+    saved.save_pretrained(tmp_path / "two")
+    with caplog.at_level("WARNING", logger="tracin_we.models"):
+        model, init = build_model(str(tmp_path / "two"), 3, seed=0)
+    assert init == f"pretrained:{tmp_path / 'two'}" and "a new, randomly initialised head" in (
+        caplog.text
+    )
+    assert model.model.classifier.out_features == 3
+    encoder = saved.bert.state_dict()
+    assert all(torch.equal(v, encoder[k]) for k, v in model.model.bert.state_dict().items())
+    again = build_model(str(tmp_path / "two"), 3, seed=0)[0]  # the new head is seeded
+    assert torch.equal(again.model.classifier.weight, model.model.classifier.weight)
+    random, init = build_model(str(tmp_path / "two"), 3, seed=1, pretrained=False)
+    assert init == f"random(seed=1):{tmp_path / 'two'}"  # (tiny_bert's own seed is 0)
+    embedding = random.model.bert.embeddings.word_embeddings.weight
+    assert embedding.shape == (120, 16) and not torch.equal(
+        embedding, saved.bert.embeddings.word_embeddings.weight
+    )
+
+
+def test_a_head_with_the_datas_classes_in_another_order_is_refused(tmp_path) -> None:
+    """A fine-tuned head whose id2label names the data's classes in another order would read
+    every prediction as another class: refused, naming the order to give as label_names."""
+    named = tiny_bert(vocab_size=120, num_labels=2)
+    named.config.id2label, named.config.label2id = {0: "pos", 1: "neg"}, {"pos": 0, "neg": 1}
+    named.save_pretrained(tmp_path / "named")
+    folder = str(tmp_path / "named")
+    with pytest.raises(ValueError, match=r"label_names: \['pos', 'neg'\]"):
+        build_model(folder, 2, seed=0, label_names=("neg", "pos"))
+    assert build_model(folder, 2, seed=0, label_names=("POS", "NEG"))[0] is not None
+    tiny_bert(vocab_size=120, num_labels=2).save_pretrained(tmp_path / "unnamed")
+    assert build_model(str(tmp_path / "unnamed"), 2, seed=0, label_names=("neg", "pos"))

@@ -19,15 +19,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from functools import cache, lru_cache
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
+    PretrainedConfig,
     PreTrainedModel,
 )
 
@@ -313,6 +316,7 @@ def build_model(
     pretrained: bool = True,
     vocab_size: int = VOCAB_SIZE,
     pad_token_id: int | None = None,
+    label_names: Sequence[str | int] | None = None,
 ) -> tuple[nn.Module, str]:
     """A fresh model and a description of its initialisation (part of every cache key).
 
@@ -320,7 +324,8 @@ def build_model(
     ``vocab_size`` and ``pad_token_id`` (None: bert-base-uncased's [PAD], 0) shape the built-in
     models' word embedding for the tokenizer in use; a Hugging Face model keeps its own.
     ``"bert-tiny"`` loads ``google/bert_uncased_L-2_H-128_A-2`` when ``pretrained`` and the hub is
-    reachable, else the same architecture randomly initialised, and logs which.
+    reachable, else the same architecture randomly initialised, and logs which. Any other name is
+    a Hugging Face classifier (``hf_classifier``; ``label_names``: the data's classes in order).
     """
     if num_labels < 2:
         raise ValueError(f"num_labels={num_labels} must be >= 2")
@@ -330,7 +335,7 @@ def build_model(
     if name == "bert-tiny":
         if pretrained and hub_reachable(BERT_TINY_HUB):
             log.info("bert-tiny: pretrained weights from %s", BERT_TINY_HUB)
-            model = _from_pretrained(BERT_TINY_HUB, num_labels)
+            model = hf_classifier(BERT_TINY_HUB, num_labels)
             model.model.set_attn_implementation("eager")
             return model, f"hub:{BERT_TINY_HUB}"
         log.warning(
@@ -341,18 +346,67 @@ def build_model(
         pad = PAD_ID if pad_token_id is None else pad_token_id
         return HFClassifier(_bert_tiny(num_labels, vocab_size, pad)), f"random(seed={seed})"
     if os.path.isdir(name) or "/" in name:
-        return _from_pretrained(name, num_labels), f"pretrained:{name}"
+        model = hf_classifier(name, num_labels, pretrained, label_names)
+        return model, f"pretrained:{name}" if pretrained else f"random(seed={seed}):{name}"
     raise ValueError(
         f"model={name!r} is unknown; allowed: {list(BUILTIN_MODELS)} or a Hugging Face "
         "AutoModelForSequenceClassification name ('org/name') or local folder"
     )
 
 
-def _from_pretrained(name: str, num_labels: int) -> HFClassifier:
+def hf_classifier(
+    name: str,
+    num_labels: int,
+    pretrained: bool = True,
+    label_names: Sequence[str | int] | None = None,
+) -> HFClassifier:
+    """The Hugging Face model ``name`` (hub name or folder) as a classifier of ``num_labels``
+    classes. A head trained for another number of classes (or none: a base model) is replaced by
+    a new one, seeded by the caller (logged). A head whose named classes (``config.id2label``)
+    are the data's ``label_names`` in another order is refused: class i would mean another class
+    to the model than to the data. ``pretrained=False``: the architecture, randomly initialised."""
+    config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    if not pretrained:
+        config.num_labels = num_labels
+        return HFClassifier(AutoModelForSequenceClassification.from_config(config))
+    new_head = config.num_labels != num_labels
+    if new_head:
+        log.warning(
+            "model %s: its config has %d classes, the data %d: a new, randomly initialised head",
+            name,
+            config.num_labels,
+            num_labels,
+        )
+    elif label_names is not None:
+        _check_head_classes(name, config, label_names)
     model = AutoModelForSequenceClassification.from_pretrained(
-        name, num_labels=num_labels, trust_remote_code=False
+        name, num_labels=num_labels, ignore_mismatched_sizes=new_head, trust_remote_code=False
     )
     return HFClassifier(model)
+
+
+def _check_head_classes(name: str, config: PretrainedConfig, label_names: Sequence) -> None:
+    """Refuse a head whose named classes are the data's in another order; log other names."""
+    head = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    data = [str(label) for label in label_names]
+    if all(label == f"LABEL_{i}" for i, label in enumerate(head)) or _folded(head) == _folded(data):
+        return  # an unnamed head, or the same classes in the same order
+    if sorted(_folded(head)) == sorted(_folded(data)):
+        raise ValueError(
+            f"model={name!r} predicts the classes {head} in that order, but the data's class "
+            f"order is {data}: give label_names: {head} so that class i means the same to both"
+        )
+    log.warning(
+        "model %s: its head's classes %s are not the data's %s; output i is read as the data's "
+        "class i",
+        name,
+        head,
+        data,
+    )
+
+
+def _folded(labels: list[str]) -> list[str]:
+    return [label.casefold() for label in labels]
 
 
 @lru_cache(maxsize=8)

@@ -151,15 +151,16 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
     """A fresh model for ``config`` and a description of its init (part of every cache key):
     ``build_model``'s, or ``mlm:<sha256 of the weights>`` with ``init_from``, whose word
     embeddings and encoder then replace the random ones (the classifier head stays seeded)."""
-    own_ids = config.data.vocab_size is not None  # a tokenizer other than bert-base-uncased
+    # The hub's BERT-tiny reads bert-base-uncased ids: with another tokenizer's, a random init.
+    other_ids = config.model == "bert-tiny" and config.data.vocab_size is not None
     model, init = build_model(
         config.model,
         config.data.num_classes,
         config.seed,
-        # The hub's BERT-tiny reads bert-base-uncased ids: with other ids, a random init.
-        pretrained=config.pretrained and config.init_from is None and not own_ids,
+        pretrained=config.pretrained and config.init_from is None and not other_ids,
         vocab_size=config.data.vocab_size or VOCAB_SIZE,
         pad_token_id=config.data.pad_token_id,
+        label_names=config.data.label_names,
     )
     if config.init_from is not None:
         from tracin_we.pretrain import load_encoder  # pretrain imports this module
