@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -303,3 +304,27 @@ def test_a_flattened_asdict_round_trips_with_its_derived_fields():
     flat |= flat.pop("data")
     assert {"vocab_size", "pad_token_id"} <= set(flat)
     assert TrainConfig.from_params(**flat) == config
+
+
+def test_runs_dir_takes_every_output_and_the_cache(tmp_path, monkeypatch):
+    """``--runs DIR``: executed notebooks, metrics, figures (the default preset's too) and the
+    cache the notebooks' kernels inherit all go under DIR; the repository gets nothing."""
+    monkeypatch.delenv("TRACIN_WE_CACHE")
+    seen = []
+
+    def execute(notebook, output, parameters, **kwargs):
+        seen.append((parameters, os.environ.get("TRACIN_WE_CACHE")))
+        Path(output).write_text("{}")
+
+    monkeypatch.setattr(rp.papermill, "execute_notebook", execute)
+    monkeypatch.setattr(rp, "run_report", lambda run_dir, name: None)
+    rp.main(["--preset", "default", "--only", "01", "--runs", str(tmp_path)])
+    ((params, cache),) = seen
+    assert cache == str(tmp_path.resolve() / "cache")
+    assert params["run_dir"] == str(tmp_path / "default")
+    assert params["figures_dir"] == str(tmp_path / "default" / "figures")
+    assert (tmp_path / "default" / "notebooks" / "01_train.ipynb").is_file()
+    assert "TRACIN_WE_CACHE" not in os.environ  # restored after the run
+    monkeypatch.setenv("TRACIN_WE_CACHE", str(tmp_path / "mine"))  # a cache named wins
+    rp.main(["--preset", "smoke", "--only", "01", "--runs", str(tmp_path)])
+    assert seen[-1][1] == str(tmp_path / "mine")

@@ -6,10 +6,11 @@ data and training recipe) and one section per notebook (``01_train``, ...); sect
 ``--preset path/to/file.yaml`` reads that file. Each notebook receives the parameters of its
 ``parameters`` cell that the preset sets, plus where to write: executed copies and metrics go to
 ``runs/<preset>/``, figures to ``figures/`` for the built-in ``default`` preset only and to
-``runs/<preset>/figures/`` otherwise. A key that its notebook (or, in ``common``, every notebook)
-does not declare is an error before anything runs. After the notebooks (also when one fails),
-``runs/<preset>/report.html`` collects every executed notebook of that folder in one page, with
-its figures inline (``reporting.write_report``).
+``runs/<preset>/figures/`` otherwise. ``--runs DIR`` puts all of it, and the cache, under ``DIR``
+instead, so that a run writes nothing into the repository. A key that its notebook (or, in
+``common``, every notebook) does not declare is an error before anything runs. After the
+notebooks (also when one fails), ``runs/<preset>/report.html`` collects every executed notebook
+of that folder in one page, with its figures inline (``reporting.write_report``).
 
 ``--params-for 03`` prints, as flat YAML, exactly the parameters that ``reproduce`` would give
 notebook ``03_*``, for a papermill run by hand::
@@ -22,14 +23,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import papermill
 import yaml
 
+from tracin_we.persistence import CACHE_ENV
 from tracin_we.reporting import write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,20 +158,21 @@ def select_notebooks(only: list[str] | None) -> list[Path]:
 def output_dirs(
     preset: str | Path, runs: Path | None = None, figures_dir: Path | None = None
 ) -> tuple[Path, Path]:
-    """``(run_dir, figures_dir)``: ``runs/<name>/`` and ``figures/`` for the built-in default
-    preset, ``runs/<name>/figures/`` for any other."""
+    """``(run_dir, figures_dir)``: ``<runs>/<name>/`` (``runs``: the repository's ``runs/``) and
+    ``figures/`` for the built-in default preset run into the repository's ``runs/``,
+    ``<runs>/<name>/figures/`` for any other."""
     path = preset_path(preset)
     run_dir = (runs or REPO / "runs") / path.stem
-    is_default = path.resolve() == (PRESETS / "default.yaml").resolve()
+    is_default = path.resolve() == (PRESETS / "default.yaml").resolve() and runs is None
     return run_dir, figures_dir or (REPO / "figures" if is_default else run_dir / "figures")
 
 
-def params_for(preset: str | Path, prefix: str) -> dict:
+def params_for(preset: str | Path, prefix: str, runs: Path | None = None) -> dict:
     """The parameters ``reproduce`` gives the one notebook whose name starts with ``prefix``."""
     notebooks = select_notebooks([prefix])
     if len(notebooks) != 1:
         raise ValueError(f"params_for={prefix!r} matches {[nb.name for nb in notebooks]}; give one")
-    run_dir, figures_dir = output_dirs(preset)
+    run_dir, figures_dir = output_dirs(preset, runs)
     return notebook_parameters(load_preset(preset), notebooks[0], run_dir, figures_dir)
 
 
@@ -181,6 +187,39 @@ def run_report(run_dir: Path, name: str) -> Path | None:
     return write_report(executed, run_dir / "report.html", f"tracin-we · preset {name}")
 
 
+def run_notebook(config: dict, notebook: Path, run_dir: Path, figures_dir: Path) -> Path:
+    """Execute ``notebook`` with its parameters from ``config``; its executed copy."""
+    output = run_dir / "notebooks" / notebook.name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    params = notebook_parameters(config, notebook, run_dir, figures_dir)
+    started = time.perf_counter()
+    log.info("%s with %s", notebook.name, params)
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=params,
+        cwd=str(REPO),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    log.info("%s done in %.0f s → %s", notebook.name, time.perf_counter() - started, output)
+    return output
+
+
+@contextmanager
+def cache_under(runs: Path | None) -> Iterator[None]:
+    """With ``runs``, ``$TRACIN_WE_CACHE`` (which the notebooks' kernels inherit) is
+    ``<runs>/cache`` while the block runs, unless it names a cache already."""
+    if runs is None or CACHE_ENV in os.environ:
+        yield
+        return
+    os.environ[CACHE_ENV] = str(Path(runs).resolve() / "cache")
+    try:
+        yield
+    finally:
+        del os.environ[CACHE_ENV]
+
+
 def reproduce(
     preset: str | Path = "default",
     only: list[str] | None = None,
@@ -188,29 +227,17 @@ def reproduce(
     figures_dir: Path | None = None,
 ) -> list[Path]:
     """Execute ``notebooks/NN_*.ipynb`` in order (or those whose names start with ``only``) and
-    return the executed copies. Every notebook runs with the repository root as working folder.
-    Then (also after a failed notebook, whose copy shows the error) ``run_report`` writes
-    ``<run_dir>/report.html``."""
+    return the executed copies. Every notebook runs with the repository root as working folder;
+    with ``runs``, its cache is ``<runs>/cache`` (unless ``$TRACIN_WE_CACHE`` names one), so
+    nothing is written into the repository. Then (also after a failed notebook, whose copy shows
+    the error) ``run_report`` writes ``<run_dir>/report.html``."""
     config = load_preset(preset)
     run_dir, figures_dir = output_dirs(preset, runs, figures_dir)
     executed = []
     try:
-        for notebook in select_notebooks(only):
-            output = run_dir / "notebooks" / notebook.name
-            output.parent.mkdir(parents=True, exist_ok=True)
-            params = notebook_parameters(config, notebook, run_dir, figures_dir)
-            started = time.perf_counter()
-            log.info("%s with %s", notebook.name, params)
-            papermill.execute_notebook(
-                str(notebook),
-                str(output),
-                parameters=params,
-                cwd=str(REPO),
-                kernel_name="python3",
-                progress_bar=False,
-            )
-            log.info("%s done in %.0f s → %s", notebook.name, time.perf_counter() - started, output)
-            executed.append(output)
+        with cache_under(runs):
+            for notebook in select_notebooks(only):
+                executed.append(run_notebook(config, notebook, run_dir, figures_dir))
     finally:
         report = run_report(run_dir, preset_name(preset))
         if report is not None:
@@ -227,6 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 02")
     parser.add_argument(
+        "--runs",
+        metavar="DIR",
+        type=Path,
+        help="write executed notebooks, metrics, figures and the cache under DIR (default: the "
+        "repository's runs/)",
+    )
+    parser.add_argument(
         "--params-for",
         metavar="PREFIX",
         help="print one notebook's parameters as flat YAML (for papermill -f) and run nothing",
@@ -234,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.params_for is not None:
-            params = params_for(args.preset, args.params_for)
+            params = params_for(args.preset, args.params_for, runs=args.runs)
             sys.stdout.write(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
             return
         load_preset(args.preset)  # a bad preset or prefix fails here, before anything runs
@@ -243,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
-    reproduce(args.preset, args.only)
+    reproduce(args.preset, args.only, runs=args.runs)
     log.info(
         "reproduction (%s) finished in %.1f min",
         preset_name(args.preset),
