@@ -160,7 +160,7 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
         pretrained=config.pretrained and config.init_from is None and not other_ids,
         vocab_size=config.data.vocab_size or VOCAB_SIZE,
         pad_token_id=config.data.pad_token_id,
-        label_names=config.data.label_names,
+        label_names=config.data.class_names,
     )
     if config.init_from is not None:
         from tracin_we.pretrain import load_encoder  # pretrain imports this module
