@@ -24,7 +24,7 @@ from transformers import (
 from tracin_we import influence
 from tracin_we.checkpoints import trainer_checkpoints
 from tracin_we.models import HFClassifier, as_classifier, build_model
-from tracin_we.recipe import TrainConfig, fit, predict_proba
+from tracin_we.recipe import TrainConfig, fit, new_model, predict_proba
 from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
 
 F64 = {"dtype": torch.float64}
@@ -293,21 +293,57 @@ def test_a_model_folder_with_another_head_pretrained_or_not(tmp_path, caplog) ->
     assert torch.equal(again.model.classifier.weight, model.model.classifier.weight)
     random, init = build_model(str(tmp_path / "two"), 3, seed=1, pretrained=False)
     assert init == f"random(seed=1):{tmp_path / 'two'}"  # (tiny_bert's own seed is 0)
+    assert random.model.classifier.out_features == 3
+    same = build_model(str(tmp_path / "two"), 3, seed=1, pretrained=False)[0]
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in random.state_dict().items())
     embedding = random.model.bert.embeddings.word_embeddings.weight
     assert embedding.shape == (120, 16) and not torch.equal(
         embedding, saved.bert.embeddings.word_embeddings.weight
     )
 
 
-def test_a_head_with_the_datas_classes_in_another_order_is_refused(tmp_path) -> None:
-    """A fine-tuned head whose id2label names the data's classes in another order would read
-    every prediction as another class: refused, naming the order to give as label_names."""
-    named = tiny_bert(vocab_size=120, num_labels=2)
-    named.config.id2label, named.config.label2id = {0: "pos", 1: "neg"}, {"pos": 0, "neg": 1}
-    named.save_pretrained(tmp_path / "named")
-    folder = str(tmp_path / "named")
-    with pytest.raises(ValueError, match=r"label_names: \['pos', 'neg'\]"):
-        build_model(folder, 2, seed=0, label_names=("neg", "pos"))
-    assert build_model(folder, 2, seed=0, label_names=("POS", "NEG"))[0] is not None
-    tiny_bert(vocab_size=120, num_labels=2).save_pretrained(tmp_path / "unnamed")
-    assert build_model(str(tmp_path / "unnamed"), 2, seed=0, label_names=("neg", "pos"))
+def named_head(folder, names: list[str]) -> BertForSequenceClassification:
+    """A tiny BERT classifier whose id2label names its outputs ``names``, saved in ``folder``."""
+    model = tiny_bert(num_labels=len(names))
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def test_a_head_naming_the_datas_classes_in_another_order_is_reordered(tmp_path, caplog):
+    """A fine-tuned head whose id2label lists the data's classes in another order would read
+    every prediction as another class: its output rows are put in the data's order."""
+    saved = named_head(tmp_path / "named", ["pos", "neg"])
+    ids = torch.tensor([[101, 2204, 3185, 102]])
+    with torch.no_grad():
+        expected = saved(input_ids=ids).logits[:, [1, 0]]  # neg, pos
+        for data in (("neg", "pos"), ("NEG", "POS")):
+            model = build_model(str(tmp_path / "named"), 2, seed=0, label_names=data)[0].eval()
+            assert torch.allclose(model(ids), expected)
+            assert model.model.config.id2label == dict(enumerate(data))
+        same = build_model(str(tmp_path / "named"), 2, seed=0, label_names=("pos", "neg"))[0]
+        assert torch.allclose(same.eval()(ids), saved(input_ids=ids).logits)
+    with caplog.at_level("WARNING", logger="tracin_we.models"):
+        build_model(str(tmp_path / "named"), 2, seed=0, label_names=("bad", "good"))
+    assert "are not the data's ['bad', 'good']" in caplog.text  # other names: kept, and said
+
+
+def test_new_model_matches_a_head_to_a_built_in_tasks_classes(tiny_data_dir, tmp_path):
+    """Through a TrainConfig (what the notebooks use): AG News's classes come from the task
+    itself (label_names stays unset), and a head fine-tuned in another order is reordered."""
+    names = ["Sports", "World", "Sci/Tech", "Business"]
+    saved = named_head(tmp_path / "agnews", names)
+    config = TrainConfig.from_params(
+        model=str(tmp_path / "agnews"),
+        data_dir=str(tiny_data_dir),
+        n_train=40,
+        n_val=8,
+        n_test=20,
+        max_length=16,
+    )
+    model = new_model(config)[0].eval()
+    ids = torch.tensor([[101, 2204, 3185, 102]])
+    with torch.no_grad():
+        order = [names.index(c) for c in ("World", "Sports", "Business", "Sci/Tech")]
+        assert torch.allclose(model(ids), saved(input_ids=ids).logits[:, order])

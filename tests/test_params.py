@@ -320,11 +320,20 @@ def test_runs_dir_takes_every_output_and_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(rp, "run_report", lambda run_dir, name: None)
     rp.main(["--preset", "default", "--only", "01", "--runs", str(tmp_path)])
     ((params, cache),) = seen
-    assert cache == str(tmp_path.resolve() / "cache")
+    assert cache == str(tmp_path / "cache")
     assert params["run_dir"] == str(tmp_path / "default")
     assert params["figures_dir"] == str(tmp_path / "default" / "figures")
     assert (tmp_path / "default" / "notebooks" / "01_train.ipynb").is_file()
     assert "TRACIN_WE_CACHE" not in os.environ  # restored after the run
+    monkeypatch.chdir(tmp_path)  # a relative DIR is the caller's, not the repository's
+    rp.main(["--preset", "smoke", "--only", "01", "--runs", "relative"])
+    assert seen[-1] == (seen[-1][0], str(tmp_path / "relative" / "cache"))
+    assert seen[-1][0]["run_dir"] == str(tmp_path / "relative" / "smoke")
+    monkeypatch.setattr(rp.papermill, "execute_notebook", _must_not_run)  # a failing notebook
+    with pytest.raises(AssertionError, match="a notebook ran"):
+        rp.reproduce("smoke", only=["01"], runs=tmp_path)
+    assert "TRACIN_WE_CACHE" not in os.environ  # restored after a failure too
+    monkeypatch.setattr(rp.papermill, "execute_notebook", execute)
     monkeypatch.setenv("TRACIN_WE_CACHE", str(tmp_path / "mine"))  # a cache named wins
     rp.main(["--preset", "smoke", "--only", "01", "--runs", str(tmp_path)])
     assert seen[-1][1] == str(tmp_path / "mine")

@@ -30,7 +30,6 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
-    PretrainedConfig,
     PreTrainedModel,
 )
 
@@ -361,48 +360,64 @@ def hf_classifier(
     label_names: Sequence[str | int] | None = None,
 ) -> HFClassifier:
     """The Hugging Face model ``name`` (hub name or folder) as a classifier of ``num_labels``
-    classes. A head trained for another number of classes (or none: a base model) is replaced by
-    a new one, seeded by the caller (logged). A head whose named classes (``config.id2label``)
-    are the data's ``label_names`` in another order is refused: class i would mean another class
-    to the model than to the data. ``pretrained=False``: the architecture, randomly initialised."""
+    classes. A model without a classification head, or with one for another number of classes,
+    gets a new head, seeded by the caller (logged). A head whose named classes
+    (``config.id2label``) are the data's ``label_names`` in another order has its output rows
+    reordered to the data's (logged), so that output i is the data's class i.
+    ``pretrained=False``: the architecture, randomly initialised."""
     config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     if not pretrained:
         config.num_labels = num_labels
         return HFClassifier(AutoModelForSequenceClassification.from_config(config))
-    new_head = config.num_labels != num_labels
-    if new_head:
-        log.warning(
-            "model %s: its config has %d classes, the data %d: a new, randomly initialised head",
-            name,
-            config.num_labels,
-            num_labels,
-        )
-    elif label_names is not None:
-        _check_head_classes(name, config, label_names)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        name, num_labels=num_labels, ignore_mismatched_sizes=new_head, trust_remote_code=False
+    model, loading = AutoModelForSequenceClassification.from_pretrained(
+        name,
+        num_labels=num_labels,
+        ignore_mismatched_sizes=config.num_labels != num_labels,
+        output_loading_info=True,
+        trust_remote_code=False,
     )
-    return HFClassifier(model)
+    classifier = HFClassifier(model)
+    head = classifier.classifier_layer()
+    (head_name,) = [f"{n}.weight" for n, m in model.named_modules() if m is head]
+    if head_name in _not_loaded(loading):
+        log.warning("model %s: a new, randomly initialised head of %d classes", name, num_labels)
+    elif label_names is not None:
+        _match_head_classes(name, classifier, [str(label) for label in label_names])
+    return classifier
 
 
-def _check_head_classes(name: str, config: PretrainedConfig, label_names: Sequence) -> None:
-    """Refuse a head whose named classes are the data's in another order; log other names."""
+def _not_loaded(loading: dict) -> set[str]:
+    """The weights ``from_pretrained`` initialised instead of loading (missing or mismatched:
+    ``(name, shape in the checkpoint, shape now)``)."""
+    mismatched = (key if isinstance(key, str) else key[0] for key in loading["mismatched_keys"])
+    return {*loading["missing_keys"], *mismatched}
+
+
+def _match_head_classes(name: str, classifier: HFClassifier, data: list[str]) -> None:
+    """Reorder the head's output rows when its named classes are the data's in another order;
+    log when they are other names (output i is then read as the data's class i)."""
+    config = classifier.model.config
     head = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
-    data = [str(label) for label in label_names]
     if all(label == f"LABEL_{i}" for i, label in enumerate(head)) or _folded(head) == _folded(data):
         return  # an unnamed head, or the same classes in the same order
-    if sorted(_folded(head)) == sorted(_folded(data)):
-        raise ValueError(
-            f"model={name!r} predicts the classes {head} in that order, but the data's class "
-            f"order is {data}: give label_names: {head} so that class i means the same to both"
+    if sorted(_folded(head)) != sorted(_folded(data)):
+        log.warning(
+            "model %s: its head's classes %s are not the data's %s; output i is read as the "
+            "data's class i",
+            name,
+            head,
+            data,
         )
-    log.warning(
-        "model %s: its head's classes %s are not the data's %s; output i is read as the data's "
-        "class i",
-        name,
-        head,
-        data,
-    )
+        return
+    order = [_folded(head).index(label) for label in _folded(data)]
+    layer = classifier.classifier_layer()
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight[order])
+        if layer.bias is not None:
+            layer.bias.copy_(layer.bias[order])
+    config.id2label = dict(enumerate(data))
+    config.label2id = {label: i for i, label in enumerate(data)}
+    log.info("model %s: head outputs reordered from %s to the data's %s", name, head, data)
 
 
 def _folded(labels: list[str]) -> list[str]:

@@ -162,7 +162,7 @@ def output_dirs(
     ``figures/`` for the built-in default preset run into the repository's ``runs/``,
     ``<runs>/<name>/figures/`` for any other."""
     path = preset_path(preset)
-    run_dir = (runs or REPO / "runs") / path.stem
+    run_dir = (Path(runs).absolute() if runs else REPO / "runs") / path.stem  # cwd: the repo
     is_default = path.resolve() == (PRESETS / "default.yaml").resolve() and runs is None
     return run_dir, figures_dir or (REPO / "figures" if is_default else run_dir / "figures")
 
@@ -209,15 +209,16 @@ def run_notebook(config: dict, notebook: Path, run_dir: Path, figures_dir: Path)
 @contextmanager
 def cache_under(runs: Path | None) -> Iterator[None]:
     """With ``runs``, ``$TRACIN_WE_CACHE`` (which the notebooks' kernels inherit) is
-    ``<runs>/cache`` while the block runs, unless it names a cache already."""
-    if runs is None or CACHE_ENV in os.environ:
+    ``<runs>/cache`` while the block runs, unless it names a cache already. It sets the process's
+    environment: not for two ``reproduce`` calls in threads at once."""
+    if runs is None or os.environ.get(CACHE_ENV):
         yield
         return
-    os.environ[CACHE_ENV] = str(Path(runs).resolve() / "cache")
+    os.environ[CACHE_ENV] = str(Path(runs).absolute() / "cache")
     try:
         yield
     finally:
-        del os.environ[CACHE_ENV]
+        os.environ.pop(CACHE_ENV, None)
 
 
 def reproduce(
