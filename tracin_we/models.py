@@ -379,18 +379,14 @@ def hf_classifier(
     classifier = HFClassifier(model)
     head = classifier.classifier_layer()
     (head_name,) = [f"{n}.weight" for n, m in model.named_modules() if m is head]
-    if head_name in _not_loaded(loading):
-        log.warning("model %s: a new, randomly initialised head of %d classes", name, num_labels)
+    mismatched = {key if isinstance(key, str) else key[0] for key in loading["mismatched_keys"]}
+    if head_name in mismatched:  # a trained head set aside: worth a warning
+        log.warning("model %s: its head replaced by a new one of %d classes", name, num_labels)
+    elif head_name in loading["missing_keys"]:  # a base model: the usual start of fine-tuning
+        log.info("model %s: a new, randomly initialised head of %d classes", name, num_labels)
     elif label_names is not None:
         _match_head_classes(name, classifier, [str(label) for label in label_names])
     return classifier
-
-
-def _not_loaded(loading: dict) -> set[str]:
-    """The weights ``from_pretrained`` initialised instead of loading (missing or mismatched:
-    ``(name, shape in the checkpoint, shape now)``)."""
-    mismatched = (key if isinstance(key, str) else key[0] for key in loading["mismatched_keys"])
-    return {*loading["missing_keys"], *mismatched}
 
 
 def _match_head_classes(name: str, classifier: HFClassifier, data: list[str]) -> None:
