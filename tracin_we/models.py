@@ -34,6 +34,7 @@ from transformers import (
 )
 
 from tracin_we.inputs import PAD_ID, forward
+from tracin_we.persistence import tensor_digest
 from tracin_we.tokenizer import VOCAB_SIZE
 
 log = logging.getLogger(__name__)
@@ -324,7 +325,8 @@ def build_model(
     models' word embedding for the tokenizer in use; a Hugging Face model keeps its own.
     ``"bert-tiny"`` loads ``google/bert_uncased_L-2_H-128_A-2`` when ``pretrained`` and the hub is
     reachable, else the same architecture randomly initialised, and logs which. Any other name is
-    a Hugging Face classifier (``hf_classifier``; ``label_names``: the data's classes in order).
+    a Hugging Face classifier (``hf_classifier``; ``label_names``: the data's classes in order),
+    described as ``pretrained:<name>@<digest of its weights>`` (a new head's included).
     """
     if num_labels < 2:
         raise ValueError(f"num_labels={num_labels} must be >= 2")
@@ -346,7 +348,10 @@ def build_model(
         return HFClassifier(_bert_tiny(num_labels, vocab_size, pad)), f"random(seed={seed})"
     if os.path.isdir(name) or "/" in name:
         model = hf_classifier(name, num_labels, pretrained, label_names)
-        return model, f"pretrained:{name}" if pretrained else f"random(seed={seed}):{name}"
+        if not pretrained:
+            return model, f"random(seed={seed}):{name}"
+        # Named by content, not only by name: a folder trained again in place is another init.
+        return model, f"pretrained:{name}@{tensor_digest(model.model.state_dict())}"
     raise ValueError(
         f"model={name!r} is unknown; allowed: {list(BUILTIN_MODELS)} or a Hugging Face "
         "AutoModelForSequenceClassification name ('org/name') or local folder"
