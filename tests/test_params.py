@@ -171,6 +171,11 @@ def test_builtin_presets_pass_the_checks(name):
         ({"03_case_deletoin": {"ks": [5]}}, "section '03_case_deletoin' is not 'common'"),
         ({"common": {"run_dir": "/tmp/x"}}, r"\['run_dir'\] are set by reproduce"),
         ({"common": [1, 2]}, "section 'common' must be a mapping"),
+        # Types too, before the first notebook, not when the one that reads them starts:
+        ({"08_lds": {"methods": "tracin-we"}}, "methods='tracin-we' has type str; methods must"),
+        ({"common": {"lr": "1e-3"}}, "lr='1e-3' has type str.*write 0.001"),
+        ({"common": {"n_train": 1.5}}, "n_train=1.5 has type float; n_train must be int"),
+        ({"common": {"pretrained": 1}}, "pretrained=1 has type int; pretrained must be bool"),
     ],
 )
 def test_a_bad_preset_is_refused_before_anything_runs(preset, message, tmp_path, monkeypatch):
@@ -182,6 +187,15 @@ def test_a_bad_preset_is_refused_before_anything_runs(preset, message, tmp_path,
 
 def _must_not_run(*args, **kwargs):
     raise AssertionError("a notebook ran")
+
+
+def test_preset_values_of_a_compatible_type_pass(tmp_path):
+    """An int where the default is a float, a null anywhere, a tuple-like list: accepted."""
+    preset = {
+        "common": {"lr": 1, "label_names": ["a", "b"], "n_val": None},
+        "03_case_deletion": {"ks": [5, 10]},
+    }
+    assert rp.load_preset(_write(tmp_path / "mine.yaml", preset))["common"]["lr"] == 1
 
 
 def test_template_sections_are_ignored(tmp_path):

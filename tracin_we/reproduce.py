@@ -22,6 +22,7 @@ notebook ``03_*``, for a papermill run by hand::
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import papermill
 import yaml
@@ -106,7 +108,8 @@ def check_preset(config: dict, source: str = "preset") -> None:
         raise ValueError(
             f"{source}: a preset is a mapping of sections, got {type(config).__name__}"
         )
-    declared = {nb.stem: set(papermill.inspect_notebook(str(nb))) for nb in notebook_paths()}
+    parameters = {nb.stem: papermill.inspect_notebook(str(nb)) for nb in notebook_paths()}
+    declared = {stem: set(params) for stem, params in parameters.items()}
     for section, values in config.items():
         if str(section).startswith("x-"):
             continue
@@ -131,6 +134,32 @@ def check_preset(config: dict, source: str = "preset") -> None:
                 f"{source}: {section}: {given_outputs} are set by reproduce (runs/<preset>/); "
                 "remove them"
             )
+        targets = parameters.values() if section == "common" else [parameters[section]]
+        for key, value in values.items():
+            for default in {params[key]["default"] for params in targets if key in params}:
+                check_like_default(key, value, default, f"{source}: {section}")
+
+
+def check_like_default(key: str, value: Any, default: str, where: str) -> None:
+    """Refuse ``value`` when the notebook's default (its source text, as papermill reads it) is
+    a literal of another kind: a list for a list, a number for a number, a string for a string,
+    True/False for a bool; anything where the default is None. Caught here, before the first
+    notebook runs, rather than when the notebook that reads it starts."""
+    try:
+        expected = ast.literal_eval(default)
+    except (ValueError, SyntaxError):  # not a literal: nothing to compare with
+        return
+    if expected is None or value is None:
+        return
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple)}
+    allowed = kinds.get(type(expected), (type(expected),))
+    if isinstance(value, bool) != isinstance(expected, bool) or not isinstance(value, allowed):
+        names = " or ".join(kind.__name__ for kind in allowed)
+        hint = "; YAML reads 1e-3 as a string: write 0.001" if isinstance(value, str) else ""
+        raise ValueError(
+            f"{where}: {key}={value!r} has type {type(value).__name__}; {key} must be {names} "
+            f"(the notebook's default: {default}{hint})"
+        )
 
 
 def notebook_parameters(preset: dict, notebook: Path, run_dir: Path, figures_dir: Path) -> dict:
