@@ -30,6 +30,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
+    PretrainedConfig,
     PreTrainedModel,
 )
 
@@ -390,39 +391,37 @@ def hf_classifier(
     elif head_name in loading["missing_keys"]:  # a base model: the usual start of fine-tuning
         log.info("model %s: a new, randomly initialised head of %d classes", name, num_labels)
     elif label_names is not None:
-        _match_head_classes(name, classifier, [str(label) for label in label_names])
+        _match_head_classes(name, model.config, head, [str(label) for label in label_names])
     return classifier
 
 
-def _match_head_classes(name: str, classifier: HFClassifier, data: list[str]) -> None:
-    """Reorder the head's output rows when its named classes are the data's in another order;
-    log when they are other names (output i is then read as the data's class i)."""
-    config = classifier.model.config
-    head = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
-    if all(label == f"LABEL_{i}" for i, label in enumerate(head)) or _folded(head) == _folded(data):
+def _match_head_classes(
+    name: str, config: PretrainedConfig, head: nn.Linear, data: list[str]
+) -> None:
+    """Reorder ``head``'s output rows when its named classes (``config.id2label``) are the data's
+    in another order; log when they are other names (output i is then read as the data's
+    class i)."""
+    named = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    folded, wanted = [n.casefold() for n in named], [d.casefold() for d in data]
+    if all(label == f"LABEL_{i}" for i, label in enumerate(named)) or folded == wanted:
         return  # an unnamed head, or the same classes in the same order
-    if sorted(_folded(head)) != sorted(_folded(data)):
+    if sorted(folded) != sorted(wanted):
         log.warning(
             "model %s: its head's classes %s are not the data's %s; output i is read as the "
             "data's class i",
             name,
-            head,
+            named,
             data,
         )
         return
-    order = [_folded(head).index(label) for label in _folded(data)]
-    layer = classifier.classifier_layer()
+    order = [folded.index(label) for label in wanted]
     with torch.no_grad():
-        layer.weight.copy_(layer.weight[order])
-        if layer.bias is not None:
-            layer.bias.copy_(layer.bias[order])
+        head.weight.copy_(head.weight[order])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[order])
     config.id2label = dict(enumerate(data))
     config.label2id = {label: i for i, label in enumerate(data)}
-    log.info("model %s: head outputs reordered from %s to the data's %s", name, head, data)
-
-
-def _folded(labels: list[str]) -> list[str]:
-    return [label.casefold() for label in labels]
+    log.info("model %s: head outputs reordered from %s to the data's %s", name, named, data)
 
 
 @lru_cache(maxsize=8)

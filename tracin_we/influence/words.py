@@ -10,6 +10,7 @@ over its whole words (what targeted fixing edits, §6). Positive = proponent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import weakref
@@ -183,14 +184,12 @@ def word_scheme(tokenizer) -> WordScheme:
     (a decoder swapped in later is not seen)."""
     if tokenizer is None:
         return WORDPIECE
-    try:
+    with contextlib.suppress(KeyError, TypeError):  # TypeError: not weakly referable, uncached
         return _schemes[tokenizer]
-    except KeyError:
-        scheme = _backend_scheme(tokenizer) or _vocabulary_scheme(tokenizer)
+    scheme = _backend_scheme(tokenizer) or _vocabulary_scheme(tokenizer)
+    with contextlib.suppress(TypeError):
         _schemes[tokenizer] = scheme
-        return scheme
-    except TypeError:  # neither hashable nor weakly referable: not cached
-        return _backend_scheme(tokenizer) or _vocabulary_scheme(tokenizer)
+    return scheme
 
 
 def _backend_scheme(tokenizer) -> WordScheme | None:
