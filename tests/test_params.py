@@ -341,8 +341,9 @@ def test_runs_dir_takes_every_output_and_the_cache(tmp_path, monkeypatch):
     assert "TRACIN_WE_CACHE" not in os.environ  # restored after the run
     monkeypatch.chdir(tmp_path)  # a relative DIR is the caller's, not the repository's
     rp.main(["--preset", "smoke", "--only", "01", "--runs", "relative"])
-    assert seen[-1] == (seen[-1][0], str(tmp_path / "relative" / "cache"))
-    assert seen[-1][0]["run_dir"] == str(tmp_path / "relative" / "smoke")
+    params, cache = seen[-1]
+    assert cache == str(tmp_path / "relative" / "cache")
+    assert params["run_dir"] == str(tmp_path / "relative" / "smoke")
     monkeypatch.setattr(rp.papermill, "execute_notebook", _must_not_run)  # a failing notebook
     with pytest.raises(AssertionError, match="a notebook ran"):
         rp.reproduce("smoke", only=["01"], runs=tmp_path)
