@@ -288,3 +288,118 @@ def test_overwrite_refuses_a_folder_with_foreign_files(train_config, tmp_path):
     result = train(other, run_dir=run_dir, overwrite=True, progress=False)
     assert [c.epoch for c in result.checkpoints] == [2]
     assert not (run_dir / "epoch1.pt").exists()
+
+
+# Confined to its own folder: hostile manifests are never followed, foreign files never replaced.
+
+HOSTILE_NAMES = ["../victim.txt", "sub/../../victim.txt", "..", ".", "", "a\\b", "x\0y"]
+
+
+@pytest.mark.parametrize("name", [*HOSTILE_NAMES, "ABSOLUTE"])
+def test_a_manifest_naming_a_path_outside_its_folder_is_damage_never_followed(
+    tmp_path, caplog, name
+):
+    folder_path, victim = tmp_path / "run", tmp_path / "victim.txt"
+    victim.write_text("the user's")
+    Folder(folder_path).write_json("config.json", {"k": 1})
+    name = str(victim) if name == "ABSOLUTE" else name
+    with open(folder_path / MANIFEST, "a") as manifest:
+        manifest.write(json.dumps({"file": name, "sha256": file_sha256(victim)}) + "\n")
+    folder = Folder(folder_path)
+    with caplog.at_level(logging.WARNING):
+        assert set(folder.records()) == {"config.json"}  # the hostile record is not a record
+    assert any("outside its folder" in r.getMessage() for r in caplog.records)
+    with pytest.raises(CheckpointError, match=r"manifest\.jsonl is damaged.*nothing was deleted"):
+        folder.clear()
+    assert victim.read_text() == "the user's"
+    assert (folder_path / "config.json").exists()  # nothing deleted, ours included
+
+
+def test_a_hostile_manifest_in_a_run_dir_stops_overwrite_before_any_deletion(
+    train_config, tmp_path
+):
+    run_dir, victim = tmp_path / "named", tmp_path / "victim.txt"
+    train(train_config(epochs=1, checkpoint_epochs=[1]), run_dir=run_dir, progress=False)
+    victim.write_text("the user's")
+    with open(run_dir / MANIFEST, "a") as manifest:
+        manifest.write(json.dumps({"file": str(victim), "sha256": file_sha256(victim)}) + "\n")
+    other = train_config(epochs=2, checkpoint_epochs=[2])
+    with pytest.raises(CheckpointError, match=r"run_dir=.*damaged.*nothing was deleted"):
+        train(other, run_dir=run_dir, overwrite=True, progress=False)
+    assert victim.read_text() == "the user's" and (run_dir / "epoch1.pt").exists()
+
+
+@pytest.mark.parametrize("name", [*HOSTILE_NAMES, MANIFEST, "ABSOLUTE"])
+def test_folder_writes_only_plain_names(tmp_path, name):
+    outside = tmp_path / "outside.bin"
+    name = str(outside) if name == "ABSOLUTE" else name
+    with pytest.raises(ValueError, match="not a plain file name"):
+        Folder(tmp_path / "f" / "g").write(name, b"x")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []  # nothing written anywhere
+
+
+def test_a_file_is_never_in_place_without_its_record(tmp_path, monkeypatch):
+    """The record is appended before the rename: a writer killed between the two leaves a record
+    without its file (then missing or damaged), never an unrecorded file that would count as the
+    user's."""
+    folder, seen = Folder(tmp_path), []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(Path(dst).name in Folder(tmp_path).records(reload=True))
+        real_replace(src, dst)
+
+    monkeypatch.setattr("tracin_we.persistence.os.replace", replace)
+    folder.write_json("a.json", [1])
+    folder.save_torch("b.pt", {"x": torch.zeros(2)})
+    assert seen == [True, True]
+
+
+def test_a_subfolder_is_foreign_even_when_a_manifest_names_it(tmp_path):
+    folder = Folder(tmp_path)
+    folder.write_json("a.json", [1])
+    (tmp_path / "a.json").unlink()
+    (tmp_path / "a.json").mkdir()  # a folder where our file was: not ours to delete
+    (tmp_path / "a.json" / "user.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"did not write \(\['a\.json/'\]\)"):
+        folder.clear()
+    assert (tmp_path / "a.json" / "user.txt").read_text() == "mine"
+
+
+@pytest.fixture
+def tiny_deletion(tmp_path, token_splits):
+    config = DeletionConfig(
+        train=TrainConfig.from_params(
+            model="cnn", n_train=32, n_val=8, n_test=16, max_length=12, epochs=1, batch_size=8,
+            checkpoint_epochs=[1],
+        ),
+        methods=("random",), ks=(3,), n_test_points=2, seeds=(0,), backend="sequential",
+        n_bootstrap=10,
+    )  # fmt: skip
+    return lambda **kw: run_deletion(config, token_splits, cache=tmp_path, progress=False, **kw)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_deletion_never_replaces_the_users_files_in_out_dir(tmp_path, tiny_deletion, overwrite):
+    out_dir = tmp_path / "mine"
+    out_dir.mkdir()
+    for name in ("config.json", "deletion.csv"):
+        (out_dir / name).write_text(f"the user's {name}")
+    with pytest.raises(CheckpointError, match=r"out_dir=.*did not write.*config\.json") as error:
+        tiny_deletion(out_dir=out_dir, overwrite=overwrite)
+    assert "damaged" not in str(error.value) and "overwrite=True" not in str(error.value)
+    for name in ("config.json", "deletion.csv"):
+        assert (out_dir / name).read_text() == f"the user's {name}"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "deletion.csv"]
+
+
+def test_overwrite_of_a_result_folder_removes_only_what_tracin_we_wrote(tmp_path, tiny_deletion):
+    first = tiny_deletion(out_dir=tmp_path / "out")
+    ours = sorted(p.name for p in first.out_dir.iterdir())
+    (first.out_dir / "notes.txt").write_text("mine")  # added later: refused, nothing deleted
+    with pytest.raises(CheckpointError, match=r"notes\.txt.*nothing was deleted"):
+        tiny_deletion(out_dir=first.out_dir, overwrite=True)
+    assert sorted(p.name for p in first.out_dir.iterdir()) == sorted([*ours, "notes.txt"])
+    (first.out_dir / "notes.txt").unlink()
+    tiny_deletion(out_dir=first.out_dir, overwrite=True)
+    assert sorted(p.name for p in first.out_dir.iterdir()) == ours

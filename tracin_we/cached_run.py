@@ -64,8 +64,10 @@ class Schedule:
 def open_run(folder: Folder, resolved: dict, overwrite: bool) -> dict | None:
     """The finished run's ``result.json`` when ``folder`` holds one for ``resolved``; else None,
     with ``config.json`` written (a folder of another config: ``CheckpointError``, or cleared
-    when ``overwrite``)."""
+    when ``overwrite``). A folder holding anything tracin-we did not write is refused first
+    (``Folder.claim``), also under ``overwrite``."""
     folder.remove_stale_tmp()
+    folder.claim("run_dir")
     remedy = f"delete the run folder {str(folder)!r} to retrain"
     try:
         saved = folder.read_json("config.json", recompute=False, remedy=remedy)
@@ -79,7 +81,7 @@ def open_run(folder: Folder, resolved: dict, overwrite: bool) -> dict | None:
                 f"run_dir={str(folder)!r} holds a run of another config; choose another run_dir "
                 "or pass overwrite=True"
             )
-        folder.clear()
+        folder.clear("run_dir")
     result = folder.read_json("result.json", recompute=False, remedy=remedy)
     if result is not None:
         log.info("reusing %s", folder)

@@ -21,8 +21,14 @@ or it cannot be parsed. Then:
 - otherwise (a finished training run, a saved deletion sweep) the read raises ``CheckpointError``
   naming the file and what to delete.
 
-The manifest also says which files the project wrote: ``Folder.clear`` (``overwrite=True``)
-removes exactly those and refuses a folder holding anything else. ``Folder.remove_stale_tmp``
+The manifest also says which files the project wrote; anything else in a folder is *foreign*.
+Each record is appended before its file is renamed into place, so a file without a record was not
+written by this project (or by a version older than this rule). A folder that a run claims as its
+own (``run_dir``, ``out_dir``: ``Folder.claim``) must hold nothing foreign, and ``Folder.clear``
+(``overwrite=True``) removes exactly the recorded files: a foreign file is never replaced or
+deleted. A manifest record naming anything but a plain file name of its own folder (``../x``, an
+absolute path, ``a/b``) is damage: it is reported, never followed, and ``clear`` then deletes
+nothing. ``Folder.remove_stale_tmp``
 deletes the temporary files of writers that were killed mid-write; each run calls it when it opens
 its folder. Manifest records are single appended lines, so processes writing different files of one
 folder at once (``fixing``'s workers) do not lose each other's records on a local disk.
@@ -100,7 +106,8 @@ os.umask(_UMASK)
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``:
-    an interrupted run never leaves a half-written file under ``path``'s name."""
+    an interrupted run never leaves a half-written file under ``path``'s name (``write`` may also
+    record the file elsewhere: ``Folder.write`` appends its manifest line there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.{os.getpid()}@{socket.gethostname()}."
@@ -130,40 +137,69 @@ def load_torch_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` is a plain file name: one path component, not ``.``/``..``, no separator
+    (either slash), no NUL, not the manifest itself. Only such names are read from a manifest."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..", MANIFEST)
+        and not any(c in name for c in "/\\\0")
+    )
+
+
 class Folder:
     """A folder of files this project writes, each recorded with its sha256 in ``manifest.jsonl``.
 
-    Names are plain file names inside the folder. Write with ``write``/``save_torch``/
-    ``write_json``; read back with ``read``/``load_torch``/``read_json``, which verify the hash
-    and apply the damaged-file rule of the module docstring.
+    Names are plain file names inside the folder (``is_plain_name``). Write with ``write``/
+    ``save_torch``/``write_json``; read back with ``read``/``load_torch``/``read_json``, which
+    verify the hash and apply the damaged-file rule of the module docstring.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._records: dict[str, str] | None = None
+        self.hostile: list[str] = []  # manifest records naming no plain file of this folder
 
     def records(self, reload: bool = False) -> dict[str, str]:
         """File name → sha256 recorded when it was last written (the manifest's last line wins;
-        a line cut short by a killed writer is skipped)."""
+        a line cut short by a killed writer is skipped). A record naming anything but a plain
+        file name is logged, kept in ``hostile`` and never followed."""
         if self._records is None or reload:
-            self._records = {}
+            self._records, self.hostile = {}, []
             manifest = self.path / MANIFEST
             raw = manifest.read_bytes() if manifest.is_file() else b""
-            lines = raw.decode(errors="replace").splitlines()
-            for line in lines:
+            for line in raw.decode(errors="replace").splitlines():
                 try:
                     record = json.loads(line)
-                    self._records[record["file"]] = record["sha256"]
+                    name, digest = record["file"], record["sha256"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
+                if is_plain_name(name):
+                    self._records[name] = digest
+                else:
+                    self.hostile.append(repr(name))
+            if self.hostile:
+                log.warning(
+                    "%s names entries outside its folder %s; damaged, ignored",
+                    manifest,
+                    self.hostile[:5],
+                )
         return self._records
 
     def write(self, name: str, data: bytes | memoryview) -> str:
-        """Write ``data`` to ``name`` atomically and record its sha256 (returned)."""
+        """Write ``data`` to ``name`` atomically and record its sha256 (returned). The record is
+        appended before the rename, so a file in place always has one."""
+        if not is_plain_name(name):
+            raise ValueError(f"name={name!r} is not a plain file name inside {str(self.path)!r}")
         digest = hashlib.sha256(data).hexdigest()
-        atomic_write(self.path / name, lambda tmp: tmp.write_bytes(data))
-        with open(self.path / MANIFEST, "a") as manifest:  # one short line: one append
-            manifest.write(json.dumps({"file": name, "sha256": digest, "bytes": len(data)}) + "\n")
+
+        def write_then_record(tmp: Path) -> None:
+            tmp.write_bytes(data)
+            with open(self.path / MANIFEST, "a") as manifest:  # one short line: one append
+                record = {"file": name, "sha256": digest, "bytes": len(data)}
+                manifest.write(json.dumps(record) + "\n")
+
+        atomic_write(self.path / name, write_then_record)
         self.records()[name] = digest
         return digest
 
@@ -190,7 +226,7 @@ class Folder:
         if recorded == digest:
             return data
         if recorded is None:
-            why = f"{MANIFEST} has no record of it: another version wrote it, or a killed one"
+            why = f"{MANIFEST} has no record of it: tracin-we did not write it (or an old version)"
         else:
             why = f"its sha256 differs from the one recorded in {MANIFEST} when it was written"
         return self.damaged(name, why, recompute, remedy)
@@ -224,26 +260,41 @@ class Folder:
         raise CheckpointError(f"{str(path)!r} is damaged ({why}); {remedy or 'delete it'}")
 
     def foreign(self) -> list[str]:
-        """Entries of the folder this project did not write (subfolders end in '/')."""
+        """Entries of the folder this project did not write: files without a manifest record,
+        and every subfolder (this project writes files only; they end in '/')."""
         if not self.path.is_dir():
             return []
         ours = set(self.records(reload=True)) | {MANIFEST}
         return sorted(
-            entry.name + ("/" if entry.is_dir() else "")
+            entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
             for entry in os.scandir(self.path)
-            if entry.name not in ours and not (entry.is_file() and _is_tmp(entry.name))
+            if entry.is_dir(follow_symlinks=False)
+            or (entry.name not in ours and not (entry.is_file() and _is_tmp(entry.name)))
         )
 
-    def clear(self) -> None:
-        """Delete every file this project wrote here. Refuses, deleting nothing, when the folder
-        holds anything else (``CheckpointError`` naming those entries)."""
+    def claim(self, parameter: str) -> None:
+        """Check that this folder, which ``parameter`` names as a run's own, holds only what
+        tracin-we wrote: ``CheckpointError`` naming the foreign entries (or the damaged manifest)
+        otherwise, before anything is read, written or deleted there."""
         foreign = self.foreign()
+        if self.hostile:
+            raise CheckpointError(
+                f"{parameter}={str(self.path)!r}: its {MANIFEST} is damaged: it names "
+                f"{self.hostile[:5]}, which are not plain file names in the folder (never "
+                "followed); nothing was deleted: check the folder and delete it yourself"
+            )
         if foreign:
             raise CheckpointError(
-                f"{str(self.path)!r} holds entries that tracin-we did not write ({foreign[:10]}"
-                f"{' ...' if len(foreign) > 10 else ''}); nothing was deleted: move them "
-                "elsewhere, or choose another folder"
+                f"{parameter}={str(self.path)!r} holds entries that tracin-we did not write "
+                f"({foreign[:10]}{' ...' if len(foreign) > 10 else ''}); it never replaces or "
+                "deletes them, and nothing was deleted: choose a new or empty folder, or move "
+                "them elsewhere"
             )
+
+    def clear(self, parameter: str = "folder") -> None:
+        """Delete every file this project wrote here. Refuses, deleting nothing, when the folder
+        holds anything else or its manifest names entries outside it (``claim``)."""
+        self.claim(parameter)
         for name in self.records():
             (self.path / name).unlink(missing_ok=True)
         self.remove_stale_tmp(everything=True)
@@ -314,12 +365,17 @@ def claim_result_folder(
     overwrite: bool = False,
 ) -> Path:
     """The folder of the result that ``resolved`` defines (``out_dir``, else
-    ``<cache>/<kind>/<key of resolved>``), with ``config.json`` written into it. A folder that
-    holds another result is refused (``what`` names it in the error) unless ``overwrite``."""
+    ``<cache>/<kind>/<key of resolved>``), with ``config.json`` written into it. A folder holding
+    anything tracin-we did not write is refused (``Folder.claim``), also under ``overwrite``. One
+    that holds another result is refused (``what`` names it in the error) unless ``overwrite``,
+    which first deletes the files tracin-we wrote there."""
     folder = Folder(out_dir if out_dir else cache_dir(cache) / kind / config_key(resolved))
     folder.remove_stale_tmp()
+    folder.claim("out_dir")
+    if overwrite:
+        folder.clear("out_dir")
     remedy = f"pass overwrite=True to rewrite the {what}, or delete the folder"
-    saved = None if overwrite else folder.read_json("config.json", recompute=False, remedy=remedy)
+    saved = folder.read_json("config.json", recompute=False, remedy=remedy)
     if saved not in (None, resolved):
         raise CheckpointError(
             f"out_dir={str(folder)!r} holds another {what}; choose another out_dir or pass "
