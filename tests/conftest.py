@@ -1,6 +1,7 @@
 """Shared fixtures: the offline AG News data, a private cache, tiny local data files, quick
 training configs, synthetic token data with the CNN recipe and deletion sweep that trains on it,
-a retrain counter and a small influence setup."""
+a retrain counter, a small influence setup, and ``assert_top_k_close``: a top-k compared with
+that of a computation rounding differently (another batch size, padding or device)."""
 
 from __future__ import annotations
 
@@ -208,6 +209,39 @@ def texts(n: int, seed: int, classes: int = 3) -> list[dict]:
         ).tolist()
         out.append(example([CLS_ID, *words, SEP_ID], i % classes))
     return out
+
+
+def assert_top_k_close(
+    result, scores: torch.Tensor, k: int, proponents: bool = True, *, atol: float
+) -> float:
+    """``result`` (``InfluentialResults``) is ``influence.top_k(scores, k, proponents)`` of a
+    computation of ``scores`` that rounds differently (another batch size, padding, kernel or
+    device), off by at most ``atol`` per entry, so entries within that of each other may swap:
+
+    - the k best values are the reference's to ``atol`` (sorting moves no value by more than
+      the largest entry change);
+    - every index comes with its own score, and no row repeats an index (a misordered row, a
+      dropped or repeated chunk fails here);
+    - at every rank whose reference value is more than 2·``atol`` from its neighbours (the ranks
+      just above and below it, the first one left out included), the index is the reference's.
+
+    Returns the share of (row, rank) pairs whose index was checked: callers assert that it is
+    not 0, so that the comparison cannot pass for want of isolated scores."""
+    n_test = len(scores)
+    assert result.indices.shape == result.influence_scores.shape == (n_test, k)
+    close = {"rtol": 0.0, "atol": atol}
+    reference = torch.sort(scores, dim=1, descending=proponents, stable=True)
+    values = result.influence_scores.to(scores.dtype)
+    torch.testing.assert_close(values, reference.values[:, :k], **close)
+    torch.testing.assert_close(scores.gather(1, result.indices), values, **close)
+    assert all(len(set(row)) == k for row in result.indices.tolist()), "an index repeats"
+    gaps = reference.values.diff(dim=1).abs()  # (n_test, n_train - 1): rank r to rank r + 1
+    inf = gaps.new_full((n_test, 1), torch.inf)
+    above, below = torch.cat([inf, gaps], 1)[:, :k], torch.cat([gaps, inf], 1)[:, :k]
+    isolated = (above > 2 * atol) & (below > 2 * atol)
+    expected = reference.indices[:, :k]
+    assert torch.equal(result.indices[isolated], expected[isolated]), (result.indices, expected)
+    return float(isolated.float().mean())
 
 
 # ---- synthetic token data, its CNN recipe and deletion sweep (deletion, overlap, fixing) ----

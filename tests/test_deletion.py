@@ -214,6 +214,8 @@ def test_removing_nothing_reproduces_the_baseline_exactly(sweep, splits, deletio
     )  # seed 0, the full set
     labels = test_t["labels"][result.points]
     seed0 = result.table[result.table["seed"] == 0].groupby("point")["baseline_seed"].first()
+    # Bitwise: the baseline retrain is train()'s fit, step for step, on the same (one) torch
+    # thread; training only the present embedding rows changes no bit (test_train).
     assert np.array_equal(
         seed0.loc[result.points].to_numpy(), original[result.points, labels].numpy()
     )
@@ -278,7 +280,9 @@ def test_joblib_backend_equals_plain_retraining(sweep, splits, tmp_path, deletio
     fast = run_deletion(config, splits, cache=tmp_path, progress=False)
     assert fast.n_trained == 2 + 4 * 2 * 2 * 2
     p, p_ref = matching_p(fast, sweep[0])
-    assert np.array_equal(p, p_ref)  # bit for bit: workers run the same fit
+    # Bit for bit: the workers run the same fit on one torch thread each (retrain_threads:
+    # cores // workers), as the sequential sweep does here (conftest).
+    assert np.array_equal(p, p_ref)
 
 
 @pytest.mark.slow

@@ -208,7 +208,7 @@ def test_tracin_layer_equals_brute_force(name: str) -> None:
     pick = lambda m: [dict(m.named_parameters())[n] for n in chosen]  # noqa: E731
     assert_close(ours, brute_force(model, ckpts, train, test, pick))
     by_names = influence.scores("tracin-layer", model, ckpts, train, test, params=chosen, **F64)
-    assert torch.equal(ours, by_names)
+    assert torch.equal(ours, by_names)  # the same parameters, so the same computation
 
 
 def explicit_influence_last(
@@ -579,6 +579,7 @@ def test_topk_equals_brute_force_and_full_when_top_tokens_cover_text(setup) -> N
     topk = influence.scores("tracin-we-topk", model, ckpts, train, test, top_tokens=3, **F64)
     assert_close(topk, topk_brute_force(model, ckpts, train, test, top_tokens=3))
     full = influence.scores("tracin-we", model, ckpts, train, test, **F64)
+    # Every position kept: the same gradients, rows and sums as TracIn-WE's, bitwise.
     assert torch.equal(
         influence.scores("tracin-we-topk", model, ckpts, train, test, top_tokens=LENGTH, **F64),
         full,
@@ -660,7 +661,7 @@ def test_noc_drops_cls_and_sep_word_scores(setup) -> None:
         *(set(ex["input_ids"][: sum(ex["attention_mask"])]) for ex in train + test)
     )
     assert common == {CLS, SEP}  # so the default drops exactly these
-    assert torch.equal(noc, explicit)
+    assert torch.equal(noc, explicit)  # the same ids dropped: the same computation
     for j, i in [(0, 0), (1, 3), (3, 5)]:
         tokens = influence.word_scores(model, ckpts, train[i], test[j], **F64).tokens
         special = tokens[tokens.token_id.isin([CLS, SEP])].contribution.sum()

@@ -32,6 +32,8 @@ def test_each_column_is_tracin_on_that_layer_summed_over_the_reference_set(make)
     groups = layer_groups(model)
     assert list(table.columns) == list(dict.fromkeys(groups.values()))
     expected_we = scores("tracin-we", model, ckpts, train, reference).sum(0).double()
+    # float32 at batch 4 against scores' default batch: other summation orders (seen: at most
+    # 5% of this tolerance).
     assert torch.allclose(
         torch.tensor(table["word_embeddings"].values), expected_we, rtol=1e-4, atol=1e-7
     )

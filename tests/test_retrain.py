@@ -143,7 +143,9 @@ def as_dataset(t: dict[str, torch.Tensor]) -> Dataset:
 
 
 def test_removing_nothing_reproduces_training_exactly(tmp_path):
-    """A job with nothing removed is the model ``train`` saves, bit for bit (sequential)."""
+    """A job with nothing removed is the model ``train`` saves, bit for bit (sequential): the
+    same fit, step for step, on the same (one) torch thread; training only the present embedding
+    rows changes no bit (test_train)."""
     train_t, test_t = tensors(), tensors(16, seed=1)
     splits = DatasetDict(
         train=as_dataset(train_t), validation=as_dataset(test_t), test=as_dataset(test_t)

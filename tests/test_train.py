@@ -175,7 +175,12 @@ def test_training_present_rows_only_gives_the_same_model_bit_for_bit(
     tiny_data_dir, model, optimizer, freeze
 ):
     """The speed-up of ``present_rows_only``: absent tokens' rows never move, so training the
-    present rows alone (and some examples removed) must give every weight bit for bit."""
+    present rows alone (and some examples removed) must give every weight bit for bit.
+
+    Bitwise is the claim, and the computation is the same: every step is elementwise on each
+    embedding row or a per-row gather/scatter in the same order, on one torch thread (conftest),
+    and 128-float rows start on whole SIMD blocks in either matrix (no element moves between a
+    kernel's vector body and its scalar tail, which may round differently)."""
     config = tiny_train_config(
         tiny_data_dir,
         model=model,
