@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -52,27 +54,68 @@ def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None)
 
 
 def resolve_checkpoints(checkpoints: Iterable[CheckpointLike]) -> list[tuple[StateDict, float]]:
-    """``(state_dict or path, lr)`` pairs → ``(state_dict, lr)``; every lr must be positive."""
-    resolved = []
-    for i, item in enumerate(checkpoints):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise ValueError(f"checkpoints[{i}] must be a (state_dict_or_path, lr) pair")
-        state, lr = item
-        if not float(lr) > 0:
-            raise ValueError(f"checkpoints[{i}] has learning rate {lr}; it must be > 0")
-        if not isinstance(state, dict):
-            state = load_checkpoint(state)["state_dict"]
-        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-        if bad:
-            raise ValueError(
-                f"checkpoints[{i}] has non-finite weights in {bad[:5]}"
-                f"{' ...' if len(bad) > 5 else ''}: it comes from a diverged run; retrain "
-                "with a lower lr"
-            )
-        resolved.append((state, float(lr)))
-    if not resolved:
+    """``(state_dict or path, lr)`` pairs → ``(state_dict, lr)``. Checked before any file is
+    loaded: a non-empty list of pairs, each a state dict or a path with a finite learning rate
+    > 0 (``learning_rate``); then each loaded state dict for non-finite weights."""
+    if isinstance(checkpoints, (str, os.PathLike, Mapping)) or not isinstance(
+        checkpoints, Iterable
+    ):
+        raise ValueError(
+            f"checkpoints must be a list of (state_dict_or_path, lr) pairs; got a "
+            f"{type(checkpoints).__name__}"
+        )
+    pairs = [_pair(i, item) for i, item in enumerate(checkpoints)]
+    if not pairs:
         raise ValueError("checkpoints is empty; give at least one (state_dict_or_path, lr) pair")
-    return resolved
+    return [(_loaded(i, state), lr) for i, (state, lr) in enumerate(pairs)]
+
+
+def learning_rate(lr: object, name: str) -> float:
+    """``lr`` as a float: a real number (an int, a float, a numpy or one-element torch number;
+    not a bool), finite and > 0, else a ``ValueError`` naming ``name``."""
+    if torch.is_tensor(lr) and lr.numel() == 1 and not lr.dtype.is_complex:
+        lr = lr.item()
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
+        raise ValueError(f"{name} has learning rate {lr!r}; it must be a number > 0")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"{name} has learning rate {lr}; it must be > 0 and finite")
+    return float(lr)
+
+
+def _pair(i: int, item: object) -> tuple[StateDict | str | os.PathLike, float]:
+    """Checkpoint ``i`` as ``(state, lr)``, nothing loaded yet."""
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        single = " (one checkpoint? give a list of pairs: [(state_dict, lr)])"
+        raise ValueError(
+            f"checkpoints[{i}] must be a (state_dict_or_path, lr) pair; got a "
+            f"{type(item).__name__}" + (single if isinstance(item, Mapping) else "")
+        )
+    state, lr = item
+    if not isinstance(state, (Mapping, str, os.PathLike)):
+        raise ValueError(
+            f"checkpoints[{i}] holds a value of type {type(state).__name__}; give a state dict "
+            "(name → tensor) or the path of a checkpoint file, paired with its learning rate"
+        )
+    return state, learning_rate(lr, f"checkpoints[{i}]")
+
+
+def _loaded(i: int, state: StateDict | str | os.PathLike) -> StateDict:
+    """Checkpoint ``i``'s state dict (loaded from its path), refused when it holds non-finite
+    weights."""
+    if not isinstance(state, Mapping):
+        state = load_checkpoint(state)["state_dict"]
+    bad = [
+        k
+        for k, v in state.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:
+        raise ValueError(
+            f"checkpoints[{i}] has non-finite weights in {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}: it comes from a diverged run; retrain "
+            "with a lower lr"
+        )
+    return state
 
 
 def trainer_checkpoints(output_dir: str | os.PathLike) -> list[tuple[StateDict, float]]:

@@ -8,7 +8,8 @@ A notebook's ``parameters`` cell, a preset section and ``papermill -p`` all give
   that are the config's fields (nanoGPT's ``config_keys``); everything else in scope is ignored.
 - ``from_params(DeletionConfig, params)``: the same from a dict, where an unknown name is an error.
 - ``check_types(config)``: called first in every config's ``__post_init__``; each field must match
-  its annotation, else a ``ValueError`` naming the field, the type wanted and the value got.
+  its annotation, else a ``ValueError`` naming the field, the type wanted and the value got; then
+  the value rules that hold for every config (``check_values``), so that no config repeats them.
 
 Rules:
 - A flat name goes to every config of the tree that declares it (``seed`` sets both
@@ -21,6 +22,10 @@ Rules:
   ``False`` only (not ``"no"``, not ``1``); a list/tuple field takes a list or a tuple whose
   elements have the right type. A bare string for a list field is an error, never split into
   characters or wrapped: ``methods="tracin-we"`` → give ``methods=["tracin-we"]``.
+- Values, for every config (``check_values``): a float is finite (NaN and ±inf refused), in a
+  list or dict too; a seed
+  (a field named ``seed``, ``*_seed`` or ``seeds``) is in [0, 2**32). Ranges that differ per
+  field (``lr > 0``, ``epochs >= 1``) are each config's own ``__post_init__`` checks.
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# numpy's seeds (RandomState, np.random.seed) are 32-bit unsigned; torch's are wider.
+SEED_LIMIT = 2**32
 
 
 @functools.cache
@@ -114,8 +123,9 @@ def parse_literal(value: Any, hint: Any) -> Any:
 
 
 def check_types(config: Any) -> None:
-    """Each field of the dataclass instance ``config`` against its annotation; the first mismatch
-    is a ``ValueError`` naming the field, the type wanted and the value got."""
+    """Each field of the dataclass instance ``config`` against its annotation, then against the
+    value rules of ``check_values``; the first mismatch is a ``ValueError`` naming the field, the
+    value got and what is allowed."""
     for name, hint in _hints(type(config)).items():
         value = getattr(config, name)
         if not _matches(value, hint):
@@ -125,6 +135,66 @@ def check_types(config: Any) -> None:
                 f"{name}={value!r} has type {type(value).__name__}; {name} must be {wanted}"
                 + (example if "list" in wanted else "")
             )
+        check_values(name, value, hint)
+
+
+def check_values(name: str, value: Any, hint: Any) -> None:
+    """The rules every config shares, for a field ``name`` whose ``value`` matches ``hint``:
+
+    - every float the annotation calls ``float`` (alone, in a list or tuple, as a dict value) is
+      finite (no field of the package means anything by ±inf);
+    - a seed field (``seed``, ``*_seed``, ``seeds``) holds integers in [0, 2**32).
+
+    The seed rule goes by name, not by a typed alias: every seed of the package is named so, the
+    range is numpy's whichever config holds the seed, and a name rule covers each config,
+    present or future, without its author having to remember an annotation (a forgotten alias
+    would skip the check silently)."""
+    for number in _floats(value, hint):
+        if not _finite(number):
+            subject = name if number is value else f"each number of {name}"
+            raise ValueError(f"{name}={value!r}: {subject} must be finite, not NaN or ±inf")
+    if is_seed(name):
+        many = isinstance(value, (tuple, list))
+        bad = [s for s in (value if many else [value]) if isinstance(s, int)]
+        bad = [s for s in bad if not 0 <= s < SEED_LIMIT]
+        if bad:
+            which = f"{bad[0]} in it is not" if many else f"{name} must be"
+            raise ValueError(
+                f"{name}={value!r}: {which} an integer in [0, 2**32) (numpy's seed range)"
+            )
+
+
+def is_seed(name: str) -> bool:
+    """Whether the field ``name`` holds a random seed (or a list of them)."""
+    return name in ("seed", "seeds") or name.endswith("_seed")
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond the largest float (10**400 for lr)
+        return False
+
+
+def _floats(value: Any, hint: Any) -> Iterator[float]:
+    """The numbers in ``value`` at the places where ``hint`` says ``float`` (``value`` already
+    matches ``hint``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        match = next((h for h in args if _matches(value, h)), None)
+        yield from _floats(value, match) if match is not None else ()
+    elif origin in (tuple, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            for item, item_hint in zip(value, args, strict=True):
+                yield from _floats(item, item_hint)
+        elif args:
+            for item in value:
+                yield from _floats(item, args[0])
+    elif origin is dict and args:
+        for item in value.values():
+            yield from _floats(item, args[1])
+    elif hint is float:
+        yield value
 
 
 def _matches(value: Any, hint: Any) -> bool:

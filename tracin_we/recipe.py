@@ -112,7 +112,9 @@ class TrainConfig:
 
 def check_recipe(config: Recipe) -> None:
     """``ValueError`` naming the field of a recipe (``TrainConfig``, ``pretrain.PretrainConfig``)
-    that is out of range, and what is allowed."""
+    that is out of range, and what is allowed: epochs >= 1, lr > 0, momentum in [0, 1),
+    max_grad_norm > 0 or None, batch_size >= 1, checkpoint_epochs distinct in [1, epochs].
+    Finiteness (lr, momentum, max_grad_norm) and the seed's range are ``check_types``' rules."""
     if config.epochs < 1:
         raise ValueError(f"epochs={config.epochs} must be a positive integer")
     if not config.lr > 0:
@@ -125,11 +127,12 @@ def check_recipe(config: Recipe) -> None:
         raise ValueError(f"max_grad_norm={config.max_grad_norm} must be > 0 or None")
     if config.batch_size < 1:
         raise ValueError(f"batch_size={config.batch_size} must be a positive integer")
-    bad = [e for e in config.checkpoint_epochs if not 1 <= e <= config.epochs]
-    if not config.checkpoint_epochs or bad:
+    epochs = config.checkpoint_epochs
+    bad = [e for e in epochs if not 1 <= e <= config.epochs]
+    if not epochs or bad or len(set(epochs)) != len(epochs):
         raise ValueError(
-            f"checkpoint_epochs={list(config.checkpoint_epochs)} must be a non-empty list of "
-            f"epochs in [1, {config.epochs}]"
+            f"checkpoint_epochs={list(epochs)} must be a non-empty list of distinct epochs in "
+            f"[1, epochs={config.epochs}]"
         )
 
 

@@ -20,9 +20,13 @@ Methods (``METHODS``; formulas in docs/paper.md, arXiv 2202.11844 v1 eq. 2–4 a
 Every method takes ``batch_size``, ``device``, ``dtype``, ``cache_dir`` (the cache root of
 ``tracin_we.persistence``: training-set gradient rows are cached per checkpoint in
 ``<cache_dir>/gradients``) and ``progress`` (bars over checkpoints and gradient batches, default
-True). Bad input raises ``ValueError`` before any gradient is taken: among it, checkpoints with
-non-finite weights, texts longer or shorter than the model accepts, and a model that gives no
-logits or lacks the layer the method needs. A call whose memory estimate (``memory``) exceeds
+True). Bad input raises ``ValueError`` naming the argument before any gradient is taken
+(``options.prepare_data``, ``checkpoints.resolve_checkpoints``, ``Options``): among it, token ids
+that are not an integer (n, L) tensor within the model's vocabulary, labels that are not whole
+numbers in range(num_classes), masks not shaped like the ids, a learning rate that is not a finite
+number > 0, checkpoints with non-finite weights or that do not fit the model, texts longer or
+shorter than the model accepts, and a model that gives no logits or lacks the layer the method
+needs. A call whose memory estimate (``memory``) exceeds
 what the device has free raises ``MemoryError`` before any work. A result holding NaN or ±inf is
 an error too, not a score.
 
@@ -35,6 +39,7 @@ texts of different lengths are padded on the right with the model's pad id.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -58,6 +63,7 @@ from tracin_we.influence.memory import check_memory
 from tracin_we.influence.options import (
     METHOD_OPTIONS,
     Options,
+    check_checkpoint_keys,
     model_sizes,
     parse_options,
     prepare_data,
@@ -143,14 +149,37 @@ def refuse_nan(scores: torch.Tensor) -> None:
 def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> InfluentialResults:
     """Per test example (row of ``scores``, (n_test, n_train)), the ``k`` training examples with the
     largest scores (proponents) or the most negative first (opponents); ties keep index order.
-    NaN scores are refused (they have no rank); ±inf rank first or last."""
-    refuse_nan(scores)
-    if not 1 <= k <= scores.shape[1]:
+    NaN scores are refused (they have no rank); ±inf rank first or last. ``scores`` must be a 2-D
+    real tensor and ``k`` an integer in [1, n_train] (``check_k``)."""
+    if not torch.is_tensor(scores):
         raise ValueError(
-            f"k={k} must be in [1, {scores.shape[1]}] (the number of training examples)"
+            f"scores is a {type(scores).__name__}; it must be a 2-D torch tensor (n_test, "
+            "n_train), as influence.scores returns (from numpy: torch.from_numpy(scores))"
         )
+    if scores.dim() != 2 or scores.dtype.is_complex:
+        raise ValueError(
+            f"scores has shape {tuple(scores.shape)} and dtype {scores.dtype}; it must be a 2-D "
+            "real tensor (n_test, n_train), as influence.scores returns (one test example: "
+            "scores[None])"
+        )
+    if proponents not in (True, False):  # a truthy "opponents" would rank proponents
+        raise ValueError(f"proponents={proponents!r} must be True or False")
+    check_k(k, scores.shape[1])
+    refuse_nan(scores)
     values, indices = torch.sort(scores, dim=1, descending=proponents, stable=True)
     return InfluentialResults(indices[:, :k], values[:, :k])
+
+
+def check_k(k: object, n_train: int) -> None:
+    """``ValueError`` unless ``k`` is an integer (a Python or numpy int, not a bool or float) in
+    [1, n_train]."""
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool):
+        raise ValueError(
+            f"k={k!r} has type {type(k).__name__}; k must be an int (the number of training "
+            f"examples to return, in [1, {n_train}])"
+        )
+    if not 1 <= k <= n_train:
+        raise ValueError(f"k={k!r} must be in [1, {n_train}] (the number of training examples)")
 
 
 def to_captum(scores: torch.Tensor) -> torch.Tensor:
@@ -188,6 +217,7 @@ def _validated(
     if method == "grad-cos" and options_.layer not in ("last", "embedding"):
         select_params(model, options_.layer, "layer")
     checkpoints_ = resolve_checkpoints(checkpoints)
+    check_checkpoint_keys(model, checkpoints_)
     n = [len(t["labels"]) for t in tensors]
     if memory and method != "random":
         check_memory(method, model, options_, n[0], n[1] if len(n) > 1 else 0, len(checkpoints_))
