@@ -62,6 +62,68 @@ def hand_examples(
     return tokenize(table, tokenizer, max_length)
 
 
+def check_hand_parameters(
+    sentences: Sequence[str],
+    labels: Sequence[int],
+    test_sentence: str,
+    test_label: int,
+    pair: int,
+    synonym: Sequence[str],
+    embed_dim: int,
+    steps: int,
+    adam_lr: float,
+    checkpoint_steps: Sequence[int],
+    text_length: int,
+    seed: int,
+) -> None:
+    """Notebook 00's parameters, each named in its ``ValueError``: the training set (one label
+    per sentence), the test point's class among the labels', ``pair`` indexing a sentence, two
+    words in ``synonym``, and the recipe's sizes (``checkpoint_steps`` within ``steps``; the CNN
+    needs ``text_length`` >= 9)."""
+    if (
+        isinstance(sentences, str)
+        or not sentences
+        or not all(isinstance(s, str) for s in sentences)
+    ):
+        raise ValueError(f"sentences={sentences!r} must be a non-empty list of strings")
+    if len(labels) != len(sentences) or not all(_is_int(y) and y >= 0 for y in labels):
+        raise ValueError(
+            f"labels={list(labels)!r} must be one non-negative integer per sentence "
+            f"({len(sentences)} sentences)"
+        )
+    if not isinstance(test_sentence, str) or not test_sentence.strip():
+        raise ValueError(f"test_sentence={test_sentence!r} must be a non-empty string")
+    _check_int("test_label", test_label, 0, max(labels))
+    _check_int("pair", pair, 0, len(sentences) - 1)
+    if (
+        isinstance(synonym, str)
+        or len(synonym) != 2
+        or not all(isinstance(w, str) for w in synonym)
+    ):
+        raise ValueError(f"synonym={synonym!r} must be two words: [word, its synonym]")
+    _check_int("embed_dim", embed_dim, 1, 4096)
+    _check_int("steps", steps, 1, 100_000)
+    _check_int("text_length", text_length, 9, 512)
+    _check_int("seed", seed, 0, 2**32 - 1)
+    if isinstance(adam_lr, bool) or not isinstance(adam_lr, (int, float)) or not 0 < adam_lr < 1e3:
+        raise ValueError(f"adam_lr={adam_lr!r} must be a finite number > 0")
+    wrong = [s for s in checkpoint_steps if not (_is_int(s) and 1 <= s <= steps)]
+    if not checkpoint_steps or wrong or len(set(checkpoint_steps)) != len(checkpoint_steps):
+        raise ValueError(
+            f"checkpoint_steps={list(checkpoint_steps)!r} must be distinct integers in "
+            f"[1, steps={steps}]"
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if not _is_int(value) or not low <= value <= high:
+        raise ValueError(f"{name}={value!r} must be an integer in [{low}, {high}]")
+
+
 def fit_with_checkpoints(
     model: nn.Module, data: Data, config: TrainConfig
 ) -> list[tuple[StateDict, float]]:

@@ -28,6 +28,12 @@ from tracin_we.models import word_embeddings
 VARIANTS = ("C_l1", "C_l1_l2", "C_l2")
 
 
+def check_variant(variant: str) -> None:
+    """``variant`` names one of the ratios ``VARIANTS``; a ``ValueError`` naming it otherwise."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is unknown; allowed: {list(VARIANTS)}")
+
+
 @dataclass
 class _Accumulator:
     """Running sums for one parameter tensor over the examples seen so far."""

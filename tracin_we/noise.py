@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tracin_we.deletion import DeletionConfig
+from tracin_we.recipe import TrainConfig, with_overrides
+
 AGGREGATIONS = ("mean", "rank", "vote")
 
 
@@ -56,10 +59,22 @@ def ndr_curve(score: torch.Tensor, is_noisy: torch.Tensor) -> np.ndarray:
     return (found / noisy.sum()).numpy()
 
 
-def ndr_at(score: torch.Tensor, is_noisy: torch.Tensor, fraction: float = 0.3) -> float:
-    """NDR@fraction: the share of flipped examples among the lowest ⌈fraction·N⌉ scores."""
+def check_fraction(fraction: float) -> None:
+    """NDR's ``fraction`` of the ranking inspected is a number in (0, 1]."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ValueError(f"fraction={fraction!r} must be a number in (0, 1]")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction} must be in (0, 1]")
+
+
+def noisy_train_config(config: DeletionConfig, label_noise: float) -> TrainConfig:
+    """The recipe of ``config`` trained on labels flipped at rate ``label_noise`` (checked)."""
+    return with_overrides(config.train, label_noise=label_noise)
+
+
+def ndr_at(score: torch.Tensor, is_noisy: torch.Tensor, fraction: float = 0.3) -> float:
+    """NDR@fraction: the share of flipped examples among the lowest ⌈fraction·N⌉ scores."""
+    check_fraction(fraction)
     curve = ndr_curve(score, is_noisy)
     return float(curve[int(np.ceil(fraction * len(curve))) - 1])
 

@@ -118,6 +118,24 @@ class NoOverlapResult:
     sweeps: dict[str, Path]
 
 
+def check_candidates(config: DeletionConfig, candidate_fraction: float) -> int:
+    """The number of candidates per test point, ``round(candidate_fraction · n_train)``, after
+    checking that it is in [1, n_train] and at least every k of ``config.ks``."""
+    n_train = config.train.data.n_train
+    count = round(candidate_fraction * n_train) if 0 < candidate_fraction <= 1 else 0
+    if count < 1 or isinstance(candidate_fraction, bool):
+        raise ValueError(
+            f"candidate_fraction={candidate_fraction!r} must be in (0, 1] and keep at least one "
+            f"of the n_train={n_train} training texts"
+        )
+    if max(config.ks) > count:
+        raise ValueError(
+            f"ks={list(config.ks)}: each k must be <= the {count} candidates per test point "
+            f"(candidate_fraction={candidate_fraction} of n_train={n_train})"
+        )
+    return count
+
+
 def run_no_overlap(
     config: DeletionConfig,
     splits: DatasetDict | None = None,
@@ -137,6 +155,7 @@ def run_no_overlap(
     ``<cache>/deletion/<key>`` (the key covers the masked scores), the pooled tables under
     ``<cache>/no_overlap/<key of both>``.
     """
+    check_candidates(config, candidate_fraction)
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     structural = structural_ids(load_tokenizer(config.train.data.tokenizer))
     candidates = least_overlap_candidates(

@@ -2,13 +2,17 @@
 
 A preset is a YAML file with a ``common`` section (parameters every notebook shares, such as the
 data and training recipe) and one section per notebook (``01_train``, ...); sections named
-``x-...`` are ignored (templates for YAML anchors). ``--preset NAME`` reads ``presets/NAME.yaml``;
+``x-...`` are ignored (templates for YAML anchors); a key given twice in one mapping is an error
+(YAML would silently keep the last). ``--preset NAME`` reads ``presets/NAME.yaml``;
 ``--preset path/to/file.yaml`` reads that file. Each notebook receives the parameters of its
 ``parameters`` cell that the preset sets, plus where to write: executed copies and metrics go to
 ``runs/<preset>/``, figures to ``figures/`` for the built-in ``default`` preset only and to
 ``runs/<preset>/figures/`` otherwise. ``--runs DIR`` puts all of it, and the cache, under ``DIR``
-instead, so that a run writes nothing into the repository. A key that its notebook (or, in
-``common``, every notebook) does not declare is an error before anything runs. After the
+instead, so that a run writes nothing into the repository. Before anything runs, every selected
+notebook's parameters are checked (``preflight.check_notebook``): a key that its notebook (or,
+in ``common``, every notebook) does not declare, a value of the wrong type, and any value its
+config refuses (an unknown method, k >= n_train, a checkpoint after the last epoch, ...) is an
+error naming the preset file, the notebook and the parameter. After the
 notebooks (also when one fails), ``runs/<preset>/report.html`` collects every executed notebook
 of that folder in one page, with its figures inline (``reporting.write_report``).
 
@@ -37,6 +41,7 @@ import papermill
 import yaml
 
 from tracin_we.persistence import CACHE_ENV
+from tracin_we.preflight import check_notebook
 from tracin_we.reporting import write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,10 +94,47 @@ def preset_name(preset: str | Path) -> str:
     return preset_path(preset).stem
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice in one mapping (lines {seen[key]} and {line}); "
+                    "YAML would keep only the last: remove one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; a syntax error or a repeated key is a ``ValueError``
+    naming the file, the line and the column."""
+    try:
+        return yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no objects
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"preset {str(path)!r}{where}: {problem}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"preset {str(path)!r} is not UTF-8 text: {error}") from None
+
+
 def load_preset(preset: str | Path) -> dict:
     """The preset's sections, checked against the notebooks' parameters (``check_preset``)."""
     path = preset_path(preset)
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_yaml(path)
+    config = {} if config is None else config
     check_preset(config, source=str(path))
     return config
 
@@ -197,12 +239,27 @@ def output_dirs(
 
 
 def params_for(preset: str | Path, prefix: str, runs: Path | None = None) -> dict:
-    """The parameters ``reproduce`` gives the one notebook whose name starts with ``prefix``."""
+    """The parameters ``reproduce`` gives the one notebook whose name starts with ``prefix``
+    (their values are checked when that notebook runs: the device may be another machine's)."""
     notebooks = select_notebooks([prefix])
     if len(notebooks) != 1:
         raise ValueError(f"params_for={prefix!r} matches {[nb.name for nb in notebooks]}; give one")
     run_dir, figures_dir = output_dirs(preset, runs)
     return notebook_parameters(load_preset(preset), notebooks[0], run_dir, figures_dir)
+
+
+def check_notebooks(
+    config: dict, notebooks: list[Path], run_dir: Path, figures_dir: Path, source: str
+) -> None:
+    """Build and check what each of ``notebooks`` builds from the parameters it will receive
+    (``preflight.check_notebook``), all before the first runs; a ``ValueError`` naming
+    ``source``, the notebook and the parameter otherwise."""
+    for notebook in notebooks:
+        params = notebook_parameters(config, notebook, run_dir, figures_dir)
+        try:
+            check_notebook(notebook, params)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
 
 
 def run_report(run_dir: Path, name: str) -> Path | None:
@@ -263,10 +320,12 @@ def reproduce(
     the error) ``run_report`` writes ``<run_dir>/report.html``."""
     config = load_preset(preset)
     run_dir, figures_dir = output_dirs(preset, runs, figures_dir)
+    notebooks = select_notebooks(only)
+    check_notebooks(config, notebooks, run_dir, figures_dir, str(preset_path(preset)))
     executed = []
     try:
         with cache_under(runs):
-            for notebook in select_notebooks(only):
+            for notebook in notebooks:
                 executed.append(run_notebook(config, notebook, run_dir, figures_dir))
     finally:
         report = run_report(run_dir, preset_name(preset))
@@ -301,8 +360,12 @@ def main(argv: list[str] | None = None) -> None:
             params = params_for(args.preset, args.params_for, runs=args.runs)
             sys.stdout.write(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
             return
-        load_preset(args.preset)  # a bad preset or prefix fails here, before anything runs
-        select_notebooks(args.only)
+        # A bad preset, prefix or parameter fails here, before anything runs.
+        config = load_preset(args.preset)
+        run_dir, figures_dir = output_dirs(args.preset, args.runs)
+        check_notebooks(
+            config, select_notebooks(args.only), run_dir, figures_dir, str(preset_path(args.preset))
+        )
     except ValueError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
