@@ -46,7 +46,8 @@ def sweep(splits, tmp_path_factory, deletion_config, count_retrains) -> tuple[De
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"ks": (0, 3)}, r"ks=\[0, 3\]: each k must be an integer with 0 < k < n_train=32"),
+        ({"ks": (0, 3)}, r"ks=\[0, 3\]: each k must be a distinct integer with 0 < k < n_train"),
+        ({"ks": (3, 3)}, r"ks=\[3, 3\]: each k must be a distinct integer"),
         ({"ks": (32,)}, "0 < k < n_train=32"),
         ({"ks": ()}, "ks="),
         ({"methods": ("tracin-we", "tracin-foo")}, r"methods=.*among \['tracin-we'.*'random'\]"),

@@ -263,3 +263,20 @@ def test_random_text_as_a_preset_loads_or_is_an_error_naming_the_file(text, tmp_
         rp.load_preset(str(path))
     except ValueError as error:
         assert str(path) in str(error), str(error)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"05_fixing": {"damping": 0.0}}, r"05_fixing: damping=0.0 must be > 0"),
+        ({"05_fixing": {"n_mistakes": 41}}, r"05_fixing: n_mistakes=41 must be <= n_test=40"),
+        ({"03_case_deletion": {"ks": [5, 5]}}, r"03_case_deletion: ks=\[5, 5\].*distinct"),
+        ({"09_pretraining_influence": {"n_test_points": 41}}, r"n_test_points=41 must be <="),
+    ],
+)
+def test_ranges_that_failed_late_before_now_fail_first(changes, message, tmp_path, monkeypatch):
+    """Checks that each config now makes itself (damping = 0 failed only when scoring, after
+    training; repeated ks, too many mistakes or test points only deep in the run)."""
+    monkeypatch.setattr(rp.papermill, "execute_notebook", _must_not_run)
+    with pytest.raises(ValueError, match=message):
+        rp.reproduce(str(_preset(tmp_path, changes)), runs=tmp_path / "runs")

@@ -229,7 +229,7 @@ def test_chunks_are_read_back_from_the_cache(tmp_path, monkeypatch: pytest.Monke
     [
         ({"k": N_TRAIN + 1}, rf"k={N_TRAIN + 1} must be in \[1, {N_TRAIN}\]"),
         ({"k": 0}, "k=0 must be in"),
-        ({"k": 2.5}, "k=2.5 must be in"),
+        ({"k": 2.5}, r"k=2.5 has type float; k must be an int"),
         ({"chunk_size": 0}, "chunk_size=0 must be a positive integer"),
         ({"chunk_size": -4}, "chunk_size=-4 must be a positive integer"),
         ({"method": "influence-last"}, r"method='influence-last' cannot stream .*allowed: \["),

@@ -79,9 +79,10 @@ class DeletionConfig:
         self._check_choices("directions", self.directions, DIRECTIONS)
         n_train = self.train.data.n_train
         bad = [k for k in self.ks if not (isinstance(k, int) and 0 < k < n_train)]
-        if not self.ks or bad:
+        if not self.ks or bad or len(set(self.ks)) != len(self.ks):
             raise ValueError(
-                f"ks={list(self.ks)}: each k must be an integer with 0 < k < n_train={n_train}"
+                f"ks={list(self.ks)}: each k must be a distinct integer with 0 < k < "
+                f"n_train={n_train}"
             )
         if not 0 < self.n_test_points <= self.train.data.n_test:
             raise ValueError(

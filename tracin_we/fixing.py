@@ -111,8 +111,15 @@ class FixingConfig:
                 )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={list(self.seeds)} must be a non-empty list of distinct ints")
-        if self.damping < 0:
-            raise ValueError(f"damping={self.damping} must be >= 0")
+        if not self.damping > 0:
+            raise ValueError(
+                f"damping={self.damping} must be > 0 (the last layer's Hessian is singular "
+                "without it)"
+            )
+        if self.n_mistakes > self.train.data.n_test:
+            raise ValueError(
+                f"n_mistakes={self.n_mistakes} must be <= n_test={self.train.data.n_test}"
+            )
         if self.n_workers is not None and self.n_workers < 1:
             raise ValueError(f"n_workers={self.n_workers} must be a positive integer or None")
 

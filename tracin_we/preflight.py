@@ -20,37 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import papermill
-import torch
 
 from tracin_we.by_hand import check_hand_parameters
 from tracin_we.cancellation import check_variant
 from tracin_we.deletion import DeletionConfig
 from tracin_we.explain import check_listing
 from tracin_we.fixing import FixingConfig
+from tracin_we.influence.options import check_device
 from tracin_we.lds import LDSConfig
 from tracin_we.noise import check_fraction, noisy_train_config
 from tracin_we.overlap import check_candidates
 from tracin_we.params import flat_fields, from_params
 from tracin_we.pretrain_study import PretrainStudyConfig
 from tracin_we.recipe import TrainConfig
-
-
-def check_device(device: str) -> None:
-    """``device`` is a torch device available here: ``"cpu"``, or ``"cuda"``/``"cuda:N"`` on a
-    machine with CUDA (also ``"mps"`` where torch has it)."""
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"device={device!r} is not a torch device; allowed: 'cpu', 'cuda', 'cuda:N'"
-        ) from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if not available.get(kind, False):
-        raise ValueError(f"device={device!r} is not available on this machine; use device='cpu'")
 
 
 def check_threads(torch_threads: int) -> None:

@@ -94,6 +94,12 @@ class PretrainStudyConfig:
         for name in ("n_corpus", "pretrain_epochs", "n_mixture", "n_test_points", "k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.n_test_points > self.train.data.n_test:
+            raise ValueError(
+                f"n_test_points={self.n_test_points} must be <= n_test={self.train.data.n_test}"
+            )
+        if self.n_bootstrap < 1:
+            raise ValueError(f"n_bootstrap={self.n_bootstrap} must be a positive integer")
         if not self.pretrain_lr > 0:
             raise ValueError(f"pretrain_lr={self.pretrain_lr} must be > 0")
         if self.n_mixture > self.n_corpus:

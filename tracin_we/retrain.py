@@ -14,7 +14,8 @@ runs a list of jobs on one of three backends, every job by plain ``fit``:
   the default client of this process).
 
 Every backend gives the same probabilities bit for bit at the same number of torch threads per
-job: each job seeds its own init, batch order and dropout. On a CPU what matters for speed is one
+job, on workers of the same CPU type and torch build: each job seeds its own init, batch order
+and dropout (a cluster of other CPUs rounds otherwise). On a CPU what matters for speed is one
 torch thread per process: two OpenMP threads on cores that other processes also use spin-wait
 for each other. Hence the default: joblib workers of one thread each. Measure with
 ``python benchmarks/bench_retrain.py``.
@@ -37,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tracin_we.inputs import Tensors
+from tracin_we.params import SEED_LIMIT
 from tracin_we.persistence import (
     CheckpointError,
     cache_dir,
@@ -61,6 +63,8 @@ class RetrainJob:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "removed", tuple(sorted({int(i) for i in self.removed})))
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed={self.seed} must be an integer in [0, 2**32)")
         if self.removed and self.removed[0] < 0:
             raise ValueError(f"removed={list(self.removed[:5])}...: indices must be >= 0")
 

@@ -11,7 +11,9 @@ test features of every checkpoint, one chunk's features and a (n_test, k + chunk
 bounded by the chunk size, not by n_train × n_test.
 
 For the word-embedding methods (TracIn-WE, -Topk, -NoC, -Syn, grad-cos on the embedding) the
-results equal ``top_k(scores(...), k)`` exactly, ties included:
+results equal ``top_k(scores(...), k)`` exactly, ties included, when both run at the same
+``batch_size``, dtype, device and torch thread count (a per-example gradient rounds with its batch:
+at another batch size, equal to rounding, and near-ties may swap):
 
 - chunks start at multiples of ``batch_size`` (``chunk_size`` is rounded up to a multiple of it),
   so every backward pass sees exactly the batch it sees in ``scores``: a per-example gradient
@@ -43,6 +45,7 @@ from tracin_we.influence import (
     InfluentialResults,
     _kernel,
     _validated,
+    check_k,
     refuse_nan,
 )
 from tracin_we.influence.context import Kernel, Run, prepared
@@ -205,8 +208,7 @@ def _stream(
             f"allowed: {list(STREAMING_METHODS)}, or use scores() and top_k()"
         )
     n_train = len(train_t["labels"])
-    if not (_is_int(k) and 1 <= k <= n_train):
-        raise ValueError(f"k={k!r} must be in [1, {n_train}] (the number of training examples)")
+    check_k(k, n_train)
     n_test, step = len(test_t["labels"]), chunk_step(chunk_size, options_.batch_size)
     check_memory(method, model, options_, n_train, n_test, len(checkpoints_), min(step, n_train), k)
     with prepared(model, options_, probe=test_t), shown(progress):
