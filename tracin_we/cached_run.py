@@ -8,7 +8,8 @@ A run lives in one ``persistence.Folder``:
 - ``epoch<N>.pt`` for each checkpoint epoch and ``final.pt``: ``{"state_dict", "lr", "epoch",
   "config"}`` (``checkpoints.load_checkpoint`` reads them; ``lr`` is TracIn's η);
 - ``resume.pt`` while it runs: the last finished epoch's weights, optimizer state, history and
-  torch RNG state, so an interrupted run continues bitwise as if never stopped;
+  torch RNG state, so an interrupted run continues bitwise as if never stopped (on the same CPU
+  type, torch build and thread count: the thread count is in the key, the CPU is not);
 - ``result.json`` when finished: ``record`` (e.g. the init), metrics, the per-epoch history, and
   each checkpoint's file, epoch, learning rate and sha256.
 

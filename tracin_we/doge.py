@@ -155,7 +155,7 @@ def run_doge(
     optimizer (``optimizer``, ``lr``, ``momentum``, ``seed``; η_t = ``lr``, constant);
     ``loss_fn(model, batch)``: a mini-batch's mean loss (``pretrain.mlm_loss``). Mini-batches are
     drawn with replacement across steps from a generator seeded by ``recipe.seed``: the run is
-    deterministic."""
+    repeatable bit for bit on one CPU type and thread count."""
     names = sorted(set(domains))
     if len(names) < 2:
         raise ValueError(f"domains: DoGE needs at least 2 domains, got {names}")

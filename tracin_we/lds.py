@@ -11,11 +11,12 @@ then for test point z_j of ground-truth class c:
     LDS_j    = Spearman ρ over m = 1..M between f_j(S_m) and g_j(S_m)
 
 The margin is the logit of p_c (log-odds of the true class, TRAK's multi-class output), computed
-from the retrained softmax probabilities with 1 − p_c taken as Σ_{c'≠c} p_c' (exact where p_c
-rounds to 1). Spearman is rank-based, so any increasing function of p_c gives the same LDS; the
-margin is what the scatter plots show. Scores follow ``influence.scores``: positive = proponent,
-so a good method has LDS near 1 and ``random`` near 0. A constant f_j or g_j (for example a score
-row of zeros) ranks nothing: its ρ is set to 0 and counted in ``constant``.
+from the retrained softmax probabilities with 1 − p_c taken as Σ_{c'≠c} p_c' (accurate where
+p_c rounds to 1, where 1 − p_c would round to 0). Spearman is rank-based, so any increasing
+function of p_c gives the same LDS; the margin is what the scatter plots show. Scores follow
+``influence.scores``: positive = proponent, so a good method has LDS near 1 and ``random`` near
+0. A constant f_j or g_j (for example a score row of zeros) ranks nothing: its ρ is set to 0 and
+counted in ``constant``.
 
 The report: the mean LDS per method over the test points with a percentile bootstrap CI, and
 every method's paired difference against TracIn-WE and TracIn-Last from the same resamples
@@ -157,8 +158,8 @@ def subset_jobs(masks: torch.Tensor, seeds: Sequence[int]) -> list[RetrainJob]:
 
 def margins(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The class margin log p_c − log(1 − p_c) in float64, (..., n), from probabilities
-    (..., n, C) and true classes (n,). 1 − p_c is summed over the other classes (exact where
-    p_c rounds to 1); zeros are clamped to the smallest float64 so the margin stays finite."""
+    (..., n, C) and true classes (n,). 1 − p_c is summed over the other classes (accurate
+    where p_c rounds to 1); zeros are clamped to the smallest float64 so the margin stays finite."""
     p = probabilities.double()
     index = labels.expand(p.shape[:-1]).unsqueeze(-1)
     tiny = torch.finfo(torch.float64).tiny

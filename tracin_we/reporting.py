@@ -392,7 +392,7 @@ def counterfactual_bars(table: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     sns.barplot(data=table, x="method", y="delta", errorbar=("ci", 95), seed=0, alpha=0.5, ax=ax)
     # No jitter: seaborn draws it from numpy's global generator, so the figure would change
-    # between identical runs.
+    # between identical runs (same machine and library versions).
     sns.stripplot(data=table, x="method", y="delta", color="black", size=4, jitter=False, ax=ax)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set(

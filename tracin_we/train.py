@@ -84,7 +84,8 @@ def resolved_config(config: TrainConfig, init: str, data_fingerprint: str, threa
     cache key: the float reductions of CPU kernels are split by thread, so the same run on 1 and
     on 2 threads differs in the last bits after a few steps (measured, 256 AG News texts, 2
     epochs: BERT-tiny Adam max |Δw| 1.1e-6, CNN SGD 6e-8; the reliability issue saw 1e-3 after a
-    full run), while any one thread count gives bitwise-identical weights every time.
+    full run), while any one thread count gives bitwise-identical weights every time on one CPU
+    type and torch build (another CPU's kernels round otherwise: its models differ like seeds).
     """
     resolved = config_identity(config)
     resolved.pop("init_from", None)  # `init` names the pretrained weights by their hash

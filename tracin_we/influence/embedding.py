@@ -119,8 +119,8 @@ class WordEmbeddingKernel:
 class SynonymKernel:
     """TracIn-WE-Syn: on each text's ``top_tokens`` words, words w, w' whose embedding rows have
     cosine > ``threshold`` are matched one-to-one maximising Σ |g_w · g_w'| (linear sum
-    assignment); the kernel is Σ over matched pairs of g_w · g_w'. Identical words always
-    qualify."""
+    assignment); the kernel is Σ over matched pairs of g_w · g_w'. Identical words qualify for
+    any ``threshold`` < 1 (a row's cosine with itself is 1 up to rounding)."""
 
     top_tokens: int = 10
     threshold: float = 0.7

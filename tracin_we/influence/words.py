@@ -5,7 +5,8 @@ v1 eq. 2).
                  = Σ_c η_c Σ_{positions i of z} ∂ℓ/∂e_i · g_{x_i}(z')    (c = checkpoint),
 
 so the score splits exactly over shared token ids and over the training text's positions, hence
-over its whole words (what targeted fixing edits, §6). Positive = proponent.
+over its whole words (what targeted fixing edits, §6): an identity, so in floating point the
+parts sum to the score up to rounding. Positive = proponent.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
 
 @dataclass(frozen=True)
 class WordScores:
-    """One (train, test) pair's TracIn-WE score and its exact split (positive = proponent).
+    """One (train, test) pair's TracIn-WE score and its split, exact up to rounding (positive =
+    proponent).
 
     ``tokens``: a row per token id present in both texts — ``token_id``, ``token`` (None without
     a tokenizer: ``tokenizer=None``, or a model whose vocabulary is not the shipped one),
