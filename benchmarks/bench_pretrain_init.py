@@ -1,9 +1,9 @@
 """Fine-tuning BERT-tiny from a small offline MLM pretraining run vs from a random init, with Adam
 and with the paper's SGD recipe (lr 2e-2, momentum 0.9; v1 §5). Does SGD train now?
 
-Pretraining (``tracin_we.pretrain``): ``--n-corpus`` texts (default 3,000, domain-stratified) of
+Pretraining (``training.pretrain``): ``--n-corpus`` texts (default 3,000, domain-stratified) of
 the AG News texts that the fine-tuning run leaves unused, ``--pretrain-epochs`` epochs of Adam
-lr 1e-3, batch 32, 64 tokens. Fine-tuning (``tracin_we.train``): 2,000 texts, 500 validation,
+lr 1e-3, batch 32, 64 tokens. Fine-tuning (``training.train``): 2,000 texts, 500 validation,
 500 test, ``--epochs`` epochs, batch 32, seed 0, for each (optimizer, init). Runs are cached
 (``--cache``), so a rerun only prints. Writes ``<out>/pretrain_init.json``.
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from tracin_we.persistence import write_json
-from tracin_we.pretrain import PretrainConfig, pretrain
-from tracin_we.recipe import TrainConfig
-from tracin_we.train import train
+from tracin_we.core.persistence import write_json
+from tracin_we.training.pretrain import PretrainConfig, pretrain
+from tracin_we.training.recipe import TrainConfig
+from tracin_we.training.train import train
 
 RECIPES = {"adam": dict(optimizer="adam", lr=1e-3), "sgd": dict(optimizer="sgd", lr=2e-2)}
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from tracin_we.data import make_splits
-from tracin_we.inputs import model_inputs
-from tracin_we.recipe import TrainConfig, accuracy, fit, new_model
+from tracin_we.core.data import make_splits
+from tracin_we.core.inputs import model_inputs
+from tracin_we.training.recipe import TrainConfig, accuracy, fit, new_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,4 +1,4 @@
-"""Retrains per minute: sequential ``fit`` against joblib worker processes (``tracin_we.retrain``),
+"""Retrains per minute: sequential ``fit`` against joblib worker processes (``training.retrain``),
 each with and without ``present_rows_only`` (training only the embedding rows the data uses).
 
 The authors' CNN on real AG News (default: 2,000 training texts, 64 tokens, batch 32, 1 epoch),
@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from tracin_we.data import make_splits
-from tracin_we.inputs import model_inputs, select
-from tracin_we.recipe import TrainConfig, new_model, with_overrides
-from tracin_we.retrain import RetrainJob, retrain_probabilities, train_job
+from tracin_we.core.data import make_splits
+from tracin_we.core.inputs import model_inputs, select
+from tracin_we.training.recipe import TrainConfig, new_model, with_overrides
+from tracin_we.training.retrain import RetrainJob, retrain_probabilities, train_job
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -55,11 +55,11 @@ from measure import (
 from torch import nn
 
 from tracin_we import influence
-from tracin_we.data import DataConfig, make_splits
+from tracin_we.core.data import DataConfig, make_splits
+from tracin_we.core.inputs import Tensors, model_inputs
+from tracin_we.core.models import build_model
 from tracin_we.influence import embedding
 from tracin_we.influence.streaming import DEFAULT_CHUNK_SIZE
-from tracin_we.inputs import Tensors, model_inputs
-from tracin_we.models import build_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 POOL = 9_900  # distinct training texts (the offline AG News has ~9,990 outside its test split)

@@ -73,9 +73,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tracin_we import influence
-from tracin_we.inputs import Tensors
-from tracin_we.models import build_model, word_embeddings
-from tracin_we.tokenizer import VOCAB_SIZE
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.models import build_model, word_embeddings
+from tracin_we.core.tokenizer import VOCAB_SIZE
 
 Runner = Callable[["Setup"], torch.Tensor]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tracin_we.core.inputs import Tensors
 from tracin_we.influence.gradients import batches, embedding_grads
-from tracin_we.inputs import Tensors
 
 
 def synchronize(device: str | torch.device) -> None:

@@ -25,11 +25,11 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizerFast
 
-from tracin_we import retrain
-from tracin_we.deletion import DeletionConfig
-from tracin_we.inputs import CLS_ID, SEP_ID
-from tracin_we.recipe import TrainConfig
-from tracin_we.retrain import RetrainJob
+from tracin_we.core.inputs import CLS_ID, SEP_ID
+from tracin_we.experiments.deletion import DeletionConfig
+from tracin_we.training import retrain
+from tracin_we.training.recipe import TrainConfig
+from tracin_we.training.retrain import RetrainJob
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -352,7 +352,7 @@ def count_retrains() -> RetrainCounter:
 def tiny_train_config(data_dir: Path | str, **changes):
     """A quick training config on ``data_dir``: the CNN, 64 texts of 16 tokens, 3 epochs of 4 SGD
     steps; keyword arguments change any parameter."""
-    from tracin_we.recipe import TrainConfig
+    from tracin_we.training.recipe import TrainConfig
 
     params = dict(
         model="cnn",
@@ -386,7 +386,7 @@ def token_splits() -> DatasetDict:
 @pytest.fixture
 def influence_case():
     """A small CNN (vocabulary 120), two checkpoints and tokenized train (8) and test (4) texts."""
-    from tracin_we.models import CNNClassifier
+    from tracin_we.core.models import CNNClassifier
 
     torch.manual_seed(0)
     model = CNNClassifier(3, vocab_size=120, embed_dim=8, channels=6)

@@ -1,4 +1,4 @@
-"""tracin_we.by_hand against the influence engine and against plain autograd, on tiny random
+"""experiments.by_hand against the influence engine and against plain autograd, on tiny random
 models (float64) that no notebook uses: two checkpoints with different weights and learning
 rates, texts with [CLS]/[SEP], padding and repeated tokens."""
 
@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
-from tracin_we import by_hand
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.models import CNNClassifier, HFClassifier, word_embeddings
+from tracin_we.core.tokenizer import load_tokenizer
+from tracin_we.experiments import by_hand
 from tracin_we.influence import scores, word_scores
-from tracin_we.inputs import model_inputs
-from tracin_we.models import CNNClassifier, HFClassifier, word_embeddings
-from tracin_we.recipe import TrainConfig
-from tracin_we.tokenizer import load_tokenizer
+from tracin_we.training.recipe import TrainConfig
 
 VOCAB, LENGTH = 90, 12
 CLS, SEP, PAD = 1, 2, 0

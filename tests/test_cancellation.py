@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
-from tracin_we.cancellation import cancellation, layer_groups
-from tracin_we.models import CNNClassifier, HFClassifier
+from tracin_we.core.models import CNNClassifier, HFClassifier
+from tracin_we.experiments.cancellation import cancellation, layer_groups
 
 
 def tiny_bert() -> HFClassifier:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tracin_we.data import (
+from tracin_we.core.data import (
     DataConfig,
     balanced_indices,
     clean_ag_news,
@@ -17,7 +17,7 @@ from tracin_we.data import (
     make_splits,
     stratified_sample,
 )
-from tracin_we.tokenizer import VOCAB_FILE, load_tokenizer
+from tracin_we.core.tokenizer import VOCAB_FILE, load_tokenizer
 
 BERT_UNCASED_VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
 

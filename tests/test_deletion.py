@@ -17,17 +17,17 @@ from datasets import DatasetDict
 
 from tests.conftest import local_dask_client
 from tracin_we import influence
-from tracin_we.checkpoints import CheckpointError
-from tracin_we.deletion import (
+from tracin_we.core.checkpoints import CheckpointError
+from tracin_we.core.inputs import model_inputs
+from tracin_we.experiments.deletion import (
     DeletionConfig,
     DeletionResult,
     load_deletion,
     run_deletion,
 )
-from tracin_we.inputs import model_inputs
-from tracin_we.recipe import predict_proba
-from tracin_we.retrain import RetrainJob, retrain_cached
-from tracin_we.train import train
+from tracin_we.training.recipe import predict_proba
+from tracin_we.training.retrain import RetrainJob, retrain_cached
+from tracin_we.training.train import train
 
 N_TRAIN, N_TEST = 32, 16
 SPLITS = {"n_train": N_TRAIN, "n_test": N_TEST}  # conftest's splits, cnn_config, deletion_config

@@ -1,4 +1,4 @@
-"""DoGE domain reweighting (tracin_we.doge): the update on constructed gradients with known
+"""DoGE domain reweighting (experiments.doge): the update on constructed gradients with known
 answers, the loop's determinism, mixtures at one budget, and the study config's checks."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from tracin_we.data import make_splits
-from tracin_we.doge import DogeSettings, doge_update, mixture_keep, run_doge
-from tracin_we.pretrain import mlm_loss, mlm_tensors, new_mlm_model, pretraining_corpus
-from tracin_we.pretrain_study import PretrainStudyConfig, class_subset
+from tracin_we.core.data import make_splits
+from tracin_we.experiments.doge import DogeSettings, doge_update, mixture_keep, run_doge
+from tracin_we.experiments.pretrain_study import PretrainStudyConfig, class_subset
+from tracin_we.training.pretrain import mlm_loss, mlm_tensors, new_mlm_model, pretraining_corpus
 
 UNIFORM = torch.full((3,), 1 / 3, dtype=torch.float64)
 TARGET = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from tracin_we.explain import global_term, highlight_words
+from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.influence import WordScores
-from tracin_we.tokenizer import load_tokenizer
+from tracin_we.report.explain import global_term, highlight_words
 
 
 def test_global_term_counts_a_shared_top_example():

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from tracin_we import reporting
-from tracin_we.explain import score_distributions
-from tracin_we.noise import auc_ndr, ndr_at
-from tracin_we.overlap import auc_del_figure
+from tracin_we.experiments.noise import auc_ndr, ndr_at
+from tracin_we.experiments.overlap import auc_del_figure
+from tracin_we.report import reporting
+from tracin_we.report.explain import score_distributions
 
 GROUPS = ["word_embeddings", "conv1", "conv2", "conv3", "classifier"]
 

@@ -8,8 +8,10 @@ import pytest
 import torch
 from datasets import DatasetDict
 
-from tracin_we import fixing, influence
-from tracin_we.fixing import (
+from tracin_we import influence
+from tracin_we.core.inputs import CLS_ID, SEP_ID, model_inputs
+from tracin_we.experiments import fixing
+from tracin_we.experiments.fixing import (
     Edit,
     FixingConfig,
     apply_edit,
@@ -22,9 +24,8 @@ from tracin_we.fixing import (
     worst_words,
 )
 from tracin_we.influence.attribution import influence_last_positions, influence_last_vectors
-from tracin_we.inputs import CLS_ID, SEP_ID, model_inputs
-from tracin_we.recipe import predict_proba
-from tracin_we.train import train
+from tracin_we.training.recipe import predict_proba
+from tracin_we.training.train import train
 
 N, T = 48, 12
 # conftest's splits and cnn_config: [CLS] ... [SEP] [PAD] texts whose label-revealing token shows

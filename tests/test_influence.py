@@ -24,11 +24,11 @@ from transformers import BertConfig, BertForSequenceClassification, PreTrainedTo
 
 from tests.conftest import example, subword_tokenizer, texts
 from tracin_we import influence
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
+from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.influence import attribution, embedding
 from tracin_we.influence.words import WordScheme, word_scheme, word_spans, word_text
-from tracin_we.inputs import model_inputs
-from tracin_we.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
-from tracin_we.tokenizer import load_tokenizer
 
 VOCAB, LENGTH, CLASSES = 120, 12, 3
 CLS, SEP, PAD = 101, 102, 0

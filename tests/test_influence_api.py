@@ -10,8 +10,8 @@ from torch import nn
 
 from tests.conftest import texts
 from tracin_we import influence
+from tracin_we.core.models import CNNClassifier
 from tracin_we.influence import embedding
-from tracin_we.models import CNNClassifier
 
 VOCAB, LENGTH, CLASSES = 120, 12, 3
 
@@ -95,7 +95,7 @@ def test_cache_round_trip(case, tmp_path, monkeypatch: pytest.MonkeyPatch) -> No
     fresh = influence.scores(
         "tracin-we-topk", m, ckpts, train, test, top_tokens=3, batch_size=4, cache_dir=tmp_path
     )
-    gradients = tmp_path / "gradients"  # cache_dir is the cache root (tracin_we.persistence)
+    gradients = tmp_path / "gradients"  # cache_dir is the cache root (tracin_we.core.persistence)
     assert len(list(gradients.glob("*.pt"))) == 2  # one file per checkpoint
     passes = len(backward_passes)
     cached = influence.scores(

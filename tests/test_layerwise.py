@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tracin_we.cancellation import layer_groups
+from tracin_we.core.models import CNNClassifier
+from tracin_we.experiments.cancellation import layer_groups
+from tracin_we.experiments.layerwise import layer_scores
 from tracin_we.influence import scores
-from tracin_we.layerwise import layer_scores
-from tracin_we.models import CNNClassifier
 
 from .test_cancellation import tiny_bert, tiny_data
 
@@ -52,8 +52,8 @@ def test_empty_reference_is_refused():
 
 
 def test_layer_deletion_runs_one_sweep_per_layer(tiny_data_dir):
-    from tracin_we.deletion import DeletionConfig, run_deletion
-    from tracin_we.layerwise import layer_deletion
+    from tracin_we.experiments.deletion import DeletionConfig, run_deletion
+    from tracin_we.experiments.layerwise import layer_deletion
 
     config = DeletionConfig.from_params(
         model="cnn",

@@ -14,10 +14,10 @@ from datasets import Dataset, DatasetDict
 from scipy.stats import spearmanr
 
 from tracin_we import influence
-from tracin_we import retrain as retrain_module
-from tracin_we.checkpoints import CheckpointError
-from tracin_we.inputs import model_inputs
-from tracin_we.lds import (
+from tracin_we.core.checkpoints import CheckpointError
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.stats import paired_bootstrap, spearman, two_way_means
+from tracin_we.experiments.lds import (
     LDSConfig,
     convergence,
     convergence_grid,
@@ -31,9 +31,9 @@ from tracin_we.lds import (
     summarize,
     typical_point,
 )
-from tracin_we.recipe import TrainConfig, fit, new_model, predict_proba
-from tracin_we.stats import paired_bootstrap, spearman, two_way_means
-from tracin_we.train import train
+from tracin_we.training import retrain as retrain_module
+from tracin_we.training.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.training.train import train
 
 N_TRAIN, N_TEST, T = 32, 16, 12
 

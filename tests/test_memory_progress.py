@@ -9,9 +9,9 @@ import torch
 
 from tests.conftest import texts
 from tracin_we import influence
+from tracin_we.core.models import CNNClassifier
 from tracin_we.influence import gradients, layers, memory
 from tracin_we.influence.options import Options
-from tracin_we.models import CNNClassifier
 
 VOCAB, CLASSES = 120, 3
 

@@ -8,14 +8,14 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from tests.conftest import texts
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.models import HFClassifier, word_embeddings
 from tracin_we.influence.multistage import (
     by_domain,
     multistage_influence_function,
     multistage_tracin_we,
 )
-from tracin_we.inputs import model_inputs
-from tracin_we.models import HFClassifier, word_embeddings
-from tracin_we.pretrain import MaskedLM, mask_tokens
+from tracin_we.training.pretrain import MaskedLM, mask_tokens
 
 V = 120  # vocabulary of the tiny models: conftest.texts uses ids 101-114
 

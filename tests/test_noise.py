@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tracin_we.noise import aggregate, auc_ndr, ndr_at, ndr_curve, ranks
+from tracin_we.experiments.noise import aggregate, auc_ndr, ndr_at, ndr_curve, ranks
 
 
 def test_ndr_counts_flipped_examples_by_hand():
@@ -45,7 +45,7 @@ def test_bad_inputs_are_refused():
 
 
 def test_ndr_table_has_each_column_and_each_aggregation():
-    from tracin_we.noise import ndr_table
+    from tracin_we.experiments.noise import ndr_table
 
     noisy = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0, 0, 0], dtype=torch.bool)
     columns = {"a": torch.arange(10.0), "b": -torch.arange(10.0)}

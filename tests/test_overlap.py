@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from tracin_we import influence
-from tracin_we.deletion import auc_del, run_deletion
-from tracin_we.influence.last_layer import tfidf_cosine
-from tracin_we.inputs import CLS_ID, SEP_ID
-from tracin_we.overlap import (
+from tracin_we.core.inputs import CLS_ID, SEP_ID
+from tracin_we.experiments.deletion import auc_del, run_deletion
+from tracin_we.experiments.overlap import (
     least_overlap_candidates,
     overlap_summary,
     paper_comparison,
     restrict_to_candidates,
     run_no_overlap,
 )
+from tracin_we.influence.last_layer import tfidf_cosine
 
 N_TRAIN, N_TEST = 32, 16
 # conftest's splits, cnn_config, deletion_config: frozen word embeddings, one k, one seed.

@@ -19,16 +19,16 @@ import yaml
 from transformers import BertConfig, BertForSequenceClassification
 
 from tests.conftest import local_dask_client, word_level_tokenizer
-from tracin_we.data import DataConfig, make_splits
-from tracin_we.fixing import beside_paper as fixed_beside_paper
-from tracin_we.inputs import model_inputs
-from tracin_we.models import word_embeddings
-from tracin_we.overlap import auc_del_figure, paper_comparison
-from tracin_we.paper import beside_paper, paper_note
-from tracin_we.recipe import TrainConfig, fit, new_model, with_overrides
+from tracin_we.core.data import DataConfig, make_splits
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.models import word_embeddings
+from tracin_we.core.paper import beside_paper, paper_note
+from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
+from tracin_we.experiments.fixing import beside_paper as fixed_beside_paper
+from tracin_we.experiments.overlap import auc_del_figure, paper_comparison
 from tracin_we.reproduce import reproduce
-from tracin_we.retrain import RetrainJob, retrain_probabilities
-from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
+from tracin_we.training.recipe import TrainConfig, fit, new_model, with_overrides
+from tracin_we.training.retrain import RetrainJob, retrain_probabilities
 
 POSITIVE = ["great", "loved", "wonderful", "superb", "fun", "moving"]
 NEGATIVE = ["awful", "boring", "hated", "dull", "waste", "clumsy"]

@@ -15,12 +15,12 @@ import pytest
 import yaml
 
 from tracin_we import reproduce as rp
-from tracin_we.data import DataConfig
-from tracin_we.deletion import DeletionConfig
-from tracin_we.fixing import FixingConfig
-from tracin_we.params import build_config, check_types, flat_fields, from_params
-from tracin_we.recipe import TrainConfig
-from tracin_we.train import train
+from tracin_we.core.data import DataConfig
+from tracin_we.core.params import build_config, check_types, flat_fields, from_params
+from tracin_we.experiments.deletion import DeletionConfig
+from tracin_we.experiments.fixing import FixingConfig
+from tracin_we.training.recipe import TrainConfig
+from tracin_we.training.train import train
 
 SMALL = {"n_train": 100, "n_test": 40}  # so that ks/k/n_test_points validate
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from tracin_we import influence
-from tracin_we.deletion import DeletionConfig, load_deletion, run_deletion
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.persistence import MANIFEST, CheckpointError, Folder, file_sha256, write_json
+from tracin_we.experiments.deletion import DeletionConfig, load_deletion, run_deletion
 from tracin_we.influence import embedding
-from tracin_we.inputs import model_inputs
-from tracin_we.persistence import MANIFEST, CheckpointError, Folder, file_sha256, write_json
-from tracin_we.recipe import TrainConfig
-from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached
-from tracin_we.train import train
+from tracin_we.training.recipe import TrainConfig
+from tracin_we.training.retrain import RetrainJob, RetrainStore, retrain_cached
+from tracin_we.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = {"capture_output": True, "text": True, "check": True}
@@ -118,8 +118,9 @@ def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
 KILLED_RUN = textwrap.dedent(
     """
     import json, sys, time
-    from tracin_we import persistence, train as train_module
-    from tracin_we.recipe import TrainConfig
+    from tracin_we.core import persistence
+    from tracin_we.training import train as train_module
+    from tracin_we.training.recipe import TrainConfig
 
     params, run_dir, hang = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
     real_fit, real_write = train_module.fit, persistence.atomic_write
@@ -349,7 +350,7 @@ def test_a_file_is_never_in_place_without_its_record(tmp_path, monkeypatch):
         seen.append(Path(dst).name in Folder(tmp_path).records(reload=True))
         real_replace(src, dst)
 
-    monkeypatch.setattr("tracin_we.persistence.os.replace", replace)
+    monkeypatch.setattr("tracin_we.core.persistence.os.replace", replace)
     folder.write_json("a.json", [1])
     folder.save_torch("b.pt", {"x": torch.zeros(2)})
     assert seen == [True, True]

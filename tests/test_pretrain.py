@@ -1,4 +1,4 @@
-"""MLM pretraining (tracin_we.pretrain): the corpus, the masks, the cached run, fine-tuning from
+"""MLM pretraining (training.pretrain): the corpus, the masks, the cached run, fine-tuning from
 it, and multi-stage TracIn-WE on the two runs."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tests.conftest import TINY_FINE_TUNING, tiny_table, word_level_tokenizer
-from tracin_we import pretrain as pretrain_module
-from tracin_we.data import DataConfig, make_splits
+from tracin_we.core.data import DataConfig, make_splits
+from tracin_we.core.inputs import CLS_ID, PAD_ID, SEP_ID, model_inputs
 from tracin_we.influence.multistage import by_domain, multistage_scores
-from tracin_we.inputs import CLS_ID, PAD_ID, SEP_ID, model_inputs
-from tracin_we.pretrain import (
+from tracin_we.training import pretrain as pretrain_module
+from tracin_we.training.pretrain import (
     IGNORE,
     PretrainConfig,
     load_encoder,
@@ -20,8 +20,8 @@ from tracin_we.pretrain import (
     pretrain,
     pretraining_corpus,
 )
-from tracin_we.recipe import TrainConfig, config_identity, new_model
-from tracin_we.train import train
+from tracin_we.training.recipe import TrainConfig, config_identity, new_model
+from tracin_we.training.train import train
 
 
 def tiny_pretrain_config(data_dir, **changes) -> PretrainConfig:

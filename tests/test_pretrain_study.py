@@ -1,5 +1,5 @@
-"""Notebook 09's study (tracin_we.pretrain_study): re-pretraining reproduces the cached run (common
-random numbers), the counterfactual table, the mixtures comparison and the summary."""
+"""Notebook 09's study (experiments.pretrain_study): re-pretraining reproduces the cached run
+(common random numbers), the counterfactual table, the mixtures comparison and the summary."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY_FINE_TUNING, tiny_table, word_level_tokenizer
-from tracin_we.data import make_splits
-from tracin_we.models import word_embeddings
-from tracin_we.pretrain import pretrain
-from tracin_we.pretrain_study import (
+from tracin_we.core.data import make_splits
+from tracin_we.core.models import word_embeddings
+from tracin_we.experiments.pretrain_study import (
     METHODS,
     PretrainStudyConfig,
     class_subset,
@@ -24,6 +23,7 @@ from tracin_we.pretrain_study import (
     repretrain,
     subtask_tensors,
 )
+from tracin_we.training.pretrain import pretrain
 
 
 def study_config(data_dir, **changes) -> PretrainStudyConfig:
@@ -73,7 +73,7 @@ def test_counterfactual_removes_k_texts_per_point_and_method(study, monkeypatch,
         kept.append(keep.clone())
         return real(pre, keep, device)
 
-    monkeypatch.setattr("tracin_we.pretrain_study.repretrain", spy)
+    monkeypatch.setattr("tracin_we.experiments.pretrain_study.repretrain", spy)
     points = pick_points(config, data["test"]["labels"])
     table = counterfactual(config, pre, scores, data, points, cache=tmp_path)
     # Every distinct kept set trains once: the full corpus, the top-k (the same for every point,
@@ -104,7 +104,7 @@ def test_counterfactual_runs_are_cached_and_resume(study, monkeypatch, tmp_path)
     calls = []
     real = repretrain
     monkeypatch.setattr(
-        "tracin_we.pretrain_study.repretrain",
+        "tracin_we.experiments.pretrain_study.repretrain",
         lambda pre, keep, device="cpu": calls.append(keep) or real(pre, keep, device),
     )
     again = counterfactual(config, pre, scores, data, points, cache=tmp_path)

@@ -12,11 +12,11 @@ import torch
 import transformers
 
 from tracin_we import influence
-from tracin_we import retrain as retrain_module
-from tracin_we.data import load_raw
-from tracin_we.deletion import DeletionConfig, run_deletion
-from tracin_we.recipe import TrainConfig
-from tracin_we.train import train
+from tracin_we.core.data import load_raw
+from tracin_we.experiments.deletion import DeletionConfig, run_deletion
+from tracin_we.training import retrain as retrain_module
+from tracin_we.training.recipe import TrainConfig
+from tracin_we.training.train import train
 
 
 @pytest.mark.parametrize("model", ["cnn", "bert-tiny"])

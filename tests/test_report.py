@@ -13,7 +13,7 @@ import pytest
 
 from tests import browser
 from tracin_we import reproduce
-from tracin_we.reporting import WIDGET_STATE, WIDGET_VIEW, notebooks_html, write_report
+from tracin_we.report.reporting import WIDGET_STATE, WIDGET_VIEW, notebooks_html, write_report
 
 INLINE_PNG = 'src="data:image/png;base64,'  # an inline figure (the page has other PNGs)
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}

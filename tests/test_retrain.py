@@ -12,9 +12,14 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from tracin_we.recipe import TrainConfig, epoch_order, fit, new_model, predict_proba
-from tracin_we.retrain import RetrainJob, RetrainStore, retrain_cached, retrain_probabilities
-from tracin_we.train import train
+from tracin_we.training.recipe import TrainConfig, epoch_order, fit, new_model, predict_proba
+from tracin_we.training.retrain import (
+    RetrainJob,
+    RetrainStore,
+    retrain_cached,
+    retrain_probabilities,
+)
+from tracin_we.training.train import train
 
 N, T, BATCH = 48, 12, 8
 

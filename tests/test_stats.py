@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracin_we.deletion import DeletionConfig, auc_del
-from tracin_we.stats import bootstrap_index, deletion_differences, paired_bootstrap
+from tracin_we.core.stats import bootstrap_index, deletion_differences, paired_bootstrap
+from tracin_we.experiments.deletion import DeletionConfig, auc_del
 
 METHODS = ["tracin-we", "tracin-last", "random"]
 

@@ -12,12 +12,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.conftest import assert_top_k_close
 from tests.test_influence import bert, checkpoints, cnn, texts
 from tracin_we import influence
+from tracin_we.core.inputs import model_inputs
 from tracin_we.influence import embedding
 from tracin_we.influence.context import Run, prepared, tracin
 from tracin_we.influence.embedding import WordEmbeddingKernel
 from tracin_we.influence.options import Options
 from tracin_we.influence.streaming import RunningTopK, chunk_step, stream_top_k
-from tracin_we.inputs import model_inputs
 
 N_TRAIN, N_TEST, BATCH = 23, 5, 4  # 23: no chunk size above 1 divides it
 CHUNK_SIZES = [1, 3, 4, 7, 10, 23, 100]  # rounded up to multiples of BATCH: 4, 8, 12, 24, 100

@@ -16,13 +16,13 @@ from transformers import PreTrainedTokenizerFast
 from tests.conftest import example, word_level_tokenizer
 from tests.test_influence import F64, checkpoints, cnn
 from tracin_we import influence
-from tracin_we.explain import highlight_words
-from tracin_we.fixing import most_negative_word
+from tracin_we.core.inputs import CLS_ID, SEP_ID, framing_ids, model_inputs, structural_ids
+from tracin_we.core.models import CNNClassifier
+from tracin_we.core.tokenizer import load_tokenizer
+from tracin_we.experiments.fixing import most_negative_word
+from tracin_we.experiments.overlap import least_overlap_candidates
 from tracin_we.influence import WordScores, attribution
-from tracin_we.inputs import CLS_ID, SEP_ID, framing_ids, model_inputs, structural_ids
-from tracin_we.models import CNNClassifier
-from tracin_we.overlap import least_overlap_candidates
-from tracin_we.tokenizer import load_tokenizer
+from tracin_we.report.explain import highlight_words
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 WORDS = [f"w{i}" for i in range(4, 130)]  # "w101" has id 101, "w102" id 102

@@ -7,19 +7,19 @@ import torch
 from torch import nn
 
 from tests.conftest import tiny_train_config
-from tracin_we import train as train_module
-from tracin_we.checkpoints import CheckpointError, load_checkpoint, trainer_checkpoints
-from tracin_we.data import make_splits
-from tracin_we.inputs import model_inputs
-from tracin_we.models import (
+from tracin_we.core.checkpoints import CheckpointError, load_checkpoint, trainer_checkpoints
+from tracin_we.core.data import make_splits
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.models import (
     CNNClassifier,
     HFClassifier,
     build_model,
     classifier_layer,
     word_embeddings,
 )
-from tracin_we.recipe import fit, predict_proba
-from tracin_we.train import train
+from tracin_we.training import train as train_module
+from tracin_we.training.recipe import fit, predict_proba
+from tracin_we.training.train import train
 
 
 def state(path) -> dict[str, torch.Tensor]:

@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 
 from tests.conftest import texts
 from tracin_we import influence
-from tracin_we.data import DataConfig
-from tracin_we.deletion import DeletionConfig
-from tracin_we.fixing import FixingConfig
+from tracin_we.core.data import DataConfig
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.models import CNNClassifier
+from tracin_we.core.params import check_types, from_params
+from tracin_we.experiments.deletion import DeletionConfig
+from tracin_we.experiments.fixing import FixingConfig
+from tracin_we.experiments.lds import LDSConfig
 from tracin_we.influence.options import prepare_data
-from tracin_we.inputs import model_inputs
-from tracin_we.lds import LDSConfig
-from tracin_we.models import CNNClassifier
-from tracin_we.params import check_types, from_params
-from tracin_we.recipe import TrainConfig
+from tracin_we.training.recipe import TrainConfig
 
 SMALL = {"n_train": 100, "n_test": 40}
 VOCAB, CLASSES = 120, 3

@@ -21,18 +21,18 @@ from typing import Any
 
 import papermill
 
-from tracin_we.by_hand import check_hand_parameters
-from tracin_we.cancellation import check_variant
-from tracin_we.deletion import DeletionConfig
-from tracin_we.explain import check_listing
-from tracin_we.fixing import FixingConfig
+from tracin_we.core.params import flat_fields, from_params
+from tracin_we.experiments.by_hand import check_hand_parameters
+from tracin_we.experiments.cancellation import check_variant
+from tracin_we.experiments.deletion import DeletionConfig
+from tracin_we.experiments.fixing import FixingConfig
+from tracin_we.experiments.lds import LDSConfig
+from tracin_we.experiments.noise import check_fraction, noisy_train_config
+from tracin_we.experiments.overlap import check_candidates
+from tracin_we.experiments.pretrain_study import PretrainStudyConfig
 from tracin_we.influence.options import check_device
-from tracin_we.lds import LDSConfig
-from tracin_we.noise import check_fraction, noisy_train_config
-from tracin_we.overlap import check_candidates
-from tracin_we.params import flat_fields, from_params
-from tracin_we.pretrain_study import PretrainStudyConfig
-from tracin_we.recipe import TrainConfig
+from tracin_we.report.explain import check_listing
+from tracin_we.training.recipe import TrainConfig
 
 
 def check_threads(torch_threads: int) -> None:

@@ -40,9 +40,9 @@ from typing import Any
 import papermill
 import yaml
 
-from tracin_we.persistence import CACHE_ENV
+from tracin_we.core.persistence import CACHE_ENV
 from tracin_we.preflight import check_notebook
-from tracin_we.reporting import write_report
+from tracin_we.report.reporting import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

@@ -18,7 +18,7 @@ Methods (``METHODS``; formulas in docs/paper.md, arXiv 2202.11844 v1 eq. 2–4 a
 - ``tracin-tfidf`` (``special_token_ids``): TF-IDF cosine × the last layer's δ · δ'; ``random``.
 
 Every method takes ``batch_size``, ``device``, ``dtype``, ``cache_dir`` (the cache root of
-``tracin_we.persistence``: training-set gradient rows are cached per checkpoint in
+``tracin_we.core.persistence``: training-set gradient rows are cached per checkpoint in
 ``<cache_dir>/gradients``) and ``progress`` (bars over checkpoints and gradient batches, default
 True). Bad input raises ``ValueError`` naming the argument before any gradient is taken
 (``options.prepare_data``, ``checkpoints.resolve_checkpoints``, ``Options``): among it, token ids
@@ -48,7 +48,9 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from tracin_we.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.core.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.core.inputs import Tensors, framing_ids
+from tracin_we.core.models import as_classifier, check_length, pad_token_id
 from tracin_we.influence.context import Kernel, Run, prepared, tracin, tracin_diagonal
 from tracin_we.influence.embedding import SynonymKernel, WordEmbeddingKernel
 from tracin_we.influence.last_layer import (
@@ -71,8 +73,6 @@ from tracin_we.influence.options import (
 )
 from tracin_we.influence.progress import shown
 from tracin_we.influence.words import WordScores, word_scores
-from tracin_we.inputs import Tensors, framing_ids
-from tracin_we.models import as_classifier, check_length, pad_token_id
 
 __all__ = [
     "METHODS",

@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tracin_we.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.core.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.core.inputs import Tensors, forward, structural_ids
+from tracin_we.core.models import as_classifier, classifier_layer, word_embeddings
 from tracin_we.influence import last_layer
 from tracin_we.influence.context import Run, prepared
 from tracin_we.influence.gradients import frozen
 from tracin_we.influence.options import Options
 from tracin_we.influence.words import word_spans, word_text
-from tracin_we.inputs import Tensors, forward, structural_ids
-from tracin_we.models import as_classifier, classifier_layer, word_embeddings
 
 Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
 

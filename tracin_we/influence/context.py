@@ -5,7 +5,7 @@ requested device and dtype) and puts the model back as it was afterwards. TracIn
 are a sum over checkpoints of a kernel between per-example features (``Kernel``), so
 ``tracin(run, kernel, train, test)`` serves all of them; the training set's features are computed
 once per checkpoint and, with the ``cache_dir`` option (the cache root of
-``tracin_we.persistence``), cached in ``<cache_dir>/gradients/`` under a hash of the checkpoint's
+``core.persistence``), cached in ``<cache_dir>/gradients/`` under a hash of the checkpoint's
 tensors, the data's tensors and the kind of feature. Each file is verified when read; a damaged
 one is recomputed (``persistence``'s rule).
 """
@@ -21,12 +21,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from tracin_we.checkpoints import StateDict
+from tracin_we.core.checkpoints import StateDict
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.models import check_logits
+from tracin_we.core.persistence import Folder, cache_dir, config_key, tensor_digest
 from tracin_we.influence.options import Options
 from tracin_we.influence.progress import bar
-from tracin_we.inputs import Tensors
-from tracin_we.models import check_logits
-from tracin_we.persistence import Folder, cache_dir, config_key, tensor_digest
 
 
 class Kernel(Protocol):

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.models import word_embeddings
 from tracin_we.influence.context import Run
 from tracin_we.influence.gradients import SparseRows, batches, embedding_grads, sparse_rows
 from tracin_we.influence.progress import bar
-from tracin_we.inputs import Tensors
-from tracin_we.models import word_embeddings
 
 # Elements of the largest index tensor one chunk of ``sparse_dot`` builds (8 MiB of int64):
 # at BERT-tiny size, 4× larger chunks ran slower and raised peak memory by ~400 MiB.

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from tracin_we.core.inputs import MODEL_INPUTS, Tensors, forward
+from tracin_we.core.models import classifier_layer, word_embeddings
 from tracin_we.influence.progress import bar
-from tracin_we.inputs import MODEL_INPUTS, Tensors, forward
-from tracin_we.models import classifier_layer, word_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from scipy.sparse import csr_matrix
 from sklearn.feature_extraction.text import TfidfTransformer
 
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.models import classifier_layer
 from tracin_we.influence.context import Run
 from tracin_we.influence.gradients import last_layer_features
-from tracin_we.inputs import Tensors
-from tracin_we.models import classifier_layer
 
 HESSIAN_CHUNK = 4096  # examples per step when summing the Hessian (bounds its n × C² × h buffer)
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.persistence import config_key
 from tracin_we.influence.context import Kernel, Run
 from tracin_we.influence.gradients import param_grads
-from tracin_we.inputs import Tensors
-from tracin_we.persistence import config_key
 
 
 @dataclass(frozen=True)

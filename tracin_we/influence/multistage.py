@@ -1,6 +1,6 @@
 """Influence of *pretraining* texts on a fine-tuned model's test predictions.
 
-Two stages share the word-embedding matrix E (V × d): MLM pretraining (``tracin_we.pretrain``)
+Two stages share the word-embedding matrix E (V × d): MLM pretraining (``training.pretrain``)
 with checkpoints θ_t^pre and learning rates η_t, then fine-tuning of a classifier started from it,
 ending at θ^ft. Positive = proponent throughout: pretraining on z lowers the test loss of z′.
 
@@ -57,7 +57,9 @@ from torch import nn
 from torch.func import hessian, jacrev
 from tqdm.auto import tqdm
 
-from tracin_we.checkpoints import StateDict
+from tracin_we.core.checkpoints import StateDict
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.models import word_embeddings
 from tracin_we.influence.embedding import sparse_dot
 from tracin_we.influence.gradients import (
     SparseRows,
@@ -66,8 +68,6 @@ from tracin_we.influence.gradients import (
     embedding_grads,
     sparse_rows,
 )
-from tracin_we.inputs import Tensors
-from tracin_we.models import word_embeddings
 
 __all__ = [
     "by_domain",

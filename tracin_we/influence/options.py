@@ -19,10 +19,10 @@ from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tracin_we.checkpoints import StateDict
-from tracin_we.inputs import PAD_ID, Tensors, model_inputs
-from tracin_we.models import HFClassifier, classifier_layer, word_embeddings
-from tracin_we.params import check_types
+from tracin_we.core.checkpoints import StateDict
+from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs
+from tracin_we.core.models import HFClassifier, classifier_layer, word_embeddings
+from tracin_we.core.params import check_types
 
 COMMON_OPTIONS = ("batch_size", "device", "dtype", "cache_dir", "progress")
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -59,7 +59,7 @@ class Options:
     batch_size: int = 32  # examples per forward/backward pass
     device: str | torch.device = "cpu"  # where gradients are taken; scores come back on the CPU
     dtype: torch.dtype = torch.float32  # the model runs in this dtype while scoring
-    # The cache root (tracin_we.persistence): training-set gradient rows go to <cache_dir>/gradients
+    # The cache root (core.persistence): training-set gradient rows go to <cache_dir>/gradients
     # (verified on read, recomputed when damaged); None: nothing is cached.
     cache_dir: str | os.PathLike | None = None
     progress: bool = True  # progress bars over checkpoints and gradient batches (tqdm.auto)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from tracin_we.core.inputs import Tensors
 from tracin_we.influence import (
     Checkpoints,
     Data,
@@ -52,7 +53,6 @@ from tracin_we.influence.context import Kernel, Run, prepared
 from tracin_we.influence.memory import check_memory
 from tracin_we.influence.options import STREAMING_METHODS
 from tracin_we.influence.progress import shown
-from tracin_we.inputs import Tensors
 
 # Training examples per chunk. At BERT-tiny size, seq len 64, 1,000 test texts: ~75 MB of
 # gradient rows and a 16 MB score block per chunk; smaller chunks add per-chunk work (each

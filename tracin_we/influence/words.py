@@ -23,14 +23,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tracin_we.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.core.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.models import as_classifier, pad_token_id
+from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
 from tracin_we.influence.context import Run, prepared
 from tracin_we.influence.embedding import embedding_rows, kept_positions
 from tracin_we.influence.gradients import batches, embedding_grads
 from tracin_we.influence.options import Options, model_sizes, prepare_data
-from tracin_we.inputs import Tensors
-from tracin_we.models import as_classifier, pad_token_id
-from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def word_scores(
     ``transformers`` classifier included).
 
     ``tokenizer`` names the tokens and finds word pieces: ``"auto"`` (default) is the project's
-    shipped BERT uncased tokenizer (``tracin_we.tokenizer``) when the model's word embedding has
+    shipped BERT uncased tokenizer (``core.tokenizer``) when the model's word embedding has
     its 30,522 rows, else none; None shows token ids; or give the model's own tokenizer."""
     chosen = Options.top_tokens if top_tokens is None else top_tokens  # validated by Options
     options = Options(device=device, dtype=dtype, top_tokens=chosen)
@@ -103,7 +103,7 @@ def _resolve_tokenizer(
         if isinstance(tokenizer, str):
             raise ValueError(
                 f"tokenizer={tokenizer!r}; allowed: 'auto', None or a tokenizer object "
-                "(tracin_we.tokenizer.load_tokenizer(name) loads one by name)"
+                "(tracin_we.core.tokenizer.load_tokenizer(name) loads one by name)"
             )
         return tokenizer
     return load_tokenizer() if vocab_size == VOCAB_SIZE else None

@@ -27,15 +27,15 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from tracin_we.checkpoints import StateDict, resolve_checkpoints
-from tracin_we.data import tokenize
+from tracin_we.core.checkpoints import StateDict, resolve_checkpoints
+from tracin_we.core.data import tokenize
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.models import word_embeddings
 from tracin_we.influence.context import Run, prepared
 from tracin_we.influence.gradients import batch_rows, embedding_grads, param_grads
 from tracin_we.influence.last_layer import last_layer_kernel
 from tracin_we.influence.options import Options, model_sizes, prepare_data
-from tracin_we.inputs import Tensors
-from tracin_we.models import word_embeddings
-from tracin_we.recipe import TrainConfig, fit
+from tracin_we.training.recipe import TrainConfig, fit
 
 Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
 Data = Dataset | list[dict] | Tensors

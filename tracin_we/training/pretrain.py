@@ -47,7 +47,14 @@ from datasets import Dataset
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
-from tracin_we.cached_run import (
+from tracin_we.core.checkpoints import load_checkpoint
+from tracin_we.core.data import DataConfig, load_raw, make_splits, stratified_sample, tokenize
+from tracin_we.core.inputs import CLS_ID, PAD_ID, SEP_ID, Tensors
+from tracin_we.core.models import bert_tiny_config
+from tracin_we.core.params import check_types, from_params
+from tracin_we.core.persistence import Folder, cache_dir, config_key, file_sha256, tensor_digest
+from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
+from tracin_we.training.cached_run import (
     Checkpoint,
     OnEpoch,
     Schedule,
@@ -55,14 +62,7 @@ from tracin_we.cached_run import (
     open_run,
     run_epochs,
 )
-from tracin_we.checkpoints import load_checkpoint
-from tracin_we.data import DataConfig, load_raw, make_splits, stratified_sample, tokenize
-from tracin_we.inputs import CLS_ID, PAD_ID, SEP_ID, Tensors
-from tracin_we.models import bert_tiny_config
-from tracin_we.params import check_types, from_params
-from tracin_we.persistence import Folder, cache_dir, config_key, file_sha256, tensor_digest
-from tracin_we.recipe import RECIPE_VERSION, check_recipe, fit
-from tracin_we.tokenizer import VOCAB_SIZE, load_tokenizer
+from tracin_we.training.recipe import RECIPE_VERSION, check_recipe, fit
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class PretrainConfig:
 
     @classmethod
     def from_params(cls, **params) -> PretrainConfig:
-        """From flat parameters (``tracin_we.params``): data fields go to ``DataConfig``."""
+        """From flat parameters (``tracin_we.core.params``): data fields go to ``DataConfig``."""
         return from_params(cls, params)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
 BERT_UNCASED = "bert-base-uncased"
-VOCAB_FILE = Path(__file__).parent / "assets" / "bert-base-uncased-vocab.txt"
+VOCAB_FILE = Path(__file__).parents[1] / "assets" / "bert-base-uncased-vocab.txt"
 VOCAB_SIZE = 30522
 # What AutoTokenizer reads from a folder; a Trainer checkpoint saved without its tokenizer has none.
 TOKENIZER_FILES = (

@@ -1,5 +1,5 @@
 """A cached, resumable run of epochs whose checkpoints TracIn needs: the engine behind
-``tracin_we.train`` (classifier fine-tuning) and ``tracin_we.pretrain`` (masked-LM pretraining).
+``training.train`` (classifier fine-tuning) and ``training.pretrain`` (masked-LM pretraining).
 
 A run lives in one ``persistence.Folder``:
 
@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tracin_we.checkpoints import load_checkpoint
-from tracin_we.persistence import CheckpointError, Folder, file_sha256
+from tracin_we.core.checkpoints import load_checkpoint
+from tracin_we.core.persistence import CheckpointError, Folder, file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ for each other. Hence the default: joblib workers of one thread each. Measure wi
 
 ``RetrainStore`` keeps one file per finished job, keyed by (training config, data, removed set,
 seed, torch threads per retrain), so that no model is ever trained twice and an interrupted sweep
-resumes (``retrain_cached``). Files follow ``tracin_we.persistence``'s rule: a damaged one is
+resumes (``retrain_cached``). Files follow ``tracin_we.core.persistence``'s rule: a damaged one is
 deleted and retrained.
 """
 
@@ -37,17 +37,17 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from tracin_we.inputs import Tensors
-from tracin_we.params import SEED_LIMIT
-from tracin_we.persistence import (
+from tracin_we.core.inputs import Tensors
+from tracin_we.core.params import SEED_LIMIT
+from tracin_we.core.persistence import (
     CheckpointError,
     cache_dir,
     cache_folder,
     config_key,
     tensor_digest,
 )
-from tracin_we.recipe import TrainConfig, fit, new_model, predict_proba
-from tracin_we.train import resolved_config
+from tracin_we.training.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.training.train import resolved_config
 
 BACKENDS = ("sequential", "joblib", "dask")
 # A change of the training tensors (same rows, same order): picklable, hashable, deterministic.

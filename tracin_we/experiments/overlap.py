@@ -27,7 +27,11 @@ import pandas as pd
 import torch
 from datasets import DatasetDict
 
-from tracin_we.deletion import (
+from tracin_we.core.inputs import Tensors, framing_ids, structural_ids
+from tracin_we.core.paper import NO_OVERLAP, reports
+from tracin_we.core.persistence import Folder, cache_dir, config_key, save_tables
+from tracin_we.core.tokenizer import load_tokenizer
+from tracin_we.experiments.deletion import (
     SUMMARY_NAMES,
     DeletionConfig,
     DeletionResult,
@@ -38,10 +42,6 @@ from tracin_we.deletion import (
     score_rows,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
-from tracin_we.inputs import Tensors, framing_ids, structural_ids
-from tracin_we.paper import NO_OVERLAP, reports
-from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
-from tracin_we.tokenizer import load_tokenizer
 
 
 def least_overlap_candidates(

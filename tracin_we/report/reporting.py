@@ -21,8 +21,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from tracin_we.persistence import atomic_write, write_json
-from tracin_we.stats import spearman
+from tracin_we.core.persistence import atomic_write, write_json
+from tracin_we.core.stats import spearman
 
 
 def record_metrics(path: str | Path, **metrics: Any) -> dict:

@@ -48,17 +48,17 @@ from datasets import DatasetDict
 from torch import nn
 
 from tracin_we import influence
-from tracin_we.checkpoints import StateDict
-from tracin_we.data import fingerprint, make_splits
+from tracin_we.core.checkpoints import StateDict
+from tracin_we.core.data import fingerprint, make_splits
+from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs, structural_ids
+from tracin_we.core.paper import reports
+from tracin_we.core.params import check_types, from_params
+from tracin_we.core.persistence import Folder, cache_dir, config_key, save_tables
+from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
-from tracin_we.inputs import PAD_ID, Tensors, model_inputs, structural_ids
-from tracin_we.paper import reports
-from tracin_we.params import check_types, from_params
-from tracin_we.persistence import Folder, cache_dir, config_key, save_tables
-from tracin_we.recipe import TrainConfig, config_identity, predict_proba
-from tracin_we.retrain import RetrainJob, retrain_cached
-from tracin_we.tokenizer import load_tokenizer
-from tracin_we.train import train
+from tracin_we.training.recipe import TrainConfig, config_identity, predict_proba
+from tracin_we.training.retrain import RetrainJob, retrain_cached
+from tracin_we.training.train import train
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class FixingConfig:
     @classmethod
     def from_params(cls, **params) -> FixingConfig:
         """Build from flat notebook/preset parameters: this class's own fields, the rest going to
-        its ``TrainConfig`` (``tracin_we.params``); unknown names are an error."""
+        its ``TrainConfig`` (``tracin_we.core.params``); unknown names are an error."""
         return from_params(cls, params)
 
     @property

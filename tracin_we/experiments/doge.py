@@ -43,9 +43,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tracin_we.inputs import Tensors, select
-from tracin_we.params import check_types
-from tracin_we.recipe import Recipe
+from tracin_we.core.inputs import Tensors, select
+from tracin_we.core.params import check_types
+from tracin_we.training.recipe import Recipe
 
 _NO_GRADIENT = {"grad_norm": float("nan"), "cosine": float("nan")}  # step 0: the start
 

@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.models import word_embeddings
 from tracin_we.influence.gradients import batch_rows, batches, param_grads
-from tracin_we.inputs import model_inputs
-from tracin_we.models import word_embeddings
 
 VARIANTS = ("C_l1", "C_l1_l2", "C_l2")
 

@@ -1,13 +1,13 @@
 """A cached training run: ``train(config)`` trains a ``TrainConfig`` with the recipe of
-``tracin_we.recipe`` and keeps the checkpoints that TracIn needs.
+``tracin_we.training.recipe`` and keeps the checkpoints that TracIn needs.
 
 The result is cached under a key derived from the resolved config and the data's fingerprint: a
 rerun with the same config reuses it, a different config never does, and an interrupted run
-resumes from its last finished epoch. Files follow ``tracin_we.persistence``'s rule: written
+resumes from its last finished epoch. Files follow ``tracin_we.core.persistence``'s rule: written
 atomically, recorded with their sha256, verified on every read; damaged partial state of an
 interrupted run is discarded (training restarts from scratch, logged), a damaged finished run is
 refused. The torch thread count is part of the cache key. The folder's layout and the resume
-logic are ``tracin_we.cached_run``'s, shared with MLM pretraining (``tracin_we.pretrain``).
+logic are ``training.cached_run``'s, shared with MLM pretraining (``training.pretrain``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,12 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 
-from tracin_we.cached_run import (
+from tracin_we.core.checkpoints import load_checkpoint
+from tracin_we.core.data import fingerprint, make_splits
+from tracin_we.core.inputs import model_inputs
+from tracin_we.core.models import check_length, word_embeddings
+from tracin_we.core.persistence import Folder, cache_dir, config_key
+from tracin_we.training.cached_run import (
     Checkpoint,
     OnEpoch,
     Schedule,
@@ -29,12 +34,7 @@ from tracin_we.cached_run import (
     open_run,
     run_epochs,
 )
-from tracin_we.checkpoints import load_checkpoint
-from tracin_we.data import fingerprint, make_splits
-from tracin_we.inputs import model_inputs
-from tracin_we.models import check_length, word_embeddings
-from tracin_we.persistence import Folder, cache_dir, config_key
-from tracin_we.recipe import (
+from tracin_we.training.recipe import (
     RECIPE_VERSION,
     TrainConfig,
     accuracy,
@@ -113,7 +113,7 @@ def train(
     given ``run_dir`` holding another config is refused unless ``overwrite``, which deletes the
     files tracin-we wrote there and refuses a folder holding anything else. Each checkpoint
     stores its state dict, the learning rate in force, its epoch and the resolved config
-    (``tracin_we.cached_run``).
+    (``tracin_we.training.cached_run``).
     """
     splits = splits if splits is not None else make_splits(config.data)
     model, init = new_model(config)

@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 from datasets import Dataset, DatasetDict
 
-from tracin_we.params import check_types
-from tracin_we.persistence import tensor_digest
-from tracin_we.tokenizer import BERT_UNCASED, load_tokenizer
+from tracin_we.core.params import check_types
+from tracin_we.core.persistence import tensor_digest
+from tracin_we.core.tokenizer import BERT_UNCASED, load_tokenizer
 
 DATA_DIR_ENV = "TRACIN_WE_DATA_DIR"
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv")

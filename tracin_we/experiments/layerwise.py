@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tracin_we.cancellation import layer_groups
-from tracin_we.checkpoints import resolve_checkpoints
-from tracin_we.data import make_splits
-from tracin_we.deletion import DeletionConfig, run_deletion
+from tracin_we.core.checkpoints import resolve_checkpoints
+from tracin_we.core.data import make_splits
+from tracin_we.core.inputs import forward, model_inputs
+from tracin_we.core.models import word_embeddings
+from tracin_we.experiments.cancellation import layer_groups
+from tracin_we.experiments.deletion import DeletionConfig, run_deletion
 from tracin_we.influence.context import prepared
 from tracin_we.influence.gradients import batch_rows, batches, param_grads
 from tracin_we.influence.options import Options
-from tracin_we.inputs import forward, model_inputs
-from tracin_we.models import word_embeddings
-from tracin_we.recipe import new_model
+from tracin_we.training.recipe import new_model
 
 
 def layer_scores(

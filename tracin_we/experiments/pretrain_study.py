@@ -3,11 +3,11 @@
 Setting. Fine-tuning is restricted to a subtask of named classes (``target_classes``, e.g. World
 vs Sci/Tech; ``class_subset``: every split keeps the texts of those classes, labels unchanged, so
 the classifier keeps the task's head and p(true class) its usual meaning). MLM pretraining
-(``tracin_we.pretrain``) runs on ``n_corpus`` texts of *every* domain that fine-tuning leaves
+(``training.pretrain``) runs on ``n_corpus`` texts of *every* domain that fine-tuning leaves
 unused. Three questions, all with common random numbers (one ``seed``: model inits, MLM masks,
 batch order and dropout are shared by every run compared):
 
-1. **Domains by DoGE** (``tracin_we.doge``): do the weights go to the subtask's domains?
+1. **Domains by DoGE** (``tracin_we.experiments.doge``): do the weights go to the subtask's domains?
    ``compare_mixtures`` pretrains on ``n_mixture`` texts drawn with DoGE's average weights and
    with uniform weights (the same number of texts and steps: ``recipe.fit`` with ``keep``),
    fine-tunes both, and compares validation loss and accuracy.
@@ -38,12 +38,13 @@ from datasets import DatasetDict
 from torch import nn
 from tqdm.auto import tqdm
 
-from tracin_we.data import TASKS, balanced_indices
-from tracin_we.doge import DogeResult, DogeSettings, mixture_keep, run_doge
-from tracin_we.inputs import Tensors, model_inputs
-from tracin_we.params import check_types, from_params
-from tracin_we.persistence import Folder, cache_dir, cache_folder, config_key, tensor_digest
-from tracin_we.pretrain import (
+from tracin_we.core.data import TASKS, balanced_indices
+from tracin_we.core.inputs import Tensors, model_inputs
+from tracin_we.core.params import check_types, from_params
+from tracin_we.core.persistence import Folder, cache_dir, cache_folder, config_key, tensor_digest
+from tracin_we.core.stats import paired_bootstrap
+from tracin_we.experiments.doge import DogeResult, DogeSettings, mixture_keep, run_doge
+from tracin_we.training.pretrain import (
     PretrainConfig,
     PretrainResult,
     load_encoder,
@@ -51,9 +52,8 @@ from tracin_we.pretrain import (
     mlm_tensors,
     new_mlm_model,
 )
-from tracin_we.recipe import TrainConfig, fit, new_model, predict_proba
-from tracin_we.stats import paired_bootstrap
-from tracin_we.train import resolved_config
+from tracin_we.training.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.training.train import resolved_config
 
 METHODS = ("multistage-tracin-we", "random")
 
@@ -305,7 +305,7 @@ def doge_weights(
     device: str = "cpu",
     progress: bool = False,
 ) -> DogeResult:
-    """DoGE (``tracin_we.doge``) from a fresh ``MaskedLM`` (the pretraining run's seed and
+    """DoGE (``experiments.doge``) from a fresh ``MaskedLM`` (the pretraining run's seed and
     optimizer) over ``pre``'s corpus and domains, the target being the MLM loss on the subtask's
     train texts ``splits["train"]`` (masked as the corpus)."""
     target = mlm_tensors(splits["train"], pre.config)

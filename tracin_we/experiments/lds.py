@@ -44,14 +44,10 @@ import torch
 from datasets import DatasetDict
 
 from tracin_we import influence
-from tracin_we.deletion import evaluation_inputs, result_identity, score_rows
-from tracin_we.influence.options import parse_options
-from tracin_we.paper import PAPER_METHODS
-from tracin_we.params import check_types, from_params
-from tracin_we.persistence import claim_result_folder, load_tables, save_tables
-from tracin_we.recipe import TrainConfig
-from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
-from tracin_we.stats import (
+from tracin_we.core.paper import PAPER_METHODS
+from tracin_we.core.params import check_types, from_params
+from tracin_we.core.persistence import claim_result_folder, load_tables, save_tables
+from tracin_we.core.stats import (
     HIGHER_IS_BETTER,
     REFERENCES,
     compare,
@@ -59,6 +55,10 @@ from tracin_we.stats import (
     spearman,
     two_way_means,
 )
+from tracin_we.experiments.deletion import evaluation_inputs, result_identity, score_rows
+from tracin_we.influence.options import parse_options
+from tracin_we.training.recipe import TrainConfig
+from tracin_we.training.retrain import BACKENDS, RetrainJob, retrain_cached
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ from transformers import (
     PreTrainedModel,
 )
 
-from tracin_we.inputs import PAD_ID, forward
-from tracin_we.persistence import tensor_digest
-from tracin_we.tokenizer import VOCAB_SIZE
+from tracin_we.core.inputs import PAD_ID, forward
+from tracin_we.core.persistence import tensor_digest
+from tracin_we.core.tokenizer import VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tracin_we.deletion import DeletionConfig
-from tracin_we.recipe import TrainConfig, with_overrides
+from tracin_we.experiments.deletion import DeletionConfig
+from tracin_we.training.recipe import TrainConfig, with_overrides
 
 AGGREGATIONS = ("mean", "rank", "vote")
 

@@ -11,10 +11,10 @@ import seaborn as sns
 import torch
 from datasets import Dataset
 
+from tracin_we.core.inputs import structural_ids
 from tracin_we.influence import WordScores, top_k
 from tracin_we.influence.words import word_spans, word_text
-from tracin_we.inputs import structural_ids
-from tracin_we.recipe import TrainConfig
+from tracin_we.training.recipe import TrainConfig
 
 
 def check_listing(

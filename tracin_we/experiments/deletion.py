@@ -38,16 +38,16 @@ import torch
 from datasets import DatasetDict
 
 from tracin_we import influence
-from tracin_we.data import balanced_indices, fingerprint, make_splits
+from tracin_we.core.data import balanced_indices, fingerprint, make_splits
+from tracin_we.core.inputs import Tensors, model_inputs
+from tracin_we.core.paper import PAPER_METHODS
+from tracin_we.core.params import check_types, from_params
+from tracin_we.core.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
+from tracin_we.core.stats import bootstrap_index
 from tracin_we.influence.options import parse_options
-from tracin_we.inputs import Tensors, model_inputs
-from tracin_we.paper import PAPER_METHODS
-from tracin_we.params import check_types, from_params
-from tracin_we.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
-from tracin_we.recipe import TrainConfig, config_identity
-from tracin_we.retrain import BACKENDS, RetrainJob, retrain_cached
-from tracin_we.stats import bootstrap_index
-from tracin_we.train import train
+from tracin_we.training.recipe import TrainConfig, config_identity
+from tracin_we.training.retrain import BACKENDS, RetrainJob, retrain_cached
+from tracin_we.training.train import train
 
 DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
 SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}
@@ -106,7 +106,7 @@ class DeletionConfig:
     @classmethod
     def from_params(cls, **params) -> DeletionConfig:
         """Build from flat notebook/preset parameters: this class's own fields, the rest going to
-        its ``TrainConfig`` (``tracin_we.params``); unknown names are an error."""
+        its ``TrainConfig`` (``tracin_we.core.params``); unknown names are an error."""
         return from_params(cls, params)
 
     @property

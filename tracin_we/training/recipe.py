@@ -5,11 +5,11 @@ initialised BERT-tiny, which the paper's SGD leaves at chance), a constant learn
 cross-entropy, mini-batches in a seeded order (``epoch_order``). ``TrainConfig`` holds the model,
 its data and the recipe; ``fit`` trains a model in place (optionally without some examples, for
 retraining); ``predict_proba`` and ``accuracy`` evaluate it. Nothing here touches the disk: the
-cached, resumable run is ``tracin_we.train``. ``fit`` takes the loss as a parameter (default: the
-classifier's cross-entropy), so MLM pretraining (``tracin_we.pretrain``) runs the same loop.
+cached, resumable run is ``training.train``. ``fit`` takes the loss as a parameter (default: the
+classifier's cross-entropy), so MLM pretraining (``training.pretrain``) runs the same loop.
 
 BERT-tiny starts from the hub's pretrained weights (``pretrained``, when reachable), a random init,
-or a local MLM pretraining run (``init_from``: ``tracin_we.pretrain``).
+or a local MLM pretraining run (``init_from``: ``tracin_we.training.pretrain``).
 
 Training stops with ``FloatingPointError`` as soon as it diverges: a non-finite (or absurdly
 large, ``DIVERGED_LOSS``) loss at any step, non-finite weights at the end of an epoch.
@@ -29,17 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from tracin_we.data import DataConfig
-from tracin_we.inputs import Tensors, forward, select
-from tracin_we.models import (
+from tracin_we.core.data import DataConfig
+from tracin_we.core.inputs import Tensors, forward, select
+from tracin_we.core.models import (
     BUILTIN_MODELS,
     as_classifier,
     build_model,
     check_length,
     word_embeddings,
 )
-from tracin_we.params import check_types, from_params
-from tracin_we.tokenizer import VOCAB_SIZE, model_tokenizer
+from tracin_we.core.params import check_types, from_params
+from tracin_we.core.tokenizer import VOCAB_SIZE, model_tokenizer
 
 OPTIMIZERS = ("sgd", "adam")
 # Part of every cache key: bump it when the training loop changes its numbers (v2: fused Adam).
@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = 0  # model init, batch order and dropout
     freeze_embeddings: bool = False  # no-overlap experiment: word embeddings stay at init
     max_grad_norm: float | None = None  # clip the global gradient norm (HF Trainer uses 1.0)
-    # A local MLM pretraining run (tracin_we.pretrain: its folder, or a .pt checkpoint) whose word
+    # A local MLM pretraining run (training.pretrain: its folder, or a .pt checkpoint) whose word
     # embeddings and encoder start bert-tiny; None: `pretrained` decides (hub or random init).
     init_from: str | None = None
 
@@ -100,12 +100,12 @@ class TrainConfig:
             if not os.path.exists(self.init_from):
                 raise ValueError(
                     f"init_from={self.init_from!r} does not exist; give a pretraining run folder "
-                    "(tracin_we.pretrain) or one of its .pt checkpoints, or None"
+                    "(tracin_we.training.pretrain) or one of its .pt checkpoints, or None"
                 )
 
     @classmethod
     def from_params(cls, **params) -> TrainConfig:
-        """Build from the flat parameters of a notebook or preset (``tracin_we.params``): data
+        """Build from the flat parameters of a notebook or preset (``tracin_we.core.params``): data
         fields go to ``DataConfig``, ``seed`` to both; unknown names are an error."""
         return from_params(cls, params)
 
@@ -166,7 +166,7 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
         label_names=config.data.class_names,
     )
     if config.init_from is not None:
-        from tracin_we.pretrain import load_encoder  # pretrain imports this module
+        from tracin_we.training.pretrain import load_encoder  # pretrain imports this module
 
         init = load_encoder(model, config.init_from)
     return model, init

@@ -2,7 +2,7 @@
 
 A checkpoint is a ``torch.save``d dict ``{"state_dict", "lr", "epoch", "config"}`` that loads with
 ``weights_only=True``; TracIn takes checkpoints as ``(state_dict, learning_rate)`` pairs. Writing,
-hashing and the damaged-file rule live in ``tracin_we.persistence``.
+hashing and the damaged-file rule live in ``tracin_we.core.persistence``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from tracin_we.persistence import CheckpointError, Folder, load_torch_bytes
+from tracin_we.core.persistence import CheckpointError, Folder, load_torch_bytes
 
 # Re-exported for modules that still import them from here (fixing.py); new code imports
-# tracin_we.persistence.
-from tracin_we.persistence import atomic_write as atomic_write
-from tracin_we.persistence import write_json as write_json
+# tracin_we.core.persistence.
+from tracin_we.core.persistence import atomic_write as atomic_write
+from tracin_we.core.persistence import write_json as write_json
 
 StateDict = dict[str, torch.Tensor]
 CheckpointLike = tuple[StateDict | str | os.PathLike, float]
