@@ -1,7 +1,7 @@
 """Test accuracy against retrain time for CNN recipes on the offline AG News: what the deletion,
 fixing and LDS notebooks buy per retrain-second.
 
-Each recipe is trained with ``recipe.fit`` as a retrain is (one torch thread, present embedding
+Each recipe is trained with ``loop.fit`` as a retrain is (one torch thread, present embedding
 rows only) for each ``--seeds`` (the seed also draws the data sample) and evaluated on the same
 1,000 test texts; the time is the fit alone, fastest over seeds. Other processes on the cores
 slow every row down; the accuracies do not depend on them.
@@ -20,7 +20,9 @@ import torch
 
 from tracin_we.core.data import make_splits
 from tracin_we.core.inputs import model_inputs
-from tracin_we.training.recipe import TrainConfig, accuracy, fit, new_model
+from tracin_we.training.loop import accuracy, fit
+from tracin_we.training.model_init import new_model
+from tracin_we.training.recipe import TrainConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

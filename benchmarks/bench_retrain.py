@@ -30,7 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tracin_we.core.data import make_splits
 from tracin_we.core.inputs import model_inputs, select
-from tracin_we.training.recipe import TrainConfig, new_model, with_overrides
+from tracin_we.training.model_init import new_model
+from tracin_we.training.recipe import TrainConfig, with_overrides
 from tracin_we.training.retrain import RetrainJob, retrain_probabilities, train_job
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

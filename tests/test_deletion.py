@@ -25,7 +25,7 @@ from tracin_we.experiments.deletion import (
     load_deletion,
     run_deletion,
 )
-from tracin_we.training.recipe import predict_proba
+from tracin_we.training.loop import predict_proba
 from tracin_we.training.retrain import RetrainJob, retrain_cached
 from tracin_we.training.train import train
 

@@ -24,7 +24,7 @@ from tracin_we.experiments.fixing import (
     worst_words,
 )
 from tracin_we.influence.attribution import influence_last_positions, influence_last_vectors
-from tracin_we.training.recipe import predict_proba
+from tracin_we.training.loop import predict_proba
 from tracin_we.training.train import train
 
 N, T = 48, 12

@@ -26,7 +26,9 @@ from tracin_we import influence
 from tracin_we.core.checkpoints import trainer_checkpoints
 from tracin_we.core.models import HFClassifier, as_classifier, build_model
 from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
-from tracin_we.training.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.training.loop import fit, predict_proba
+from tracin_we.training.model_init import new_model
+from tracin_we.training.recipe import TrainConfig
 
 F64 = {"dtype": torch.float64}
 TRAIN_TEXTS = [

@@ -32,7 +32,9 @@ from tracin_we.experiments.lds import (
     typical_point,
 )
 from tracin_we.training import retrain as retrain_module
-from tracin_we.training.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.training.loop import fit, predict_proba
+from tracin_we.training.model_init import new_model
+from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.train import train
 
 N_TRAIN, N_TEST, T = 32, 16, 12

@@ -27,7 +27,9 @@ from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
 from tracin_we.experiments.fixing import beside_paper as fixed_beside_paper
 from tracin_we.experiments.overlap import auc_del_figure, paper_comparison
 from tracin_we.reproduce import reproduce
-from tracin_we.training.recipe import TrainConfig, fit, new_model, with_overrides
+from tracin_we.training.loop import fit
+from tracin_we.training.model_init import new_model
+from tracin_we.training.recipe import TrainConfig, with_overrides
 from tracin_we.training.retrain import RetrainJob, retrain_probabilities
 
 POSITIVE = ["great", "loved", "wonderful", "superb", "fun", "moving"]

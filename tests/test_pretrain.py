@@ -11,6 +11,7 @@ from tracin_we.core.data import DataConfig, make_splits
 from tracin_we.core.inputs import CLS_ID, PAD_ID, SEP_ID, model_inputs
 from tracin_we.influence.multistage import by_domain, multistage_scores
 from tracin_we.training import pretrain as pretrain_module
+from tracin_we.training.model_init import new_model
 from tracin_we.training.pretrain import (
     IGNORE,
     PretrainConfig,
@@ -20,7 +21,7 @@ from tracin_we.training.pretrain import (
     pretrain,
     pretraining_corpus,
 )
-from tracin_we.training.recipe import TrainConfig, config_identity, new_model
+from tracin_we.training.recipe import TrainConfig, config_identity
 from tracin_we.training.train import train
 
 

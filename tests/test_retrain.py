@@ -12,7 +12,9 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from tracin_we.training.recipe import TrainConfig, epoch_order, fit, new_model, predict_proba
+from tracin_we.training.loop import epoch_order, fit, predict_proba
+from tracin_we.training.model_init import new_model
+from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.retrain import (
     RetrainJob,
     RetrainStore,

@@ -18,7 +18,7 @@ from tracin_we.core.models import (
     word_embeddings,
 )
 from tracin_we.training import train as train_module
-from tracin_we.training.recipe import fit, predict_proba
+from tracin_we.training.loop import fit, predict_proba
 from tracin_we.training.train import train
 
 

@@ -168,7 +168,7 @@ def case(monkeypatch: pytest.MonkeyPatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the input was refused")
 
-    monkeypatch.setattr(influence, "prepared", no_work)
+    monkeypatch.setattr(influence.api, "prepared", no_work)
     return model, [(state, 0.3), (state, 0.05)], texts(6, 0), texts(4, 1)
 
 

@@ -35,7 +35,8 @@ from tracin_we.influence.context import Run, prepared
 from tracin_we.influence.gradients import batch_rows, embedding_grads, param_grads
 from tracin_we.influence.last_layer import last_layer_kernel
 from tracin_we.influence.options import Options, model_sizes, prepare_data
-from tracin_we.training.recipe import TrainConfig, fit
+from tracin_we.training.loop import fit
+from tracin_we.training.recipe import TrainConfig
 
 Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
 Data = Dataset | list[dict] | Tensors
@@ -127,7 +128,7 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
 def fit_with_checkpoints(
     model: nn.Module, data: Data, config: TrainConfig
 ) -> list[tuple[StateDict, float]]:
-    """Train ``model`` in place with ``recipe.fit`` and return ``(state_dict, lr)`` after each epoch
+    """Train ``model`` in place with ``loop.fit`` and return ``(state_dict, lr)`` after each epoch
     of ``config.checkpoint_epochs``: the ``checkpoints`` of ``influence.scores``. Nothing is
     written to disk (a full batch per epoch makes an epoch one step)."""
     saved: list[tuple[StateDict, float]] = []

@@ -7,7 +7,7 @@ retrain with exactly the original recipe for each seed s, and read p_c(z') again
     DEL(z', k, I) = mean_s p_c(z'; θ_s without the k) − mean_s p_c(z'; θ_s)
 
 with the baseline θ_s trained by the same recipe and seed on the full set (common random
-numbers: a retrain and its baseline share init and batch order, ``recipe.fit``). Scores follow
+numbers: a retrain and its baseline share init and batch order, ``loop.fit``). Scores follow
 ``influence.scores``: positive = proponent. So DEL+ should be negative and DEL− positive for a
 good method. AUC-DEL± = mean over the k grid, then mean over test points, with a bootstrap CI
 over test points. ``random`` (random scores) is the deletion control.

@@ -9,7 +9,7 @@ positive score = proponent) and either
 - ``"replace"``: in each of them, replace its most negatively influential word on z' by [PAD]
   (id 0, attention mask 0), leaving the rest of the text where it was;
 
-then retrain with the same recipe for each seed (same init and batch order, ``recipe.fit``) and
+then retrain with the same recipe for each seed (same init and batch order, ``loop.fit``) and
 count the mistake *fixed* when the retrained model predicts its true class. The control retrains
 with nothing changed: what seeds alone fix. Each mistake is fixed on its own (one retrain per
 mistake, method, fix and seed).
@@ -56,7 +56,8 @@ from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder, cache_dir, config_key, save_tables
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
-from tracin_we.training.recipe import TrainConfig, config_identity, predict_proba
+from tracin_we.training.loop import predict_proba
+from tracin_we.training.recipe import TrainConfig, config_identity
 from tracin_we.training.retrain import RetrainJob, retrain_cached
 from tracin_we.training.train import train
 

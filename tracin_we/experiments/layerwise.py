@@ -28,7 +28,7 @@ from tracin_we.experiments.deletion import DeletionConfig, run_deletion
 from tracin_we.influence.context import prepared
 from tracin_we.influence.gradients import batch_rows, batches, param_grads
 from tracin_we.influence.options import Options
-from tracin_we.training.recipe import new_model
+from tracin_we.training.model_init import new_model
 
 
 def layer_scores(

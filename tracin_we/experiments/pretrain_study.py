@@ -9,7 +9,7 @@ batch order and dropout are shared by every run compared):
 
 1. **Domains by DoGE** (``tracin_we.experiments.doge``): do the weights go to the subtask's domains?
    ``compare_mixtures`` pretrains on ``n_mixture`` texts drawn with DoGE's average weights and
-   with uniform weights (the same number of texts and steps: ``recipe.fit`` with ``keep``),
+   with uniform weights (the same number of texts and steps: ``loop.fit`` with ``keep``),
    fine-tunes both, and compares validation loss and accuracy.
 2. **Domains by influence**: multi-stage TracIn-WE (``influence.multistage``) summed by
    pretraining domain × test class (``by_domain``).
@@ -44,6 +44,8 @@ from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder, cache_dir, cache_folder, config_key, tensor_digest
 from tracin_we.core.stats import paired_bootstrap
 from tracin_we.experiments.doge import DogeResult, DogeSettings, mixture_keep, run_doge
+from tracin_we.training.loop import fit, predict_proba
+from tracin_we.training.model_init import new_model
 from tracin_we.training.pretrain import (
     PretrainConfig,
     PretrainResult,
@@ -52,7 +54,7 @@ from tracin_we.training.pretrain import (
     mlm_tensors,
     new_mlm_model,
 )
-from tracin_we.training.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.train import resolved_config
 
 METHODS = ("multistage-tracin-we", "random")

@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tracin_we.core.inputs import Tensors
-from tracin_we.influence import (
+from tracin_we.influence.api import (
     Checkpoints,
     Data,
     InfluentialResults,

@@ -25,7 +25,7 @@ the per-example form TracIn assumes. Logits are computed at predicted positions 
 classifier, and ∇_E ℓ_MLM(z) is non-zero only in the rows of the tokens fed (TracIn-WE's sparse
 rows; with BERT's tied decoder every row would get a gradient through the softmax).
 
-**Run** (``pretrain``): ``recipe.fit`` with the MLM loss inside ``cached_run``'s cached,
+**Run** (``pretrain``): ``loop.fit`` with the MLM loss inside ``cached_run``'s cached,
 resumable, verified run (the same files as ``train``: ``epoch<N>.pt`` with their learning rate,
 ``final.pt``, ``result.json``) under ``<cache>/pretrain/bert-tiny-mlm-<key>``. Fine-tuning starts
 from it with ``TrainConfig(init_from=str(result.run_dir))`` (``load_encoder``).
@@ -62,7 +62,8 @@ from tracin_we.training.cached_run import (
     open_run,
     run_epochs,
 )
-from tracin_we.training.recipe import RECIPE_VERSION, check_recipe, fit
+from tracin_we.training.loop import fit
+from tracin_we.training.recipe import RECIPE_VERSION, check_recipe
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class MaskedLM(nn.Module):
 
 
 def mlm_loss(model: MaskedLM, batch: Tensors) -> torch.Tensor:
-    """A mini-batch's loss: the mean of ℓ_MLM over its texts (``recipe.fit``'s ``loss_fn``)."""
+    """A mini-batch's loss: the mean of ℓ_MLM over its texts (``loop.fit``'s ``loss_fn``)."""
     return model.losses(batch).mean()
 
 

@@ -1,7 +1,7 @@
 """Retraining many models: the engine behind case deletion and targeted fixing.
 
 A job is ``RetrainJob(seed, removed)``: the model ``new_model(replace(config, seed=seed))`` trained
-with the original recipe (``recipe.fit``, batch order ``epoch_order(n, seed, epoch)``) on the
+with the original recipe (``loop.fit``, batch order ``epoch_order(n, seed, epoch)``) on the
 training set minus the examples ``removed``; its result is the softmax probabilities (n_test, C)
 it gives the test inputs. A job may also carry an *edit*: a picklable function of the training
 tensors returning the tensors it trains on (targeted fixing's [PAD]-ed words), applied where the
@@ -46,7 +46,9 @@ from tracin_we.core.persistence import (
     config_key,
     tensor_digest,
 )
-from tracin_we.training.recipe import TrainConfig, fit, new_model, predict_proba
+from tracin_we.training.loop import fit, predict_proba
+from tracin_we.training.model_init import new_model
+from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.train import resolved_config
 
 BACKENDS = ("sequential", "joblib", "dask")

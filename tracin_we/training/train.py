@@ -34,14 +34,9 @@ from tracin_we.training.cached_run import (
     open_run,
     run_epochs,
 )
-from tracin_we.training.recipe import (
-    RECIPE_VERSION,
-    TrainConfig,
-    accuracy,
-    config_identity,
-    fit,
-    new_model,
-)
+from tracin_we.training.loop import accuracy, fit
+from tracin_we.training.model_init import new_model
+from tracin_we.training.recipe import RECIPE_VERSION, TrainConfig, config_identity
 
 log = logging.getLogger(__name__)
 

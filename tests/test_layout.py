@@ -1,0 +1,85 @@
+"""The package's shape: folders by role on import floors, no cycles, small modules.
+
+Floors, lowest first: ``core`` (data, models, persistence, parameters) < ``influence`` (the
+engine) < ``training`` < ``experiments`` < ``report`` < the top (``reproduce``, ``preflight``).
+A module may import from its own floor and the floors below, never from above, and no chain of
+imports (late ones inside functions included) leads back to where it started."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tracin_we"
+FLOORS = ["core", "influence", "training", "experiments", "report"]
+TOP = len(FLOORS)
+MAX_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def floor(module: str) -> int:
+    parts = module.split(".")
+    return FLOORS.index(parts[1]) if len(parts) > 2 or (parts[1:] and parts[1] in FLOORS) else TOP
+
+
+def imports(module: str) -> set[str]:
+    """The package's modules that ``module`` imports, anywhere in its code."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            submodules = [f"{node.module}.{a.name}" for a in node.names]
+            names = [m for m in submodules if m in MODULES] or [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in MODULES and name != module}
+    return found
+
+
+GRAPH = {module: imports(module) for module in MODULES}
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_import_reaches_up_a_floor(module):
+    above = sorted(m for m in GRAPH[module] if floor(m) > floor(module))
+    assert not above, f"{module} (floor {floor(module)}) imports {above} from above"
+
+
+def test_no_import_cycle():
+    def cycle_through(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], {start}
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(GRAPH[node]):
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    cycles = [cycle for module in MODULES if (cycle := cycle_through(module))]
+    assert not cycles, " -> ".join(cycles[0])
+
+
+def test_floors_are_folders_and_the_top_is_small():
+    folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert set(FLOORS) <= folders and len(folders) >= 4
+    top = [p.name for p in PACKAGE.glob("*.py")]
+    assert len(top) <= 6, top
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_over_400_lines(module):
+    lines = len(MODULES[module].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{module} has {lines} lines"
