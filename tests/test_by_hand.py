@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
+from tracin_we.core.hf_models import HFClassifier
 from tracin_we.core.inputs import model_inputs
-from tracin_we.core.models import CNNClassifier, HFClassifier, word_embeddings
+from tracin_we.core.models import CNNClassifier, word_embeddings
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.experiments import by_hand
 from tracin_we.influence import scores, word_scores

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
-from tracin_we.core.models import CNNClassifier, HFClassifier
+from tracin_we.core.hf_models import HFClassifier
+from tracin_we.core.models import CNNClassifier
 from tracin_we.experiments.cancellation import cancellation, layer_groups
 
 

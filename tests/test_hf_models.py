@@ -24,7 +24,8 @@ from transformers import (
 from tests.conftest import assert_top_k_close
 from tracin_we import influence
 from tracin_we.core.checkpoints import trainer_checkpoints
-from tracin_we.core.models import HFClassifier, as_classifier, build_model
+from tracin_we.core.hf_models import HFClassifier
+from tracin_we.core.models import as_classifier, build_model
 from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
 from tracin_we.training.loop import fit, predict_proba
 from tracin_we.training.model_init import new_model
@@ -291,7 +292,7 @@ def test_a_model_folder_with_another_head_pretrained_or_not(tmp_path, caplog) ->
     False`` builds the same architecture randomly initialised."""
     saved = tiny_bert(vocab_size=120, num_labels=2)
     saved.save_pretrained(tmp_path / "two")
-    with caplog.at_level("WARNING", logger="tracin_we.core.models"):
+    with caplog.at_level("WARNING", logger="tracin_we.core.hf_models"):
         model, init = build_model(str(tmp_path / "two"), 3, seed=0)
     assert init.startswith(f"pretrained:{tmp_path / 'two'}@") and "head replaced" in caplog.text
     assert model.model.classifier.out_features == 3
@@ -332,7 +333,7 @@ def test_a_head_naming_the_datas_classes_in_another_order_is_reordered(tmp_path,
             assert model.model.config.id2label == dict(enumerate(data))
         same = build_model(str(tmp_path / "named"), 2, seed=0, label_names=("pos", "neg"))[0]
         assert torch.allclose(same.eval()(ids), saved(input_ids=ids).logits)
-    with caplog.at_level("WARNING", logger="tracin_we.core.models"):
+    with caplog.at_level("WARNING", logger="tracin_we.core.hf_models"):
         build_model(str(tmp_path / "named"), 2, seed=0, label_names=("bad", "good"))
     assert "are not the data's ['bad', 'good']" in caplog.text  # other names: kept, and said
 

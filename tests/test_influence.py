@@ -24,8 +24,9 @@ from transformers import BertConfig, BertForSequenceClassification, PreTrainedTo
 
 from tests.conftest import example, subword_tokenizer, texts
 from tracin_we import influence
+from tracin_we.core.hf_models import HFClassifier
 from tracin_we.core.inputs import model_inputs
-from tracin_we.core.models import CNNClassifier, HFClassifier, classifier_layer, word_embeddings
+from tracin_we.core.models import CNNClassifier, classifier_layer, word_embeddings
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.influence import attribution, embedding
 from tracin_we.influence.words import WordScheme, word_scheme, word_spans, word_text

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from transformers import BertConfig, BertForSequenceClassification
 
 from tests.conftest import texts
+from tracin_we.core.hf_models import HFClassifier
 from tracin_we.core.inputs import model_inputs
-from tracin_we.core.models import HFClassifier, word_embeddings
+from tracin_we.core.models import word_embeddings
 from tracin_we.influence.multistage import (
     by_domain,
     multistage_influence_function,

@@ -9,14 +9,9 @@ from torch import nn
 from tests.conftest import tiny_train_config
 from tracin_we.core.checkpoints import CheckpointError, load_checkpoint, trainer_checkpoints
 from tracin_we.core.data import make_splits
+from tracin_we.core.hf_models import HFClassifier
 from tracin_we.core.inputs import model_inputs
-from tracin_we.core.models import (
-    CNNClassifier,
-    HFClassifier,
-    build_model,
-    classifier_layer,
-    word_embeddings,
-)
+from tracin_we.core.models import CNNClassifier, build_model, classifier_layer, word_embeddings
 from tracin_we.training import train as train_module
 from tracin_we.training.loop import fit, predict_proba
 from tracin_we.training.train import train

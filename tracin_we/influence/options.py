@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tracin_we.core.checkpoints import StateDict
+from tracin_we.core.hf_models import HFClassifier
 from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs
-from tracin_we.core.models import HFClassifier, classifier_layer, word_embeddings
+from tracin_we.core.models import classifier_layer, word_embeddings
 from tracin_we.core.params import check_types
 
 COMMON_OPTIONS = ("batch_size", "device", "dtype", "cache_dir", "progress")

@@ -24,10 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tracin_we.core.inputs import Tensors, forward, select
-from tracin_we.core.models import (
-    as_classifier,
-    word_embeddings,
-)
+from tracin_we.core.models import as_classifier, word_embeddings
 from tracin_we.training.recipe import Recipe
 
 # A mini-batch's mean cross-entropy above this means p(true class) < e^-10000 on average: no model

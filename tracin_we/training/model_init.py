@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tracin_we.core.models import (
-    build_model,
-)
+from tracin_we.core.models import build_model
 from tracin_we.core.tokenizer import VOCAB_SIZE
 from tracin_we.training.pretrain import load_encoder
 from tracin_we.training.recipe import TrainConfig

@@ -12,10 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from tracin_we.core.data import DataConfig
-from tracin_we.core.models import (
-    BUILTIN_MODELS,
-    check_length,
-)
+from tracin_we.core.models import BUILTIN_MODELS, check_length
 from tracin_we.core.params import check_types, from_params
 from tracin_we.core.tokenizer import model_tokenizer
 
