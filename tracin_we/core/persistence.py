@@ -45,11 +45,10 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 log = logging.getLogger(__name__)
@@ -341,70 +340,3 @@ def _abandoned(pid: int, host: str, path: Path) -> bool:
         return time.time() - path.stat().st_mtime > _STALE_SECONDS
     except FileNotFoundError:  # renamed by its writer meanwhile
         return False
-
-
-def cache_folder(path: str | os.PathLike, resolved: dict) -> Folder:
-    """The cache folder at ``path`` of the results that ``resolved`` defines (``path`` names its
-    key): stale temporary files removed, ``config.json`` written once (rewritten when damaged)."""
-    folder = Folder(path)
-    folder.remove_stale_tmp()
-    if folder.read_json("config.json", recompute=True) is None:
-        folder.write_json("config.json", resolved)
-    return folder
-
-
-# ---- named result folders: one evaluation (deletion sweep, LDS, ...) beside its config ----
-
-
-def claim_result_folder(
-    resolved: dict,
-    kind: str,
-    what: str,
-    cache: str | os.PathLike | None = None,
-    out_dir: str | os.PathLike | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """The folder of the result that ``resolved`` defines (``out_dir``, else
-    ``<cache>/<kind>/<key of resolved>``), with ``config.json`` written into it. A folder holding
-    anything tracin-we did not write is refused (``Folder.claim``), also under ``overwrite``. One
-    that holds another result is refused (``what`` names it in the error) unless ``overwrite``,
-    which first deletes the files tracin-we wrote there."""
-    folder = Folder(out_dir if out_dir else cache_dir(cache) / kind / config_key(resolved))
-    folder.remove_stale_tmp()
-    folder.claim("out_dir")
-    if overwrite:
-        folder.clear("out_dir")
-    remedy = f"pass overwrite=True to rewrite the {what}, or delete the folder"
-    saved = folder.read_json("config.json", recompute=False, remedy=remedy)
-    if saved not in (None, resolved):
-        raise CheckpointError(
-            f"out_dir={str(folder)!r} holds another {what}; choose another out_dir or pass "
-            "overwrite=True"
-        )
-    folder.write_json("config.json", resolved)
-    return folder.path
-
-
-def save_tables(out_dir: str | os.PathLike, tables: Mapping[str, pd.DataFrame]) -> None:
-    """Each table as ``<name>.csv`` in ``out_dir``, recorded in its manifest."""
-    folder = Folder(out_dir)
-    for name, frame in tables.items():
-        folder.write(f"{name}.csv", frame.to_csv(index=False).encode())
-
-
-def load_tables(
-    out_dir: str | os.PathLike, names: Iterable[str], what: str, remedy: str
-) -> dict[str, pd.DataFrame | dict]:
-    """``config`` (config.json) and each ``<name>.csv`` of ``out_dir``, every file verified: a
-    damaged or missing one is refused, naming it and ``remedy``."""
-    folder = Folder(out_dir)
-    config = folder.read_json("config.json", recompute=False, remedy=remedy)
-    if config is None:
-        raise ValueError(f"out_dir={str(out_dir)!r} holds no {what} (no config.json)")
-    loaded: dict[str, pd.DataFrame | dict] = {"config": config}
-    for name in names:
-        data = folder.read(f"{name}.csv", recompute=False, remedy=remedy)
-        if data is None:
-            raise CheckpointError(f"{str(folder.path / f'{name}.csv')!r} is missing; {remedy}")
-        loaded[name] = pd.read_csv(io.BytesIO(data))
-    return loaded

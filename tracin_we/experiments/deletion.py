@@ -42,7 +42,8 @@ from tracin_we.core.data import balanced_indices, fingerprint, make_splits
 from tracin_we.core.inputs import Tensors, model_inputs
 from tracin_we.core.paper import PAPER_METHODS
 from tracin_we.core.params import check_types, from_params
-from tracin_we.core.persistence import claim_result_folder, load_tables, save_tables, tensor_digest
+from tracin_we.core.persistence import tensor_digest
+from tracin_we.core.result_folders import claim_result_folder, load_tables, save_tables
 from tracin_we.core.stats import bootstrap_index
 from tracin_we.influence.options import parse_options
 from tracin_we.training.recipe import TrainConfig, config_identity

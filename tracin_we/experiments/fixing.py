@@ -53,7 +53,8 @@ from tracin_we.core.data import fingerprint, make_splits
 from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs, structural_ids
 from tracin_we.core.paper import reports
 from tracin_we.core.params import check_types, from_params
-from tracin_we.core.persistence import Folder, cache_dir, config_key, save_tables
+from tracin_we.core.persistence import Folder, cache_dir, config_key
+from tracin_we.core.result_folders import save_tables
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
 from tracin_we.training.loop import predict_proba

@@ -46,7 +46,7 @@ from datasets import DatasetDict
 from tracin_we import influence
 from tracin_we.core.paper import PAPER_METHODS
 from tracin_we.core.params import check_types, from_params
-from tracin_we.core.persistence import claim_result_folder, load_tables, save_tables
+from tracin_we.core.result_folders import claim_result_folder, load_tables, save_tables
 from tracin_we.core.stats import (
     HIGHER_IS_BETTER,
     REFERENCES,

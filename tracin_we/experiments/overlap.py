@@ -29,7 +29,8 @@ from datasets import DatasetDict
 
 from tracin_we.core.inputs import Tensors, framing_ids, structural_ids
 from tracin_we.core.paper import NO_OVERLAP, reports
-from tracin_we.core.persistence import Folder, cache_dir, config_key, save_tables
+from tracin_we.core.persistence import Folder, cache_dir, config_key
+from tracin_we.core.result_folders import save_tables
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.experiments.deletion import (
     SUMMARY_NAMES,

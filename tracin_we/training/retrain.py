@@ -39,13 +39,8 @@ from tqdm.auto import tqdm
 
 from tracin_we.core.inputs import Tensors
 from tracin_we.core.params import SEED_LIMIT
-from tracin_we.core.persistence import (
-    CheckpointError,
-    cache_dir,
-    cache_folder,
-    config_key,
-    tensor_digest,
-)
+from tracin_we.core.persistence import CheckpointError, cache_dir, config_key, tensor_digest
+from tracin_we.core.result_folders import cache_folder
 from tracin_we.training.loop import fit, predict_proba
 from tracin_we.training.model_init import new_model
 from tracin_we.training.recipe import TrainConfig
