@@ -22,9 +22,8 @@ from tests.conftest import local_dask_client, word_level_tokenizer
 from tracin_we.core.data import DataConfig, make_splits
 from tracin_we.core.inputs import model_inputs
 from tracin_we.core.models import word_embeddings
-from tracin_we.core.paper import beside_paper, paper_note
+from tracin_we.core.paper import beside_paper, fixed_share_beside_paper, paper_note
 from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
-from tracin_we.experiments.fixing import beside_paper as fixed_beside_paper
 from tracin_we.experiments.overlap import auc_del_figure, paper_comparison
 from tracin_we.reproduce import reproduce
 from tracin_we.training.loop import fit
@@ -215,8 +214,8 @@ def test_no_overlap_and_fixing_show_paper_numbers_only_for_the_papers_datasets()
     labels = [label for ax in figure.axes for label in ax.get_legend_handles_labels()[1]]
     assert "paper (Toxicity)" not in labels
     fixed = pd.DataFrame({"method": ["tracin-we-topk"], "share_fixed": [0.5]})
-    assert fixed_beside_paper(fixed, "ag_news")["paper"].tolist() == [0.73]
-    assert "paper" not in fixed_beside_paper(fixed, "my_reviews.csv")
+    assert fixed_share_beside_paper(fixed, "ag_news")["paper"].tolist() == [0.73]
+    assert "paper" not in fixed_share_beside_paper(fixed, "my_reviews.csv")
 
 
 @pytest.mark.slow

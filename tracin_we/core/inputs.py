@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 Tensors = dict[str, torch.Tensor]
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-PAD_ID, CLS_ID, SEP_ID = 0, 101, 102  # bert-base-uncased [PAD], [CLS], [SEP]
+PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 101, 102, 103  # bert-base-uncased [PAD] [CLS] [SEP] [MASK]
 
 
 def structural_ids(tokenizer=None, datasets: Sequence[Tensors] = ()) -> tuple[int, ...]:

@@ -29,6 +29,9 @@ TABLE3 = {
     ("mnli", "DEL-"): [None, None, 0.026, None, 0.169, None, 0.005],
 }
 
+# v1 §6: share of 40 mistakes fixed over 10 retrains, k = 50 (BERT-tiny).
+FIXED_SHARE = {"tracin-we-topk": 0.73, "influence-last": 0.33}
+
 # v1 no-word-overlap experiment (Toxicity, word embeddings frozen).
 NO_OVERLAP = {
     "DEL+": {"tracin-last": -0.007, "tracin-we": -0.033, "tracin-we-noc": 0.005},
@@ -71,3 +74,11 @@ def beside_paper(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
     joined = ours.join(table3(dataset), how="left") if reports(dataset) else ours
     order = [m for m in TABLE3_METHODS.values() if m in joined.index]
     return joined.loc[order + [m for m in joined.index if m not in order]].reset_index()
+
+
+def fixed_share_beside_paper(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Our share of mistakes fixed (``fixing.fixed_share``) with a ``paper`` column (v1 §6) for
+    the paper's datasets only (``reports``)."""
+    if not reports(dataset):
+        return summary
+    return summary.assign(paper=summary["method"].map(FIXED_SHARE))

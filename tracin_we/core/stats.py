@@ -27,8 +27,8 @@ import pandas as pd
 from scipy.stats import rankdata
 
 HIGHER_IS_BETTER = {"DEL+": False, "DEL-": True, "LDS": True}
-# deletion.DIRECTIONS → metric name (as deletion.SUMMARY_NAMES; kept here so that this module
-# needs nothing but numpy, pandas and scipy).
+# A deletion's direction → its metric: DEL+ deletes proponents, DEL− opponents (the one mapping;
+# deletion.DIRECTIONS are its keys).
 DELETION_METRICS = {"proponents": "DEL+", "opponents": "DEL-"}
 REFERENCES = ("tracin-we", "tracin-last")
 

@@ -23,14 +23,12 @@ statistics are ``stats``, the plots ``reporting``, the retrains ``retrain``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,20 +36,16 @@ import torch
 from datasets import DatasetDict
 
 from tracin_we import influence
-from tracin_we.core.data import balanced_indices, fingerprint, make_splits
-from tracin_we.core.inputs import Tensors, model_inputs
 from tracin_we.core.paper import PAPER_METHODS
 from tracin_we.core.params import check_types, from_params
-from tracin_we.core.persistence import tensor_digest
 from tracin_we.core.result_folders import claim_result_folder, load_tables, save_tables
-from tracin_we.core.stats import bootstrap_index
+from tracin_we.core.stats import DELETION_METRICS, bootstrap_index
+from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
 from tracin_we.influence.options import parse_options
-from tracin_we.training.recipe import TrainConfig, config_identity
+from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.retrain import BACKENDS, RetrainJob, retrain_cached
-from tracin_we.training.train import train
 
-DIRECTIONS = ("proponents", "opponents")  # DEL+ deletes proponents, DEL− opponents
-SUMMARY_NAMES = {"proponents": "DEL+", "opponents": "DEL-"}
+DIRECTIONS = tuple(DELETION_METRICS)  # ("proponents", "opponents"): DEL+ and DEL−
 
 
 @dataclass(frozen=True)
@@ -144,25 +138,6 @@ class DeletionResult:
     n_reused: int = 0  # retrains read from the cache (or shared with another row)
 
 
-def evaluation_inputs(
-    config: Any, splits: DatasetDict | None
-) -> tuple[DatasetDict, Tensors, Tensors, list[int]]:
-    """What every evaluation (deletion, no-overlap, LDS) starts from: the splits (made from
-    ``config.train.data`` when None), their train and test tensors, and the
-    ``config.n_test_points`` test points balanced over classes (drawn with ``config.point_seed``).
-    """
-    splits = splits if splits is not None else make_splits(config.train.data)
-    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
-    points = balanced_indices(
-        test_t["labels"],
-        config.n_test_points,
-        config.point_seed,
-        config.train.data.num_classes,
-        name="n_test_points",
-    )
-    return splits, train_t, test_t, points
-
-
 def run_deletion(
     config: DeletionConfig,
     splits: DatasetDict | None = None,
@@ -217,52 +192,6 @@ def run_deletion(
     )
     _save(result)
     return result
-
-
-def score_rows(
-    config: DeletionConfig,
-    splits: DatasetDict,
-    train_t: dict,
-    test_t: dict,
-    points: list[int],
-    given: Mapping[str, torch.Tensor],
-    cache: str | os.PathLike | None,
-    device: str,
-) -> dict[str, torch.Tensor]:
-    """Each method's scores (n_points, n_train) for the chosen points: rows of ``given[method]``
-    (n_test_split, n_train), else ``influence.scores`` on the original model's checkpoints."""
-    shape = (len(test_t["labels"]), len(train_t["labels"]))
-    extra = sorted(set(given) - set(config.methods))
-    if extra:
-        raise ValueError(f"scores has methods {extra} that are not in config.methods")
-    for method, matrix in given.items():
-        if tuple(matrix.shape) != shape:
-            raise ValueError(
-                f"scores[{method!r}] has shape {tuple(matrix.shape)}; expected "
-                f"{shape} (test split × train split)"
-            )
-    rows = {m: given[m][points].float() for m in config.methods if m in given}
-    for method, row in rows.items():
-        if torch.isnan(row).any():
-            raise ValueError(
-                f"scores[{method!r}] has NaN at {int(torch.isnan(row).sum())} entries of the "
-                "chosen test points' rows; NaN scores cannot be ranked: recompute them"
-            )
-    missing = [m for m in config.methods if m not in given]
-    if missing:
-        original = train(config.train, splits, cache=cache, device=device, progress=False)
-        model, checkpoints = original.load_model(), original.checkpoint_pairs()
-        test_points = {k: v[points] for k, v in test_t.items()}
-        for method in missing:
-            rows[method] = influence.scores(
-                method,
-                model,
-                checkpoints,
-                train_t,
-                test_points,
-                **config.method_options.get(method, {}),
-            ).float()
-    return rows
 
 
 def deletion_plan(config: DeletionConfig, rows: Mapping[str, torch.Tensor]) -> pd.DataFrame:
@@ -320,13 +249,15 @@ def auc_del(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
     per_point = table.groupby(["method", "direction", "point"])["DEL"].mean().unstack("point")
     draws = bootstrap_index(per_point.shape[1], config.n_bootstrap, config.bootstrap_seed)
     alpha = (1 - config.ci) / 2
-    columns = [SUMMARY_NAMES[d] + end for d in config.directions for end in ("", " low", " high")]
+    columns = [
+        DELETION_METRICS[d] + end for d in config.directions for end in ("", " low", " high")
+    ]
     summary = pd.DataFrame(
         index=pd.Index(config.methods, name="method"), columns=columns, dtype=float
     )
     for (method, direction), values in per_point.iterrows():
         means = values.to_numpy()[draws].mean(1)
-        name = SUMMARY_NAMES[direction]
+        name = DELETION_METRICS[direction]
         summary.loc[method, name] = values.mean()
         summary.loc[method, f"{name} low"] = np.quantile(means, alpha)
         summary.loc[method, f"{name} high"] = np.quantile(means, 1 - alpha)
@@ -356,7 +287,7 @@ def crn_variance(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
     z = _normal_quantile(1 - (1 - config.ci) / 2)
     records = []
     for method, direction in product(config.methods, config.directions):
-        row, name = out.loc[(method, direction)], SUMMARY_NAMES[direction]
+        row, name = out.loc[(method, direction)], DELETION_METRICS[direction]
         half = (summary.loc[method, f"{name} high"] - summary.loc[method, f"{name} low"]) / 2
         extra = max(row["independent"] - row["paired"], 0.0) / summary.loc[method, "n_points"]
         records.append(
@@ -379,17 +310,7 @@ def _normal_quantile(q: float) -> float:
     return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(q, dtype=torch.float64)))
 
 
-def result_identity(config: Any, splits: DatasetDict, rows: Mapping[str, torch.Tensor]) -> dict:
-    """What defines an evaluation over score rows (deletion, LDS): the resolved ``config``
-    (without where the data lives), the data's fingerprint and a hash of each method's rows."""
-    resolved = json.loads(json.dumps(asdict(config), default=str))
-    resolved["train"] = json.loads(json.dumps(config_identity(config.train), default=str))
-    resolved["data_fingerprint"] = fingerprint(splits)
-    resolved["scores_sha256"] = {m: tensor_digest(r) for m, r in rows.items()}
-    return resolved
-
-
-TABLES = ("deletion", "auc_del", "crn", "deletion_sets")  # what a sweep's folder holds
+DELETION_TABLES = ("deletion", "auc_del", "crn", "deletion_sets")  # what a sweep's folder holds
 
 
 def _save(result: DeletionResult) -> None:
@@ -413,4 +334,4 @@ def load_deletion(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
     ``auc_del``, ``crn`` and ``deletion_sets`` (``removed``: space-separated training indices).
     Every file is verified; a damaged one is refused naming it."""
     remedy = "rerun run_deletion with this config (retrains come from the cache) to rewrite it"
-    return load_tables(out_dir, TABLES, "deletion sweep", remedy)
+    return load_tables(out_dir, DELETION_TABLES, "deletion sweep", remedy)

@@ -51,7 +51,6 @@ from tracin_we import influence
 from tracin_we.core.checkpoints import StateDict
 from tracin_we.core.data import fingerprint, make_splits
 from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs, structural_ids
-from tracin_we.core.paper import reports
 from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder, cache_dir, config_key
 from tracin_we.core.result_folders import save_tables
@@ -67,16 +66,6 @@ log = logging.getLogger(__name__)
 Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
 FIX_METHODS = ("tracin-we-topk", "influence-last")
 FIXES = ("remove", "replace")
-# v1 §6: share of 40 mistakes fixed over 10 retrains, k = 50 (BERT-tiny).
-PAPER_FIXED_SHARE = {"tracin-we-topk": 0.73, "influence-last": 0.33}
-
-
-def beside_paper(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """``summary`` with a ``paper`` column (v1 §6's share fixed) for the paper's datasets only
-    (``paper.reports``)."""
-    if not reports(dataset):
-        return summary
-    return summary.assign(paper=summary["method"].map(PAPER_FIXED_SHARE))
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from tracin_we.core.stats import (
     spearman,
     two_way_means,
 )
-from tracin_we.experiments.deletion import evaluation_inputs, result_identity, score_rows
+from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
 from tracin_we.influence.options import parse_options
 from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.retrain import BACKENDS, RetrainJob, retrain_cached
@@ -345,7 +345,14 @@ def run_lds(
     return result
 
 
-TABLES = ("lds", "lds_summary", "lds_differences", "lds_convergence", "lds_outputs", "lds_subsets")
+LDS_TABLES = (
+    "lds",
+    "lds_summary",
+    "lds_differences",
+    "lds_convergence",
+    "lds_outputs",
+    "lds_subsets",
+)
 
 
 def _save(result: LDSResult) -> None:
@@ -363,7 +370,7 @@ def _save(result: LDSResult) -> None:
         result.outputs,
         subsets,
     )
-    save_tables(result.out_dir, dict(zip(TABLES, frames, strict=True)))
+    save_tables(result.out_dir, dict(zip(LDS_TABLES, frames, strict=True)))
 
 
 def load_lds(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
@@ -371,4 +378,4 @@ def load_lds(out_dir: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
     ``lds_summary``, ``lds_differences``, ``lds_convergence``, ``lds_outputs`` and
     ``lds_subsets`` (``kept``: space-separated training indices)."""
     remedy = "rerun run_lds with this config (retrains come from the cache) to rewrite it"
-    return load_tables(out_dir, TABLES, "LDS evaluation", remedy)
+    return load_tables(out_dir, LDS_TABLES, "LDS evaluation", remedy)

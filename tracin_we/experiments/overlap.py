@@ -31,16 +31,15 @@ from tracin_we.core.inputs import Tensors, framing_ids, structural_ids
 from tracin_we.core.paper import NO_OVERLAP, reports
 from tracin_we.core.persistence import Folder, cache_dir, config_key
 from tracin_we.core.result_folders import save_tables
+from tracin_we.core.stats import DELETION_METRICS
 from tracin_we.core.tokenizer import load_tokenizer
+from tracin_we.experiments.common import evaluation_inputs, score_rows
 from tracin_we.experiments.deletion import (
-    SUMMARY_NAMES,
     DeletionConfig,
     DeletionResult,
     auc_del,
     crn_variance,
-    evaluation_inputs,
     run_deletion,
-    score_rows,
 )
 from tracin_we.influence.last_layer import tfidf_cosine
 
@@ -97,8 +96,8 @@ def restrict_to_candidates(
     """``scores`` (n, n_train) with the non-candidates set to −inf (``"proponents"``) or +inf
     (``"opponents"``): ``influence.top_k`` in that direction then ranks every candidate before any
     non-candidate, i.e. returns the top-k within the candidates for k ≤ the number of candidates."""
-    if direction not in SUMMARY_NAMES:
-        raise ValueError(f"direction={direction!r}; allowed: {list(SUMMARY_NAMES)}")
+    if direction not in DELETION_METRICS:
+        raise ValueError(f"direction={direction!r}; allowed: {list(DELETION_METRICS)}")
     if scores.shape != candidates.shape:
         raise ValueError(
             f"scores {tuple(scores.shape)} and candidates "

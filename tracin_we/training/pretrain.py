@@ -49,7 +49,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from tracin_we.core.checkpoints import load_checkpoint
 from tracin_we.core.data import DataConfig, load_raw, make_splits, stratified_sample, tokenize
-from tracin_we.core.inputs import CLS_ID, PAD_ID, SEP_ID, Tensors
+from tracin_we.core.inputs import CLS_ID, MASK_ID, PAD_ID, SEP_ID, Tensors
 from tracin_we.core.models import bert_tiny_config
 from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder, cache_dir, config_key, file_sha256, tensor_digest
@@ -177,8 +177,8 @@ def mask_tokens(
     texts: list[str],
     seed: int,
     mask_prob: float = 0.15,
-    mask_id: int = 103,
-    vocab_size: int = 30522,
+    mask_id: int = MASK_ID,
+    vocab_size: int = VOCAB_SIZE,
     special_ids: tuple[int, ...] = (PAD_ID, CLS_ID, SEP_ID),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking (module docstring), fixed per (text, ``seed``).
