@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from tracin_we.experiments.noise import auc_ndr, ndr_at
-from tracin_we.experiments.overlap import auc_del_figure
-from tracin_we.report import reporting
-from tracin_we.report.explain import score_distributions
+from tracin_we.report import diagnostic_figures, figures, reporting
+from tracin_we.report.figures import auc_del_figure, score_distributions
 
 GROUPS = ["word_embeddings", "conv1", "conv2", "conv3", "classifier"]
 
@@ -56,15 +55,15 @@ def test_chance_ndr_is_what_random_scores_get_on_average():
     g = torch.Generator().manual_seed(0)
     is_noisy = torch.arange(500) % 5 == 0  # noise rate 0.2
     random = [torch.rand(500, generator=g, dtype=torch.float64) for _ in range(300)]
-    chance = reporting.chance_ndr(0.3, 0.2)
+    chance = diagnostic_figures.chance_ndr(0.3, 0.2)
     assert chance["NDR@30%"] == pytest.approx(np.mean([ndr_at(s, is_noisy) for s in random]), 0.03)
     assert chance["AUC-NDR"] == pytest.approx(np.mean([auc_ndr(s, is_noisy) for s in random]), 0.03)
     with pytest.raises(ValueError, match="noise_rate=0"):
-        reporting.chance_ndr(0.3, 0.0)
+        diagnostic_figures.chance_ndr(0.3, 0.0)
 
 
 def test_ndr_bars_draw_each_metric_s_chance_line_outside_the_legend():
-    fig = reporting.ndr_bars(ndr_table_of(np.linspace(0.2, 0.9, 5)), 0.3, noise_rate=0.2)
+    fig = diagnostic_figures.ndr_bars(ndr_table_of(np.linspace(0.2, 0.9, 5)), 0.3, noise_rate=0.2)
     dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
     levels = sorted(line.get_ydata()[0] for line in dashed)
     assert levels == pytest.approx([0.3, 0.5 / 0.9])
@@ -104,16 +103,18 @@ def test_legends_sit_outside_the_data_and_axes_are_labelled():
             for p in range(3)
         ]
     )
-    figures = {
-        "layer_profile": reporting.layer_profile(by_layer, "C_l1", hue="checkpoint", title="t"),
-        "fixing_figure": reporting.fixing_figure(fixing),
-        "convergence_plot": reporting.convergence_plot(convergence),
-        "deletion_curves": reporting.deletion_curves(deletion),
+    drawn = {
+        "layer_profile": diagnostic_figures.layer_profile(
+            by_layer, "C_l1", hue="checkpoint", title="t"
+        ),
+        "fixing_figure": figures.fixing_figure(fixing),
+        "convergence_plot": figures.convergence_plot(convergence),
+        "deletion_curves": figures.deletion_curves(deletion),
     }
-    for fig in figures.values():
+    for fig in drawn.values():
         assert_legends_outside(fig)
         assert_labelled(fig)
-    assert_labelled(reporting.training_curves(history))
+    assert_labelled(figures.training_curves(history))
 
 
 def test_deletion_at_a_single_k_shows_each_methods_interval():
@@ -128,7 +129,7 @@ def test_deletion_at_a_single_k_shows_each_methods_interval():
             for p in range(8)
         ]
     )
-    fig = reporting.deletion_curves(deletion)
+    fig = figures.deletion_curves(deletion)
     assert_labelled(fig)  # the methods name the x ticks: no legend needed
     for ax in fig.axes:
         finite = [y[np.isfinite(y)] for y in (np.asarray(ln.get_ydata()) for ln in ax.lines)]
@@ -145,7 +146,7 @@ def test_cancellation_bars_say_what_the_values_are():
             "|sum influence|": [0.5, 0.2, 1.0, 2.0],
         }
     )
-    fig = reporting.cancellation_bars(sums)
+    fig = diagnostic_figures.cancellation_bars(sums)
     assert_labelled(fig)  # the y axis is no longer "value"
     assert [ax.get_title() for ax in fig.axes] == ["tracin-we", "tracin-last"]
 
@@ -153,7 +154,7 @@ def test_cancellation_bars_say_what_the_values_are():
 def test_layer_scatter_titles_name_both_columns_and_rho():
     frame = pd.DataFrame({"group": GROUPS, "NDR": [0.1, 0.2, 0.3, 0.4, 0.5]})
     frame["DEL+"] = -frame["NDR"]
-    fig, rho = reporting.layer_scatter(frame, "NDR", ["DEL+"])
+    fig, rho = diagnostic_figures.layer_scatter(frame, "NDR", ["DEL+"])
     assert rho["DEL+"] == pytest.approx(-1.0)
     ax = fig.axes[0]
     assert "DEL+ against NDR" in ax.get_title() and "ρ = -1.00" in ax.get_title()

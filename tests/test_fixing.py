@@ -12,17 +12,14 @@ from tracin_we import influence
 from tracin_we.core.inputs import CLS_ID, SEP_ID, model_inputs
 from tracin_we.experiments import fixing
 from tracin_we.experiments.fixing import (
-    Edit,
     FixingConfig,
-    apply_edit,
     fixed_share,
     fixing_plan,
-    most_negative_word,
     retrain_edits,
     run_fixing,
     select_mistakes,
-    worst_words,
 )
+from tracin_we.experiments.fixing_edits import Edit, apply_edit, most_negative_word, worst_words
 from tracin_we.influence.attribution import influence_last_positions, influence_last_vectors
 from tracin_we.training.loop import predict_proba
 from tracin_we.training.train import train

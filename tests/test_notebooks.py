@@ -12,7 +12,7 @@ import papermill
 import pytest
 
 from tests import browser
-from tracin_we.report.reporting import notebook_title
+from tracin_we.report.html import notebook_title
 from tracin_we.reproduce import NOTEBOOKS, load_preset, reproduce
 
 pytestmark = pytest.mark.slow

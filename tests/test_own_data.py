@@ -24,7 +24,8 @@ from tracin_we.core.inputs import model_inputs
 from tracin_we.core.models import word_embeddings
 from tracin_we.core.paper import beside_paper, fixed_share_beside_paper, paper_note
 from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
-from tracin_we.experiments.overlap import auc_del_figure, paper_comparison
+from tracin_we.experiments.overlap import paper_comparison
+from tracin_we.report.figures import auc_del_figure
 from tracin_we.reproduce import reproduce
 from tracin_we.training.loop import fit
 from tracin_we.training.model_init import new_model

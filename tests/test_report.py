@@ -1,4 +1,4 @@
-"""The HTML report of executed notebooks (reporting.notebooks_html, reproduce.run_report), built
+"""The HTML report of executed notebooks (html.notebooks_html, reproduce.run_report), built
 from small hand-made executed notebooks; test_notebooks renders the smoke run's report."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from tests import browser
 from tracin_we import reproduce
-from tracin_we.report.reporting import WIDGET_STATE, WIDGET_VIEW, notebooks_html, write_report
+from tracin_we.report.html import WIDGET_STATE, WIDGET_VIEW, notebooks_html, write_report
 
 INLINE_PNG = 'src="data:image/png;base64,'  # an inline figure (the page has other PNGs)
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}

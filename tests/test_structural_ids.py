@@ -19,7 +19,7 @@ from tracin_we import influence
 from tracin_we.core.inputs import CLS_ID, SEP_ID, framing_ids, model_inputs, structural_ids
 from tracin_we.core.models import CNNClassifier
 from tracin_we.core.tokenizer import load_tokenizer
-from tracin_we.experiments.fixing import most_negative_word
+from tracin_we.experiments.fixing_edits import most_negative_word
 from tracin_we.experiments.overlap import least_overlap_candidates
 from tracin_we.influence import WordScores, attribution
 from tracin_we.report.explain import highlight_words

@@ -14,7 +14,7 @@ in ``common``, every notebook) does not declare, a value of the wrong type, and 
 config refuses (an unknown method, k >= n_train, a checkpoint after the last epoch, ...) is an
 error naming the preset file, the notebook and the parameter. After the
 notebooks (also when one fails), ``runs/<preset>/report.html`` collects every executed notebook
-of that folder in one page, with its figures inline (``reporting.write_report``).
+of that folder in one page, with its figures inline (``html.write_report``).
 
 ``--params-for 03`` prints, as flat YAML, exactly the parameters that ``reproduce`` would give
 notebook ``03_*``, for a papermill run by hand::
@@ -42,7 +42,7 @@ import yaml
 
 from tracin_we.core.persistence import CACHE_ENV
 from tracin_we.preflight import check_notebook
-from tracin_we.report.reporting import write_report
+from tracin_we.report.html import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

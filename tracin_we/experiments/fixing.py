@@ -26,11 +26,8 @@ Word influence (which word to replace), positive = proponent, summed over a word
 [CLS], [SEP] and [PAD] are never replaced. Retrains go through ``retrain.retrain_cached``: an edit's
 [PAD]-ed words are applied where its job trains, and its results live in the ``RetrainStore`` of
 the edited tensors, one file per (edit, seed), written atomically, so nothing is trained twice and
-an interrupted run resumes. The figure is ``reporting.fixing_figure``.
-
-Over 400 lines because it is the whole experiment in the order it runs — config, mistakes, the
-word to replace, edits, the plan, retrains, tables — each part used only here; the influence
-and retraining it needs live in ``influence`` and ``retrain``.
+an interrupted run resumes. The figure is ``figures.fixing_figure``.
+The word to replace and the edits are ``experiments.fixing_edits``.
 """
 
 from __future__ import annotations
@@ -45,17 +42,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 from datasets import DatasetDict
-from torch import nn
 
 from tracin_we import influence
-from tracin_we.core.checkpoints import StateDict
 from tracin_we.core.data import fingerprint, make_splits
-from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs, structural_ids
+from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs
 from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder, cache_dir, config_key
 from tracin_we.core.result_folders import save_tables
 from tracin_we.core.tokenizer import load_tokenizer
-from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
+from tracin_we.experiments.fixing_edits import FIX_METHODS, Edit, worst_words
 from tracin_we.training.loop import predict_proba
 from tracin_we.training.recipe import TrainConfig, config_identity
 from tracin_we.training.retrain import RetrainJob, retrain_cached
@@ -63,8 +58,6 @@ from tracin_we.training.train import train
 
 log = logging.getLogger(__name__)
 
-Checkpoints = Sequence[tuple[StateDict | str | os.PathLike, float]]
-FIX_METHODS = ("tracin-we-topk", "influence-last")
 FIXES = ("remove", "replace")
 
 
@@ -160,145 +153,6 @@ def select_mistakes(
             n_mistakes,
         )
     return chosen[:n_mistakes].tolist()
-
-
-def most_negative_word(
-    words: pd.DataFrame, input_ids: torch.Tensor, structural: tuple[int, ...]
-) -> pd.Series | None:
-    """The row of ``words`` (columns ``start``, ``end``, ``contribution``) with the most negative
-    contribution, words made only of ``structural`` ids ([CLS]/[SEP]/[PAD]:
-    ``inputs.structural_ids``) left out; None when none is negative."""
-    special = torch.isin(input_ids, torch.tensor(structural))
-    usable = words[
-        [not bool(special[s:e].all()) for s, e in zip(words["start"], words["end"], strict=True)]
-    ]
-    if not len(usable) or usable["contribution"].min() >= 0:
-        return None
-    return usable.loc[usable["contribution"].idxmin()]
-
-
-def worst_words(
-    method: str,
-    model: nn.Module,
-    checkpoints: Checkpoints,
-    train: Tensors,
-    test: Tensors,
-    opponents: torch.Tensor,
-    tokenizer=None,
-    top_tokens: int = 10,
-    damping: float = 1e-3,
-    device: str = "cpu",
-) -> pd.DataFrame:
-    """For each test row j and each of its opponents ``opponents[j]`` ((n_test, k) training
-    indices), the opponent's most negatively influential word on test j under ``method``: one row
-    per (``test_row``, ``rank``) with ``train_index``, ``start``, ``end``, ``word``,
-    ``contribution`` (NaN/−1 where the opponent has no negative word)."""
-    if method not in FIX_METHODS:
-        raise ValueError(f"method={method!r}; allowed: {list(FIX_METHODS)}")
-    vectors = (
-        influence_last_vectors(model, checkpoints, train, test, damping, device=device)
-        if method == "influence-last"
-        else None
-    )
-    structural = structural_ids(tokenizer, [train])
-    rows = []
-    for j, indices in enumerate(opponents.tolist()):
-        if vectors is not None:
-            chosen = {k: v[indices] for k, v in train.items()}
-            tables = influence_last_words(
-                model, checkpoints, chosen, vectors[j], tokenizer, device, structural=structural
-            )
-        else:
-            tables = [
-                influence.word_scores(
-                    model,
-                    checkpoints,
-                    _example(train, i),
-                    _example(test, j),
-                    tokenizer,
-                    top_tokens=top_tokens,
-                    device=device,
-                ).words
-                for i in indices
-            ]
-        for rank, (i, words) in enumerate(zip(indices, tables, strict=True)):
-            ids = train["input_ids"][i]
-            worst = most_negative_word(words, ids, structural)
-            rows.append(_word_row(j, rank, i, worst, ids, tokenizer))
-    return pd.DataFrame.from_records(rows)
-
-
-def _example(data: Tensors, i: int) -> dict:
-    return {k: v[i].tolist() for k, v in data.items()}
-
-
-def _word_row(
-    test_row: int,
-    rank: int,
-    train_index: int,
-    worst: pd.Series | None,
-    ids: torch.Tensor,
-    tokenizer,
-) -> dict:
-    row = {"test_row": test_row, "rank": rank, "train_index": train_index}
-    if worst is None:
-        return row | {"start": -1, "end": -1, "word": None, "contribution": float("nan")}
-    start, end = int(worst["start"]), int(worst["end"])
-    piece_ids = ids[start:end].tolist()
-    word = tokenizer.decode(piece_ids) if tokenizer is not None else " ".join(map(str, piece_ids))
-    return row | {
-        "start": start,
-        "end": end,
-        "word": word,
-        "contribution": float(worst["contribution"]),
-    }
-
-
-@dataclass(frozen=True)
-class Edit:
-    """A change of the training set: examples ``removed`` (sorted training indices) and
-    ``masked`` spans (training index, start, end): positions [start, end) become ``pad_id`` (the
-    tokenizer's [PAD]: 0 for BERT, 1 for RoBERTa) with attention mask 0 (and token type 0)."""
-
-    removed: tuple[int, ...] = ()
-    masked: tuple[tuple[int, int, int], ...] = ()
-    pad_id: int = PAD_ID
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "removed", tuple(sorted({int(i) for i in self.removed})))
-        masked = tuple(sorted({tuple(int(x) for x in span) for span in self.masked}))
-        bad = [s for s in masked if len(s) != 3 or min(s) < 0 or s[1] >= s[2]]
-        if bad:
-            raise ValueError(
-                f"masked={bad[:3]}: give (train index, start, end) with 0 <= start < end"
-            )
-        object.__setattr__(self, "masked", masked)
-
-    def __call__(self, train: Tensors) -> Tensors:
-        """The training tensors this edit trains on (``apply_edit``): a ``retrain.DataEdit``."""
-        return apply_edit(train, self)
-
-
-def apply_edit(train: Tensors, edit: Edit) -> Tensors:
-    """``train`` with ``edit.masked`` applied (a copy; unchanged tensors are shared).
-    ``edit.removed`` is not applied here: it becomes the retrain job's keep mask."""
-    if not edit.masked:
-        return train
-    out = dict(train)
-    for key in ("input_ids", "attention_mask", "token_type_ids"):
-        if key in out:
-            out[key] = out[key].clone()
-    n, length = out["input_ids"].shape
-    for i, start, end in edit.masked:
-        if i >= n or end > length:
-            raise ValueError(
-                f"masked span {(i, start, end)} is outside the training tensors ({n} × {length})"
-            )
-        out["input_ids"][i, start:end] = edit.pad_id
-        out["attention_mask"][i, start:end] = 0
-        if "token_type_ids" in out:
-            out["token_type_ids"][i, start:end] = 0
-    return out
 
 
 def retrain_edits(

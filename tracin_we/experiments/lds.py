@@ -27,8 +27,8 @@ narrower than the two-way ones, while the first and second 32 of 64 subsets disa
 0.15 in mean LDS. Subsets are drawn one after another from one generator, so the
 first M' of a draw of M are the draw of M': ``convergence`` reads LDS against M' off the same
 retrains. Retrains go through ``retrain.retrain_cached`` (cached, resumable, parallel) and
-share its store with case deletion's. The plots of an evaluation are ``reporting.lds_bars``,
-``reporting.lds_scatter`` and ``reporting.convergence_plot``.
+share its store with case deletion's. The plots of an evaluation are ``figures.lds_bars``,
+``figures.lds_scatter`` and ``figures.convergence_plot``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from datasets import DatasetDict
@@ -232,43 +231,3 @@ def paper_comparison(summary: pd.DataFrame, dataset: str = "ag_news") -> pd.Data
     for name in ("DEL+", "DEL-"):
         out[f"paper {name}"] = [NO_OVERLAP[name].get(m, float("nan")) for m in out.index]
     return out
-
-
-def auc_del_figure(summary: pd.DataFrame, dataset: str = "ag_news") -> plt.Figure:
-    """AUC-DEL+ and AUC-DEL− per method with their bootstrap CIs, paper values as black ticks
-    (for the paper's datasets only, ``paper_comparison``)."""
-    comparison = paper_comparison(summary, dataset)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
-    positions = range(len(comparison))
-    for ax, name in zip(axes, ("DEL+", "DEL-"), strict=True):
-        frame = summary.set_index("method").loc[comparison.index]
-        errors = [frame[name] - frame[f"{name} low"], frame[f"{name} high"] - frame[name]]
-        ax.barh(
-            list(positions),
-            frame[name],
-            xerr=errors,
-            color="tab:blue",
-            alpha=0.7,
-            label="this run (95% CI)",
-        )
-        if f"paper {name}" in comparison:
-            ax.scatter(
-                comparison[f"paper {name}"],
-                list(positions),
-                marker="|",
-                s=300,
-                color="k",
-                label="paper (Toxicity)",
-            )
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set(
-            title=f"AUC-{name} ({'lower' if name == 'DEL+' else 'higher'} is better)",
-            xlabel=f"AUC-{name}",
-            yticks=list(positions),
-            yticklabels=list(comparison.index),
-        )
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-    fig.suptitle("No word overlap: case deletion among the least-overlapping training texts")
-    fig.supxlabel("AUC-DEL± = mean Δ p(true class) over k and test points", fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import html
 
-import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 import torch
 from datasets import Dataset
 
@@ -92,32 +90,6 @@ def global_term(scores: torch.Tensor, k: int) -> dict:
         "n_test": n_test,
         "most_common_index": int(counts.argmax()),
     }
-
-
-def score_distributions(scores_by_method: dict[str, torch.Tensor]) -> plt.Figure:
-    """Histogram of every (test, train) score of each method, scaled by that method's largest
-    magnitude so that methods on different scales can be compared; zeros are counted apart."""
-    frames = []
-    for method, matrix in scores_by_method.items():
-        flat = matrix.flatten().double()
-        scale = flat.abs().max().clamp_min(1e-30)
-        frames.append(pd.DataFrame({"method": method, "score / max |score|": (flat / scale)}))
-    frame = pd.concat(frames, ignore_index=True)
-    sns.set_theme(style="whitegrid")
-    grid = sns.displot(
-        frame,
-        x="score / max |score|",
-        col="method",
-        bins=60,
-        height=3,
-        aspect=1.3,
-        facet_kws={"sharey": False},
-    )
-    grid.set(yscale="log")
-    grid.set_axis_labels("score / max |score| of the method", "(test, train) pairs (log)")
-    grid.set_titles("{col_name}")
-    grid.figure.suptitle("Every (test, train) influence score, scaled per method", y=1.04)
-    return grid.figure
 
 
 def highlight_words(words: WordScores, tokenizer, input_ids: list[int]) -> str:
