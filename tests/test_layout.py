@@ -8,6 +8,7 @@ imports (late ones inside functions included) leads back to where it started."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,32 @@ def test_floors_are_folders_and_the_top_is_small():
 def test_no_module_over_400_lines(module):
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{module} has {lines} lines"
+
+
+# The front door: a short README whose links all resolve, as do those of the docs it points to.
+
+REPO = PACKAGE.parent
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "benchmarks/README.md"]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchors(markdown: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    headings = re.findall(r"^#+ (.+)$", markdown.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_readme_is_a_front_door():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 150
+
+
+@pytest.mark.parametrize("markdown", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_resolves(markdown):
+    for target in LINK.findall(markdown.read_text()):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (markdown.parent / path).resolve() if path else markdown
+        assert resolved.exists(), f"{markdown.name}: {target} does not exist"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in anchors(resolved), f"{markdown.name}: no heading #{anchor}"
