@@ -11,8 +11,8 @@ lr 1e-3, batch 32, 64 tokens. Fine-tuning (``training.train``): 2,000 texts, 500
         benchmarks/bench_pretrain_init.py --epochs 1
 
 took 11 min on this project's 2 shared cores (load ~6): pretraining 323 s, the four
-fine-tunings 33–125 s each (5.4 min on a less loaded machine, the run in benchmarks/README.md). ``--epochs 3``
-(the default) is about 3x the fine-tuning time.
+fine-tunings 33–125 s each (5.4 min on a less loaded machine, the run in
+benchmarks/README.md). ``--epochs 3`` (the default) is about 3x the fine-tuning time.
 """
 
 from __future__ import annotations
