@@ -3,6 +3,9 @@ the end-to-end run on synthetic token data (CNN, 48 training texts of 12 tokens,
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -10,6 +13,7 @@ from datasets import DatasetDict
 
 from tracin_we import influence
 from tracin_we.core.inputs import CLS_ID, SEP_ID, model_inputs
+from tracin_we.core.persistence import CheckpointError
 from tracin_we.experiments import fixing
 from tracin_we.experiments.fixing import (
     FixingConfig,
@@ -289,3 +293,12 @@ def test_run_fixing_end_to_end(splits, tmp_path, cnn_config, count_retrains, mon
         {(r.edit, s) for r in result.plan.itertuples() for s in config.seeds}
     )
     assert (result.out_dir / "fixing.csv").is_file()
+    assert json.loads((result.out_dir / "mistakes.json").read_text())["mistakes"] == result.mistakes
+    # out_dir is claimed as every evaluation's: before any work, another run refused.
+    mine = tmp_path / "mine"
+    again = run_fixing(config, splits, cache=tmp_path, progress=False, out_dir=mine)
+    assert again.out_dir == mine and again.mistakes == result.mistakes
+    other = replace(config, seeds=(0,))
+    monkeypatch.setattr(fixing, "train", lambda *a, **k: pytest.fail("work before the claim"))
+    with pytest.raises(CheckpointError, match="holds another fixing run"):
+        run_fixing(other, splits, cache=tmp_path, progress=False, out_dir=mine)

@@ -10,6 +10,7 @@ import torch
 
 from tracin_we import influence
 from tracin_we.core.inputs import CLS_ID, SEP_ID
+from tracin_we.core.persistence import CheckpointError
 from tracin_we.experiments.deletion import auc_del, run_deletion
 from tracin_we.experiments.overlap import (
     least_overlap_candidates,
@@ -129,6 +130,24 @@ def test_no_overlap_sweep(splits, tmp_path, deletion_config, count_retrains):
     table = paper_comparison(deletion.summary)
     assert table.loc["tracin-we", "paper DEL+"] == -0.033
     assert table["paper DEL-"].isna().loc["random"]
+
+
+def test_no_overlap_out_dir_is_claimed_like_every_evaluation(splits, tmp_path, deletion_config):
+    """``out_dir`` holds the pooled tables; another run's folder is refused unless ``overwrite``,
+    a folder with a file tracin-we did not write always (retrains are cached: reruns are fast)."""
+    run = lambda fraction, **kw: run_no_overlap(  # noqa: E731
+        deletion_config(), splits, candidate_fraction=fraction, cache=tmp_path, progress=False,
+        out_dir=tmp_path / "mine", **kw,
+    )  # fmt: skip
+    first = run(0.25)
+    assert first.deletion.out_dir == tmp_path / "mine"
+    assert (tmp_path / "mine" / "auc_del.csv").is_file()
+    with pytest.raises(CheckpointError, match="holds another no-overlap run"):
+        run(0.5)
+    run(0.5, overwrite=True)
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match=r"did not write \(\['notes\.txt'\]\)"):
+        run(0.25, overwrite=True)
 
 
 def test_k_above_the_candidates_refused(splits, tmp_path, deletion_config):

@@ -47,8 +47,8 @@ from tracin_we import influence
 from tracin_we.core.data import fingerprint, make_splits
 from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs
 from tracin_we.core.params import check_types, from_params
-from tracin_we.core.persistence import Folder, cache_dir, config_key
-from tracin_we.core.result_folders import save_tables
+from tracin_we.core.persistence import Folder
+from tracin_we.core.result_folders import claim_result_folder, save_tables
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.experiments.fixing_edits import FIX_METHODS, Edit, worst_words
 from tracin_we.training.loop import predict_proba
@@ -308,11 +308,17 @@ def run_fixing(
     cache: str | os.PathLike | None = None,
     device: str = "cpu",
     progress: bool = True,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> FixingResult:
     """Train (or reuse) the model of ``config.train``, pick its mistakes, fix each by every
     method and fix, retrain over ``config.seeds`` and tabulate what got fixed. Tables are saved
-    beside the resolved config in ``<cache>/fixing/<key>``."""
+    beside the resolved config in ``out_dir`` (default ``<cache>/fixing/<key>``), claimed before
+    any work as every evaluation's (``result_folders.claim_result_folder``: another run's folder
+    is refused unless ``overwrite``, a folder of foreign files always)."""
     splits = splits if splits is not None else make_splits(config.train.data)
+    resolved = _resolved(config, splits)
+    out_dir = claim_result_folder(resolved, "fixing", "fixing run", cache, out_dir, overwrite)
     train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
     original = train(config.train, splits, cache=cache, device=device, progress=False)
     model, checkpoints = original.load_model(), original.checkpoint_pairs()
@@ -366,17 +372,8 @@ def run_fixing(
     )
     table = fixing_table(plan, test_t["labels"], retrained, config.seeds)
     p_original = probabilities[mistakes, test_t["labels"][mistakes]].tolist()
-    resolved = _resolved(config, splits)
-    result = FixingResult(
-        table,
-        fixed_share(table),
-        mistakes,
-        p_original,
-        words,
-        plan,
-        cache_dir(cache) / "fixing" / config_key(resolved),
-    )
-    _save(result, resolved)
+    result = FixingResult(table, fixed_share(table), mistakes, p_original, words, plan, out_dir)
+    _save(result)
     return result
 
 
@@ -387,10 +384,10 @@ def _resolved(config: FixingConfig, splits: DatasetDict) -> dict:
     return resolved | {"data_fingerprint": fingerprint(splits)}
 
 
-def _save(result: FixingResult, resolved: dict) -> None:
-    """``config.json`` and the tables, recorded in the folder's manifest (persistence)."""
+def _save(result: FixingResult) -> None:
+    """The mistakes and the tables beside ``config.json``, recorded in the folder's manifest."""
     Folder(result.out_dir).write_json(
-        "config.json", resolved | {"mistakes": result.mistakes, "p_original": result.p_original}
+        "mistakes.json", {"mistakes": result.mistakes, "p_original": result.p_original}
     )
     words = pd.concat([w.assign(method=m) for m, w in result.words.items()] or [pd.DataFrame()])
     save_tables(

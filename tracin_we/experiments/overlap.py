@@ -28,11 +28,11 @@ from datasets import DatasetDict
 
 from tracin_we.core.inputs import Tensors, framing_ids, structural_ids
 from tracin_we.core.paper import NO_OVERLAP, reports
-from tracin_we.core.persistence import Folder, cache_dir, config_key
-from tracin_we.core.result_folders import save_tables
+from tracin_we.core.persistence import Folder
+from tracin_we.core.result_folders import claim_result_folder, save_tables
 from tracin_we.core.stats import DELETION_METRICS
 from tracin_we.core.tokenizer import load_tokenizer
-from tracin_we.experiments.common import evaluation_inputs, score_rows
+from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
 from tracin_we.experiments.deletion import (
     DeletionConfig,
     DeletionResult,
@@ -144,6 +144,8 @@ def run_no_overlap(
     device: str = "cpu",
     client=None,
     progress: bool = True,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> NoOverlapResult:
     """Case deletion restricted, per test point, to its least-overlap candidates.
 
@@ -151,8 +153,9 @@ def run_no_overlap(
     that the effect of freezing can be measured). ``scores``: as in ``run_deletion``
     ((n_test_split, n_train) by method); the rest are computed on the original model. Each k must
     be ≤ the number of candidates. Sweeps are saved by ``run_deletion`` under
-    ``<cache>/deletion/<key>`` (the key covers the masked scores), the pooled tables under
-    ``<cache>/no_overlap/<key of both>``.
+    ``<cache>/deletion/<key>`` (the key covers the masked scores), the pooled tables in
+    ``out_dir`` (default ``<cache>/no_overlap/<key>``), claimed once the scores are computed and
+    before any retrain, as every evaluation's (``result_folders.claim_result_folder``).
     """
     check_candidates(config, candidate_fraction)
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
@@ -167,6 +170,10 @@ def run_no_overlap(
             f"per test point (candidate_fraction={candidate_fraction})"
         )
     rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
+    resolved = result_identity(config, splits, rows) | {"candidate_fraction": candidate_fraction}
+    out_dir = claim_result_folder(
+        resolved, "no_overlap", "no-overlap run", cache, out_dir, overwrite
+    )
     sweeps: dict[str, DeletionResult] = {}
     for direction in config.directions:
         matrices = {
@@ -184,7 +191,7 @@ def run_no_overlap(
             client=client,
             progress=progress,
         )
-    pooled = _pool(config, list(sweeps.values()), cache)
+    pooled = _pool(config, list(sweeps.values()), Path(out_dir))
     return NoOverlapResult(pooled, candidates, {d: r.out_dir for d, r in sweeps.items()})
 
 
@@ -196,14 +203,12 @@ def _full_matrix(rows: torch.Tensor, points: list[int], n_test: int) -> torch.Te
     return full
 
 
-def _pool(
-    config: DeletionConfig, parts: list[DeletionResult], cache: str | os.PathLike | None
-) -> DeletionResult:
+def _pool(config: DeletionConfig, parts: list[DeletionResult], out_dir: Path) -> DeletionResult:
     """One result from per-direction sweeps: their tables and plans concatenated, AUC-DEL± and the
-    CRN table recomputed over both (same bootstrap draws as a single sweep)."""
+    CRN table recomputed over both (same bootstrap draws as a single sweep), saved in
+    ``out_dir``."""
     table = pd.concat([p.table for p in parts], ignore_index=True)
     plan = pd.concat([p.plan for p in parts], ignore_index=True)
-    out_dir = cache_dir(cache) / "no_overlap" / config_key(sorted(p.out_dir.name for p in parts))
     result = DeletionResult(
         table,
         auc_del(table, config),
@@ -215,7 +220,6 @@ def _pool(
         sum(p.n_reused for p in parts),
     )
     folder = Folder(out_dir)
-    folder.remove_stale_tmp()
     folder.write_json("sweeps.json", {p.table["direction"].iloc[0]: str(p.out_dir) for p in parts})
     save_tables(out_dir, {"deletion": result.table, "auc_del": result.summary, "crn": result.crn})
     return result
