@@ -10,13 +10,12 @@ import torch
 from tracin_we.core.data import (
     DataConfig,
     balanced_indices,
-    clean_ag_news,
     fingerprint,
     flip_labels,
-    load_raw,
     make_splits,
     stratified_sample,
 )
+from tracin_we.core.tasks import clean_ag_news, load_raw
 from tracin_we.core.tokenizer import VOCAB_FILE, load_tokenizer
 
 BERT_UNCASED_VOCAB_SHA256 = "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
@@ -168,3 +167,11 @@ def test_empty_texts_are_refused(tiny_data_dir):
     frame.to_csv(path, index=False)
     with pytest.raises(ValueError, match="empty 'text'"):
         load_raw("ag_news", "train", str(tiny_data_dir))
+
+
+def test_duplicate_header_names_are_refused(tmp_path):
+    """A repeated column name (compared as the loader reads it, lower-cased) is named."""
+    (tmp_path / "ag_news").mkdir()
+    (tmp_path / "ag_news" / "train.csv").write_text("text,label,Text\nhello,1,x\nworld,2,y\n")
+    with pytest.raises(ValueError, match=r"train\.csv' names the column\(s\) \['text'\] more"):
+        load_raw("ag_news", "train", str(tmp_path))

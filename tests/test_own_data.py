@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import yaml
 from transformers import BertConfig, BertForSequenceClassification
 
 from tests.conftest import local_dask_client, word_level_tokenizer
-from tracin_we.core.data import DataConfig, make_splits
+from tracin_we.core.data import DataConfig, load_pools, make_splits
 from tracin_we.core.inputs import model_inputs
 from tracin_we.core.models import word_embeddings
 from tracin_we.core.paper import beside_paper, fixed_share_beside_paper, paper_note
@@ -407,3 +408,322 @@ def test_notebooks_take_a_tokenizer_parameter():
     for path in sorted(Path("notebooks").glob("0[1-9]_*.ipynb")):
         default = papermill.inspect_notebook(str(path))["tokenizer"]["default"]
         assert default == "None", path.name
+
+
+# ---- every bad value named before anything trains ----------------------------------------------
+# Rows are named as a user finds them: in CSV/TSV the header is row 1 (pandas' own count: the line
+# number, unless a quoted cell spans lines); in JSONL the line number; in parquet row 1 is the
+# first. Each message says which.
+
+
+def write(folder: Path, name: str, content: str | pd.DataFrame) -> Path:
+    """``content`` written verbatim (text) or as parquet (a table) to ``folder / name``."""
+    path = folder / name
+    if isinstance(content, pd.DataFrame):
+        content.to_parquet(path)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def jsonl(*records: str) -> str:
+    return "".join(f"{r}\n" for r in records)
+
+
+def refused(folder: Path, name: str, content: str | pd.DataFrame, match: str, **params) -> None:
+    """Building the config of ``content`` as ``name`` is a ValueError matching ``match``."""
+    with pytest.raises(ValueError, match=match):
+        DataConfig(dataset=str(write(folder, name, content)), **params)
+
+
+CSV = "text,label\na,pos\nb,neg\n"
+HEADER = r"\(row 1 is the header\)"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "count", "where"),
+    [
+        ("nan.csv", CSV + "c,NaN\n", 1, rf"rows \[4\] {HEADER} hold \['NaN'\]"),
+        (
+            "na.csv",
+            CSV + "c,NA\nd,x\ne,null\n",
+            2,
+            rf"rows \[4, 6\] {HEADER} hold \['NA', 'null'\]",
+        ),
+        ("blank.csv", CSV + "c,\nd, \n", 2, rf"rows \[4, 5\] {HEADER} hold \['', ' '\]"),
+        ("inf.csv", CSV + "c,inf\nd,-Infinity\ne,1e400\n", 3, r"rows \[4, 5, 6\]"),
+        ("short.csv", CSV + "c\n", 1, rf"rows \[4\] {HEADER} hold \[''\]"),
+        ("skipped.csv", "text,label\na,pos\n\n,\nb,neg\nc,nan\n", 1, rf"rows \[6\] {HEADER}"),
+        ("nan.tsv", CSV.replace(",", "\t") + "c\tNaN\n", 1, rf"rows \[4\] {HEADER}"),
+        (
+            "null.jsonl",
+            jsonl('{"text": "a", "label": "pos"}', "", '{"text": "b", "label": null}'),
+            1,
+            r"rows \[3\] \(line numbers\) hold \[None\]",
+        ),
+        (
+            "nokey.jsonl",
+            jsonl('{"text": "a", "label": 1}', '{"text": "b", "label": 0}', '{"text": "c"}'),
+            1,
+            r"rows \[3\] \(line numbers\) hold \[None\]",
+        ),
+        (
+            "nan.jsonl",
+            jsonl('{"text": "a", "label": 1}', '{"text": "b", "label": NaN}', '{"text": "c"}'),
+            2,
+            r"rows \[2, 3\] \(line numbers\)",
+        ),
+        (
+            "inf.parquet",
+            pd.DataFrame({"text": ["a", "b", "c"], "label": [0.0, 1.0, np.inf]}),
+            1,
+            r"rows \[3\] \(row 1 is the first\) hold \[inf\]",
+        ),
+        (
+            "none.parquet",
+            pd.DataFrame({"text": ["a", "b", "c"], "label": [None, "pos", "neg"]}),
+            1,
+            r"rows \[1\] \(row 1 is the first\) hold \[None\]",
+        ),
+    ],
+)
+def test_missing_or_non_finite_label_is_an_error_naming_column_file_and_rows(
+    tmp_path, name, content, count, where
+):
+    """NaN, NA, null, empty, inf: never a class of its own."""
+    match = (
+        rf"label_column=None: {count} row\(s\) of '.*{re.escape(name)}' have a missing or "
+        rf"non-finite label in column 'label': {where}.*; allowed: a class name"
+    )
+    refused(tmp_path, name, content, match)
+
+
+def test_missing_label_is_named_when_label_names_are_given(tmp_path):
+    path = write(tmp_path, "given.csv", "text,y\na,pos\nb,NaN\n")
+    config = DataConfig(dataset=str(path), label_column="y", label_names=("neg", "pos"))
+    with pytest.raises(ValueError, match=r"label_column='y': 1 row\(s\) .* rows \[3\]"):
+        make_splits(config)
+
+
+def test_a_missing_marker_listed_in_label_names_is_a_class(tmp_path):
+    """ "NA" (North America) reads as missing unless ``label_names`` lists it as a class."""
+    rows = "".join(f"text {i},{'NA' if i % 2 else 'EU'}\n" for i in range(20))
+    path = write(tmp_path, "regions.csv", "text,region\n" + rows)
+    params = dict(dataset=str(path), label_column="region", n_train=8, n_val=2, n_test=4)
+    with pytest.raises(ValueError, match=r"label_column='region': 10 row\(s\)"):
+        DataConfig(**params)
+    test = make_splits(DataConfig(**params, label_names=("EU", "NA")))["test"]
+    assert sorted(test["label"]) == [0, 0, 1, 1]
+    for text, label in zip(test["text"], test["label"], strict=True):
+        assert int(text.split()[1]) % 2 == label
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes"),
+    [
+        (["1", "1.0", "01", " 1 ", "2"], (1, 2)),  # integers by value, as documented
+        (["1", "1.0000000000000001"], ("1", "1.0000000000000001")),  # a float rounds to 1
+        (["1e30", "2e30"], (10**30, 2 * 10**30)),  # past int64
+        ([str(2**53), str(2**53 + 1)], (2**53, 2**53 + 1)),  # past a float's integers
+    ],
+)
+def test_numeric_labels_are_compared_exactly(tmp_path, labels, classes):
+    """Labels read as numbers are compared as decimals: no two distinct values become one
+    class."""
+    rows = "".join(f"text {i},{label}\n" for i, label in enumerate(labels))
+    assert DataConfig(dataset=str(write(tmp_path, "n.csv", "text,label\n" + rows))).label_names == (
+        classes
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        (
+            "blank.csv",
+            "text,label\na,pos\n ,neg\n",
+            r"text_columns=None: 1 row\(s\) of '.*blank\.csv' have a missing or empty text in "
+            rf"column 'text': rows \[3\] {HEADER} hold \[' '\]; allowed: a non-blank text",
+        ),
+        (
+            "null.jsonl",
+            jsonl('{"text": "a", "label": 1}', '{"text": null, "label": 0}'),
+            r"text_columns=None: 1 row\(s\) of '.*null\.jsonl' .* rows \[2\] \(line numbers\)",
+        ),
+        (
+            "nokey.jsonl",
+            jsonl('{"label": 1}', '{"text": "b", "label": 0}'),
+            r"text_columns=None: .*nokey\.jsonl' .* rows \[1\] \(line numbers\) hold \[None\]",
+        ),
+        (
+            "none.parquet",
+            pd.DataFrame({"text": ["a", None], "label": [0, 1]}),
+            r"text_columns=None: 1 row\(s\) .* rows \[2\] \(row 1 is the first\) hold \[None\]",
+        ),
+        (
+            "list.jsonl",
+            jsonl('{"text": ["a", "b"], "label": 1}', '{"text": "b", "label": 0}'),
+            r"text_columns=None: 1 row\(s\) of '.*list\.jsonl' have a list or object in column "
+            r"'text': rows \[1\] \(line numbers\) hold \[\['a', 'b'\]\]; allowed: a text or a "
+            r"number in each cell",
+        ),
+        (
+            "object.jsonl",
+            jsonl('{"text": "a", "label": 1}', '{"text": "b", "label": {"x": 0}}'),
+            r"label_column=None: 1 row\(s\) .* have a list or object in column 'label': rows \[2\]",
+        ),
+    ],
+)
+def test_missing_or_unusable_text_is_an_error_naming_column_file_and_rows(
+    tmp_path, name, content, match
+):
+    """A text is a non-blank string (or a number) in every row; a list or object in a text or
+    label cell is refused too."""
+    refused(tmp_path, name, content, match)
+
+
+def test_texts_that_look_missing_are_texts_in_csv(tmp_path):
+    """CSV/TSV cells are read verbatim: "NA", "None" and "nan" are texts there (labels are
+    checked separately)."""
+    texts = ["NA", "None", "nan", "null", ' say "hi", then\nleave ', "ünï"]
+    frame = pd.DataFrame({"text": texts * 4, "label": ["a", "b"] * 12})
+    path = tmp_path / "texts.csv"
+    frame.to_csv(path, index=False)
+    splits = make_splits(DataConfig(dataset=str(path), n_train=10, n_val=2, n_test=6))
+    for split in splits.values():
+        for row in split:
+            assert row["text"] == frame.loc[row["source_index"], "text"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        (  # the first row: pandas would take the first column as an index and shift the rest
+            "first.csv",
+            "text,label\nhello, world,pos\nbye,neg\n",
+            rf"dataset: '.*first\.csv' row 2 has 3 fields but the header has 2 {HEADER}; "
+            "allowed: one field per header column; quote a cell that holds",
+        ),
+        (  # a later row, after a quoted cell that spans two lines (one row)
+            "later.csv",
+            'text,label\n"two\nlines",pos\nbye,neg\nhello, world,pos\n',
+            r"'.*later\.csv' row 4 has 3 fields but the header has 2",
+        ),
+        (
+            "tab.tsv",
+            "text\tlabel\nhello\tpos\nhel\tlo\tneg\n",
+            r"'.*tab\.tsv' row 3 has 3 fields but the header has 2 .* TSV cells cannot hold tabs",
+        ),
+    ],
+)
+def test_row_with_more_fields_than_the_header_is_an_error_naming_file_and_row(
+    tmp_path, name, content, match
+):
+    refused(tmp_path, name, content, match)
+
+
+def test_quote_never_closed_is_an_error_naming_file_and_row(tmp_path):
+    """pandas counts this row from 0; the message counts as every other does."""
+    content = 'text,label\n"two\nlines",pos\n\nb,neg\n"c,pos\nd,neg\n'
+    match = rf"dataset: '.*open\.csv' row 5 opens a quoted cell that no quote closes {HEADER}"
+    refused(tmp_path, "open.csv", content, match)
+
+
+def test_short_rows_read_their_missing_cells_as_empty(tmp_path):
+    """A row with fewer fields than the header has its last cells empty (pandas' reading): it
+    loads when they are unused, and is refused as an empty label when the label is one."""
+    rows = "".join(f"text {i},{'pos' if i % 2 else 'neg'},note\n" for i in range(10))
+    ok = write(tmp_path, "ok.csv", "text,label,note\n" + rows + "short,pos\n")
+    pool, _ = load_pools(DataConfig(dataset=str(ok), n_train=6, n_val=1, n_test=4))
+    assert len(pool) == 11 and pool["text"].iloc[-1] == "short" and pool["label"].iloc[-1] == 1
+    # An unquoted line break inside a text: its first half is a row without a label.
+    broken = "text,label,note\n" + rows + "first\nhalf,pos,x\n"
+    refused(tmp_path, "broken.csv", broken, r"label_column=None: 1 row\(s\) .* rows \[12\]")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        (
+            "dup.csv",
+            "text,label,text\na,pos,b\nc,neg,d\n",
+            r"dataset: '.*dup\.csv' names the column\(s\) \['text'\] more than once in its "
+            r"header; allowed: distinct column names",
+        ),
+        ("unused.csv", "note,text,label,note\nx,a,pos,y\n", r"'.*unused\.csv' .* \['note'\]"),
+        ("dup.tsv", "label\ttext\tlabel\npos\ta\tneg\n", r"'.*dup\.tsv' .* \['label'\]"),
+        (
+            "dup.jsonl",
+            jsonl('{"text": "a", "label": 1}', '{"text": "b", "label": 0, "text": "c"}'),
+            r"dataset: '.*dup\.jsonl' row 2 \(line numbers\) has the key 'text' twice; "
+            r"allowed: distinct keys",
+        ),
+    ],
+)
+def test_duplicate_column_names_are_an_error_naming_column_and_file(tmp_path, name, content, match):
+    """pandas would rename a second ``text`` to ``text.1`` (CSV) or keep the last (JSON)."""
+    refused(tmp_path, name, content, match)
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [("[1, 2]", "holds a JSON list"), ('{"text": "b"', r"is not valid JSON \(Expecting")],
+)
+def test_jsonl_line_that_is_not_an_object_is_named(tmp_path, line, what):
+    content = jsonl('{"text": "a", "label": 1}', "", line)
+    match = rf"dataset: '.*bad\.jsonl' row 3 \(line numbers\) {what}.*; allowed: one JSON object"
+    refused(tmp_path, "bad.jsonl", content, match)
+
+
+def test_duplicate_parquet_columns_are_an_error_naming_column_and_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "dup.parquet"
+    columns = [pa.array(["a", "b"]), pa.array([0, 1]), pa.array(["c", "d"])]
+    pq.write_table(pa.table(columns, names=["text", "label", "text"]), path)
+    with pytest.raises(ValueError, match=r"'.*dup\.parquet' names the column\(s\) \['text'\]"):
+        DataConfig(dataset=str(path))
+
+
+def test_blank_rows_are_skipped_and_counted(tmp_path):
+    """Blank lines and rows of empty cells (",," as spreadsheets write empty rows) are skipped;
+    row numbers still count them, as pandas' own errors do."""
+    rows = "".join(f"text {i},{'pos' if i % 2 else 'neg'}\n" for i in range(10))
+    path = write(tmp_path, "blank.csv", "text,label\n\n" + rows + ",\n\n")
+    pool, _ = load_pools(DataConfig(dataset=str(path), n_train=5, n_val=1, n_test=4))
+    assert pool["text"].tolist() == [f"text {i}" for i in range(10)]
+    bad = "text,label\n\n" + rows + ",\n\nlast,nan\n"
+    refused(tmp_path, "bad.csv", bad, rf"rows \[15\] {HEADER}")
+
+
+def test_real_ag_news_as_own_tsv_loads_and_names_a_bad_row(ag_news_dir, tmp_path):
+    """The shipped AG News sample (10,001 rows, unquoted TSV) with a header added loads as is;
+    one extra tab or one "NaN" label is named by row."""
+    lines = (ag_news_dir / "ag_news" / "train_10k.tsv").read_text("utf-8").splitlines(True)
+    params = dict(text_columns=("description",), label_column="class")
+    path = write(tmp_path, "ag.tsv", "description\tclass\n" + "".join(lines))
+    config = DataConfig(dataset=str(path), **params)
+    assert config.label_names == ("Business", "Sci/Tech", "Sports", "World")
+    assert len(load_pools(config)[0]) == len(lines)
+    nan, tab = list(lines), list(lines)
+    nan[41] = nan[41].rsplit("\t", 1)[0] + "\tNaN\n"
+    tab[99] = tab[99].replace(" ", "\t", 1)
+    match = rf"label_column='class': 1 row\(s\) .* rows \[43\] {HEADER} hold \['NaN'\]"
+    refused(tmp_path, "ag.tsv", "description\tclass\n" + "".join(nan), match, **params)
+    match = rf"row 101 has 3 fields but the header has 2 {HEADER}"
+    refused(tmp_path, "ag.tsv", "description\tclass\n" + "".join(tab), match, **params)
+
+
+def test_json_file_of_records_or_columns_loads_and_a_repeated_key_is_named(tmp_path):
+    """A .json file: an array of records or pandas' columns layout; a key twice is named."""
+    frame = reviews(20)
+    frame.to_json(tmp_path / "records.json", orient="records")
+    frame.to_json(tmp_path / "columns.json")  # pandas' default layout
+    for name in ("records.json", "columns.json"):
+        pool, _ = load_pools(own(tmp_path / name))
+        assert pool["text"].tolist() == frame["review"].tolist()
+        assert pool["label"].tolist() == [1, 0] * 10  # neg, pos
+    content = '[{"review": "a", "sentiment": "pos"}, {"review": "b", "review": "c"}]'
+    match = r"dataset: '.*dup\.json' has the key 'review' twice in one object; allowed: distinct"
+    refused(tmp_path, "dup.json", content, match, text_columns=("review",))

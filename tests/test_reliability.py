@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from tracin_we import influence
-from tracin_we.core.data import load_raw
+from tracin_we.core.tasks import load_raw
 from tracin_we.experiments.deletion import DeletionConfig, run_deletion
 from tracin_we.training import retrain as retrain_module
 from tracin_we.training.recipe import TrainConfig

@@ -14,81 +14,37 @@ an integer ``label`` in ``range(num_classes)``. A dataset is named by ``DataConf
 For the last two, ``text_columns``, ``label_column`` and ``label_names`` say where text and label
 are; label names not given are read from the data when the config is built, so that the config
 alone (sent to joblib or Dask workers) knows the class count.
+
+Every cell they use is checked then, before anything trains; each refusal is a ``ValueError``
+naming the parameter or file, the column and the rows, and what is allowed. Refused: a CSV/TSV
+row with more fields than the header (a shorter row has its last cells empty, as pandas reads
+it), a column name twice (a key twice in a JSON record), a list or object in a text or label
+cell, a text missing or blank, and a label missing or not finite: None/NaN, blank, what pandas
+reads as missing ("NA", "null", ...; a class where ``label_names`` lists it), "inf". CSV/TSV
+cells are read verbatim, so "NA" is a text there; rows of empty cells are skipped. Rows are
+numbered as a user finds them: in CSV/TSV the header is row 1 (pandas' count: the line number
+unless a quoted cell spans lines), in JSONL the line number, in parquet and JSON row 1 is the
+first, in a hub dataset row 0.
 """
 
 from __future__ import annotations
 
-import csv
-import html
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset, DatasetDict
 
+from tracin_we.core.own_data import encode_labels, infer_label_names, user_tables
 from tracin_we.core.params import check_types
 from tracin_we.core.persistence import tensor_digest
+from tracin_we.core.tasks import LOCAL_SUFFIXES, TASKS, TaskSpec, load_raw
 from tracin_we.core.tokenizer import BERT_UNCASED, load_tokenizer
-
-DATA_DIR_ENV = "TRACIN_WE_DATA_DIR"
-LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".tsv")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Where a task lives on the hub and which of its columns hold text and label."""
-
-    hub_path: str
-    hub_config: str | None
-    hub_splits: tuple[str, ...]  # (train split, test split), or one split to draw both from
-    text_columns: tuple[str, ...]  # one column, or two for sentence pairs
-    label_column: str
-    label_names: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
-
-
-TASKS: dict[str, TaskSpec] = {
-    "ag_news": TaskSpec(
-        "fancyzhx/ag_news",
-        None,
-        ("train", "test"),
-        ("text",),
-        "label",
-        ("World", "Sports", "Business", "Sci/Tech"),
-    ),
-    # Jigsaw Toxic Comment Classification (binary `toxic`), as a parquet mirror of the Kaggle data.
-    "toxicity": TaskSpec(
-        "OxAISH-AL-LLM/wiki_toxic",
-        None,
-        ("train", "test"),
-        ("comment_text",),
-        "label",
-        ("non-toxic", "toxic"),
-    ),
-    "mnli": TaskSpec(
-        "nyu-mll/glue",
-        "mnli",
-        ("train", "validation_matched"),
-        ("premise", "hypothesis"),
-        "label",
-        ("entailment", "neutral", "contradiction"),
-    ),
-}
-
-# Column names accepted in local files besides the hub's own.
-TEXT_ALIASES = ("text", "comment_text", "description", "sentence", "premise")
-PAIR_ALIASES = ("text_pair", "hypothesis")
-LABEL_ALIASES = ("label", "labels", "toxic", "class")
 
 
 @dataclass(frozen=True)
@@ -263,148 +219,6 @@ def _check_user_fields(config: DataConfig) -> None:
             )
 
 
-def resolve_data_dir(data_dir: str | None) -> Path | None:
-    """The local data folder: the parameter, else ``$TRACIN_WE_DATA_DIR``, else None (hub)."""
-    chosen = data_dir or os.environ.get(DATA_DIR_ENV) or None
-    if chosen is None:
-        return None
-    path = Path(chosen).expanduser()
-    if not path.exists():
-        source = "data_dir" if data_dir else DATA_DIR_ENV
-        raise ValueError(f"{source}={str(path)!r} does not exist")
-    return path
-
-
-def load_raw(dataset: str, split: str, data_dir: str | None = None) -> pd.DataFrame:
-    """One split ("train" or "test") as a table with ``text`` [, ``text_pair``] and ``label``."""
-    if dataset not in TASKS:
-        raise ValueError(f"dataset={dataset!r} is unknown; allowed: {sorted(TASKS)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r}; allowed: 'train', 'test'")
-    spec = TASKS[dataset]
-    folder = resolve_data_dir(data_dir)
-    if folder is None:
-        frame, source = _load_hub(spec, split), spec.hub_path
-    else:
-        path = _find_local_file(folder, dataset, split)
-        try:
-            frame = _read_local(path, dataset, spec)
-        except (UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-            raise ValueError(
-                f"data_dir: {str(path)!r} cannot be read ({type(err).__name__}: {err}); give a "
-                "UTF-8 CSV/TSV/JSONL or a parquet file with a header naming its columns"
-            ) from err
-        source = str(path)
-    if dataset == "ag_news":
-        frame["text"] = frame["text"].map(clean_ag_news)
-    _validate(frame, spec, source)
-    return frame
-
-
-def _load_hub(spec: TaskSpec, split: str) -> pd.DataFrame:
-    from datasets import load_dataset  # deferred: importing it is slow and it is unused offline
-
-    hub_split = spec.hub_splits[0 if split == "train" else 1]
-    table = load_dataset(spec.hub_path, spec.hub_config, split=hub_split).to_pandas()
-    return _standardize(table, spec, spec.hub_path)
-
-
-def _find_local_file(folder: Path, dataset: str, split: str) -> Path:
-    """``folder`` may be the file itself, the task folder, or a folder holding ``<dataset>/``."""
-    if folder.is_file():
-        return folder
-    task_dir = folder / dataset if (folder / dataset).is_dir() else folder
-    return _split_file(task_dir, split, f"data_dir: no {split} file for dataset={dataset!r}")
-
-
-def _split_file(folder: Path, split: str, what: str) -> Path:
-    """The first file of ``folder`` (by name) named ``<split>*.<suffix>``."""
-    candidates = sorted(
-        p for p in folder.iterdir() if p.name.startswith(split) and p.suffix in LOCAL_SUFFIXES
-    )
-    if not candidates:
-        raise ValueError(
-            f"{what} in {str(folder)!r}; expected "
-            f"'{split}.<{'|'.join(s.lstrip('.') for s in LOCAL_SUFFIXES)}>'"
-        )
-    return candidates[0]
-
-
-def _read_local(path: Path, dataset: str, spec: TaskSpec) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return _standardize(pd.read_parquet(path), spec, str(path))
-    if path.suffix in (".jsonl", ".json"):
-        return _standardize(pd.read_json(path, lines=path.suffix == ".jsonl"), spec, str(path))
-    sep = "\t" if path.suffix == ".tsv" else ","
-    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-    table = pd.read_csv(
-        path, sep=sep, header=None, dtype=str, quoting=quoting, keep_default_na=False
-    )
-    header = [str(v).strip().lower() for v in table.iloc[0]]
-    if set(header) & set((*LABEL_ALIASES, spec.label_column)):
-        table = table.iloc[1:].set_axis(header, axis=1)
-        return _standardize(table, spec, str(path))
-    if dataset == "ag_news":
-        return _ag_news_original(table, spec, path)
-    raise ValueError(f"data_dir: {str(path)!r} has no header naming a text and a label column")
-
-
-def _ag_news_original(table: pd.DataFrame, spec: TaskSpec, path: Path) -> pd.DataFrame:
-    """AG News as its authors distribute it: ``class(1-4), title, description`` (headerless CSV),
-    or the 2-column ``description, class name`` sample. Both keep the description only, so that
-    train and test texts look alike when one of them lacks titles."""
-    if table.shape[1] == 3:
-        labels = pd.to_numeric(table[0], errors="coerce") - 1
-        return pd.DataFrame({"text": table[2], "label": labels})
-    if table.shape[1] == 2:
-        index = {name.lower(): i for i, name in enumerate(spec.label_names)}
-        labels = table[1].str.strip().str.lower().map(index)
-        return pd.DataFrame({"text": table[0], "label": labels})
-    raise ValueError(f"data_dir: {str(path)!r} has {table.shape[1]} columns; expected 2 or 3")
-
-
-def _standardize(table: pd.DataFrame, spec: TaskSpec, source: str) -> pd.DataFrame:
-    columns = {c.lower(): c for c in table.columns}
-
-    def pick(preferred: str, aliases: tuple[str, ...]) -> str:
-        for name in (preferred.lower(), *aliases):
-            if name in columns:
-                return columns[name]
-        raise ValueError(f"data: {source!r} has no column among {[preferred, *aliases]}")
-
-    out = pd.DataFrame({"text": table[pick(spec.text_columns[0], TEXT_ALIASES)].astype(str)})
-    if len(spec.text_columns) == 2:
-        out["text_pair"] = table[pick(spec.text_columns[1], PAIR_ALIASES)].astype(str)
-    out["label"] = pd.to_numeric(table[pick(spec.label_column, LABEL_ALIASES)], errors="coerce")
-    return out.reset_index(drop=True)
-
-
-def _validate(frame: pd.DataFrame, spec: TaskSpec, source: str) -> None:
-    labels = frame["label"]
-    bad = labels.isna() | ~labels.isin(range(spec.num_classes))
-    if bad.any():
-        rows = frame.index[bad][:5].tolist()
-        raise ValueError(
-            f"data: labels in {source!r} must be integers in [0, {spec.num_classes - 1}]; "
-            f"rows {rows} have {labels[bad][:5].tolist()}"
-        )
-    frame["label"] = labels.astype(int)
-    for column in ("text", "text_pair"):
-        if column in frame:
-            empty = frame[column].str.strip() == ""
-            if empty.any():
-                raise ValueError(
-                    f"data: {int(empty.sum())} rows of {source!r} have an empty {column!r} "
-                    f"(rows {frame.index[empty][:5].tolist()}); remove them"
-                )
-
-
-class _Table(NamedTuple):
-    frame: pd.DataFrame  # text [, text_pair], label (ints, or stripped text)
-    source: str  # the file, or "hub name (split)", for errors
-    class_names: tuple[str, ...] | None  # the hub's ClassLabel names, if any
-
-
 def load_pools(config: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """The train and test tables (``text`` [, ``text_pair``], integer ``label`` in
     ``range(config.num_classes)``, index = row in its source); test is None when the dataset is
@@ -415,152 +229,11 @@ def load_pools(config: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None]:
             load_raw(config.dataset, "test", config.data_dir),
         )
     frames = []
-    for table in _user_tables(config):
+    for table in user_tables(config):
         frame = table.frame.copy()
         frame["label"] = encode_labels(frame["label"], config.task.label_names, table.source)
         frames.append(frame)
     return frames[0], frames[1] if len(frames) == 2 else None
-
-
-def infer_label_names(config: DataConfig) -> tuple[str | int, ...]:
-    """The class names of a dataset of one's own: the hub's ``ClassLabel`` names, else its
-    distinct labels over every split, sorted (integers by value, before text)."""
-    tables = _user_tables(config)
-    for table in tables:
-        if table.class_names:
-            return table.class_names
-    values = set().union(*(set(t.frame["label"]) for t in tables))
-    if len(values) < 2:
-        raise ValueError(
-            f"label_column={config.task.label_column!r}: {tables[0].source!r} has "
-            f"{len(values)} distinct label(s) {sorted(map(str, values))}; a classifier needs two"
-        )
-    return tuple(sorted(values, key=lambda v: (isinstance(v, str), v)))
-
-
-def encode_labels(labels: pd.Series, names: Sequence[str | int], source: str) -> pd.Series:
-    """Class indices (int) of ``labels``: a label equal to a name (as text) is its position in
-    ``names``; otherwise integer labels in ``range(len(names))`` are indices themselves."""
-    index = {str(name): i for i, name in enumerate(names)}
-    text = labels.map(str)
-    if text.isin(index).all():
-        return text.map(index).astype(int)
-    if all(isinstance(v, int) and 0 <= v < len(names) for v in labels):
-        return labels.astype(int)
-    unknown = sorted(set(text[~text.isin(index)]))
-    raise ValueError(
-        f"label_names={list(names)} do not cover the labels of {source!r}: {unknown[:10]} are "
-        "none of them; allowed: label_names listing every label value (or None to read them "
-        f"from the data), or integer labels that are class indices 0..{len(names) - 1}"
-    )
-
-
-def _user_tables(config: DataConfig) -> list[_Table]:
-    """The dataset's tables, one per split name (a single file: one table)."""
-    task, local = config.task, config.local_path
-    if local is None:
-        return [_hub_table(config, split) for split in task.hub_splits]
-    paths = [local] if local.is_file() else []
-    for split in task.hub_splits if local.is_dir() else ():
-        what = f"dataset: no {split!r} file (split_names={list(task.hub_splits)})"
-        paths.append(_split_file(local, split, what))
-    return [_Table(_select(_read_table(p), config, str(p)), str(p), None) for p in paths]
-
-
-def _hub_table(config: DataConfig, split: str) -> _Table:
-    from datasets import ClassLabel, load_dataset  # deferred: importing it is slow
-
-    try:
-        data = load_dataset(config.dataset, config.dataset_config, split=split)
-    except (OSError, ValueError) as err:  # not found, offline, unknown config or split
-        raise ValueError(
-            f"dataset={config.dataset!r} is unknown: not a built-in task ({sorted(TASKS)}), not "
-            "a local file or folder, and the Hugging Face hub could not load it "
-            f"(dataset_config={config.dataset_config!r}, split {split!r}): "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    source = f"{config.dataset} ({split})"
-    feature = data.features.get(config.task.label_column)
-    names = tuple(feature.names) if isinstance(feature, ClassLabel) else None
-    return _Table(_select(data.to_pandas(), config, source), source, names)
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    """A local file with a header row, every CSV/TSV cell as text."""
-    if path.suffix not in LOCAL_SUFFIXES:
-        raise ValueError(
-            f"dataset={str(path)!r}: unknown file type; allowed: {', '.join(LOCAL_SUFFIXES)}"
-        )
-    try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=path.suffix == ".jsonl")
-        tsv = path.suffix == ".tsv"
-        return pd.read_csv(
-            path,
-            sep="\t" if tsv else ",",
-            dtype=str,
-            keep_default_na=False,
-            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
-        )
-    except (UnicodeDecodeError, ValueError, pd.errors.EmptyDataError) as err:
-        raise ValueError(
-            f"dataset: {str(path)!r} cannot be read ({type(err).__name__}: {err}); give a "
-            "UTF-8 CSV/TSV/JSONL or a parquet file with a header naming its columns"
-        ) from err
-
-
-def _select(table: pd.DataFrame, config: DataConfig, source: str) -> pd.DataFrame:
-    """``text`` [, ``text_pair``] and ``label`` (ints where every label is an integer, else
-    stripped text) from the configured columns, each checked."""
-    task = config.task
-    found = [str(c) for c in table.columns]
-    wanted = [("text_columns", c, config.text_columns) for c in task.text_columns]
-    wanted.append(("label_column", task.label_column, config.label_column))
-    for param, column, given in wanted:
-        if column not in table.columns:
-            default = "" if given is not None else " (the default; name yours)"
-            raise ValueError(
-                f"{param}={given!r}: {source!r} has no column {column!r}{default}; its "
-                f"columns: {found}"
-            )
-    out = pd.DataFrame(index=pd.RangeIndex(len(table)))
-    names = (*("text", "text_pair")[: len(task.text_columns)], "label")
-    for (param, column, _), name in zip(wanted, names, strict=True):
-        values = table[column].reset_index(drop=True)
-        empty = values.isna() | (values.astype(str).str.strip() == "")
-        if empty.any():
-            raise ValueError(
-                f"{param}: {int(empty.sum())} rows of {source!r} have an empty {column!r} "
-                f"(rows {out.index[empty][:5].tolist()}); remove them"
-            )
-        out[name] = values.astype(str) if name != "label" else _label_values(values)
-    return out
-
-
-def _label_values(labels: pd.Series) -> pd.Series:
-    """Python ints when every label is an integer (``1``, ``1.0``, ``"1"``), else stripped text."""
-    text = labels.astype(str).str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    if numbers.notna().all() and (numbers % 1 == 0).all():
-        return pd.Series(numbers.astype(np.int64).tolist(), index=labels.index, dtype=object)
-    return text
-
-
-# AG News lost the "&" of its HTML entities ("It #39;s", "Johnson  amp; Johnson", "quot;Hi"):
-# a space before one stands for it. Named entities are listed, since many words end in ";".
-_BROKEN_ENTITY = re.compile(r"(?: |(?<![&\w]))(#\d+|#x[0-9a-fA-F]+|quot|amp|lt|gt|hellip|nbsp);")
-_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # RSS markup: <A HREF=...>, <b>, <br>, <FONT ...>
-
-
-def clean_ag_news(text: str) -> str:
-    """AG News as text: ``\\`` stands for a newline; HTML entities, with or without their lost
-    ``&`` (`` #39;`` → ``'``, `` quot;`` → ``"``, ``&lt;`` → ``<``), are unescaped
-    (``html.unescape``: ``#146;`` is cp1252's ``’``), and the HTML tags they spelt are removed."""
-    text = re.sub(r"(?:amp;){2,}", "amp;", text.replace("\\", " "))  # "&amp;amp;amp;" once
-    text = html.unescape(_BROKEN_ENTITY.sub(r"&\1;", text))
-    return re.sub(r"\s+", " ", _HTML_TAG.sub(" ", text)).strip()
 
 
 def stratified_sample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

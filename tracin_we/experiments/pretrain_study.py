@@ -38,12 +38,13 @@ from datasets import DatasetDict
 from torch import nn
 from tqdm.auto import tqdm
 
-from tracin_we.core.data import TASKS, balanced_indices
+from tracin_we.core.data import balanced_indices
 from tracin_we.core.inputs import Tensors, model_inputs
 from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder, cache_dir, config_key, tensor_digest
 from tracin_we.core.result_folders import cache_folder
 from tracin_we.core.stats import paired_bootstrap
+from tracin_we.core.tasks import TASKS
 from tracin_we.experiments.doge import DogeResult, DogeSettings, mixture_keep, run_doge
 from tracin_we.training.loop import fit, predict_proba
 from tracin_we.training.model_init import new_model

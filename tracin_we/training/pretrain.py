@@ -48,11 +48,12 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from tracin_we.core.checkpoints import load_checkpoint
-from tracin_we.core.data import DataConfig, load_raw, make_splits, stratified_sample, tokenize
+from tracin_we.core.data import DataConfig, make_splits, stratified_sample, tokenize
 from tracin_we.core.inputs import CLS_ID, MASK_ID, PAD_ID, SEP_ID, Tensors
 from tracin_we.core.models import bert_tiny_config
 from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder, cache_dir, config_key, file_sha256, tensor_digest
+from tracin_we.core.tasks import load_raw
 from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
 from tracin_we.training.cached_run import (
     Checkpoint,
