@@ -231,4 +231,5 @@ def test_cuda_matches_cpu(case, method: str) -> None:
         method, m, ckpts, train, test, dtype=torch.float64, device="cuda", **options
     )
     assert on_gpu.device.type == "cpu"
-    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-6, atol=1e-9)
+    # CUDA and CPU kernels sum in other orders; in float64 they agree to ~1e-15 of the scale.
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-9, atol=1e-10 * float(on_cpu.abs().max()))

@@ -234,7 +234,7 @@ def test_workers_retrain_from_the_config_alone(reviews_csv, backend):
     jobs = [RetrainJob(0), RetrainJob(1, (0, 1))]
     if backend == "joblib":
         probs = retrain_probabilities(
-            config, jobs, train, test, "joblib", n_workers=2, progress=False
+            config, jobs, train, test, "joblib", n_workers=2, threads=1, progress=False
         )
     else:
         with local_dask_client() as client:
@@ -243,7 +243,8 @@ def test_workers_retrain_from_the_config_alone(reviews_csv, backend):
             )
     local = retrain_probabilities(config, jobs, train, test, "sequential", threads=1)
     assert probs.shape == (2, 40, 2)
-    assert np.allclose(probs.numpy(), local.numpy(), atol=1e-6)
+    # Every worker runs the same fit on one torch thread, as the sequential run does: bitwise.
+    assert np.array_equal(probs.numpy(), local.numpy())
 
 
 @pytest.mark.slow
