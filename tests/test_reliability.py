@@ -40,8 +40,8 @@ def test_non_finite_weights_stop_training_before_they_are_saved(
     monkeypatch.setattr(torch.optim.SGD, "step", overflowing_step)
     config = train_config(batch_size=64, epochs=1, checkpoint_epochs=[1])
     with pytest.raises(FloatingPointError, match=r"weights \['classifier.bias'\] are non-finite"):
-        train(config, run_dir=tmp_path, progress=False)
-    assert not list(tmp_path.glob("*.pt"))
+        train(config, run_dir=tmp_path / "run", progress=False)  # tmp_path holds the data
+    assert not list((tmp_path / "run").glob("*.pt"))
 
 
 def test_scores_refuse_checkpoints_with_non_finite_weights(influence_case):
