@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+
 from tracin_we.core.data import DataConfig, load_pools, make_splits
 
 # What pandas' read_csv reads as missing by default: refused as labels (texts keep them).
