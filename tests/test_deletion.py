@@ -7,6 +7,7 @@ both directions, seeds {0, 1}: 66 retrains of 4 SGD steps) is shared by the modu
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -294,3 +295,15 @@ def test_dask_backend_matches_local(sweep, splits, tmp_path, deletion_config):
     assert remote.n_trained == 2 + 4 * 2 * 2 * 2
     p, p_ref = matching_p(remote, sweep[0])
     assert np.abs(p - p_ref).max() < 1e-6
+
+
+def test_metrics_are_the_summary_as_plain_numbers(sweep):
+    """``DeletionResult.metrics`` is what notebook 03 records: JSON-ready, equal to the summary;
+    TracIn-WE − TracIn-Last only when both were run (here: tracin-we and random)."""
+    result, _ = sweep
+    metrics = result.metrics()
+    summary = result.summary.set_index("method")
+    assert metrics["auc_del_plus"] == {m: float(v) for m, v in summary["DEL+"].items()}
+    assert metrics["auc_del_minus"] == {m: float(v) for m, v in summary["DEL-"].items()}
+    assert metrics["we_minus_last"] is None and metrics["n_points"] == len(result.points)
+    assert json.loads(json.dumps(metrics)) == metrics

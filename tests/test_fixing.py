@@ -21,9 +21,14 @@ from tracin_we.experiments.fixing import (
     fixing_plan,
     retrain_edits,
     run_fixing,
-    select_mistakes,
 )
-from tracin_we.experiments.fixing_edits import Edit, apply_edit, most_negative_word, worst_words
+from tracin_we.experiments.fixing_edits import (
+    Edit,
+    apply_edit,
+    most_negative_word,
+    select_mistakes,
+    worst_words,
+)
 from tracin_we.influence.attribution import influence_last_positions, influence_last_vectors
 from tracin_we.training.loop import predict_proba
 from tracin_we.training.train import train
@@ -294,6 +299,10 @@ def test_run_fixing_end_to_end(splits, tmp_path, cnn_config, count_retrains, mon
     )
     assert (result.out_dir / "fixing.csv").is_file()
     assert json.loads((result.out_dir / "mistakes.json").read_text())["mistakes"] == result.mistakes
+    metrics = result.metrics()  # what notebook 05 records
+    control = result.summary.set_index(["method", "fix"]).loc[("control", "none")]
+    assert metrics["n_mistakes"] == 2 and metrics["control_share_fixed"] == control["share_fixed"]
+    assert json.loads(json.dumps(metrics)) == metrics
     # out_dir is claimed as every evaluation's: before any work, another run refused.
     mine = tmp_path / "mine"
     again = run_fixing(config, splits, cache=tmp_path, progress=False, out_dir=mine)

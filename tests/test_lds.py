@@ -4,6 +4,7 @@ margin, the subset draw, and one tiny run of subset retrains (CNN, 32 synthetic 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -333,3 +334,14 @@ def test_bad_input_refused_before_any_retraining(splits, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"alpha=0\.2 keeps 0 of 2"):
         tiny = DatasetDict(train=splits["train"].select(range(2)), test=splits["test"])
         run_lds(replace(config, alpha=0.2), tiny, cache=tmp_path)
+
+
+def test_metrics_are_the_summary_as_plain_numbers(run):
+    """``LDSResult.metrics`` is what notebook 08 records: JSON-ready, equal to the summary."""
+    result, _ = run
+    metrics = result.metrics()
+    summary = result.summary.set_index("method")
+    assert metrics["lds"] == {m: float(v) for m, v in summary["mean"].items()}
+    assert metrics["n_subsets"] == result.masks.shape[0]
+    assert set(metrics["tracin_we_minus"]) == set(metrics["tracin_we_verdict"])
+    assert json.loads(json.dumps(metrics)) == metrics

@@ -137,6 +137,34 @@ class DeletionResult:
     n_trained: int = 0  # retrains run by this call
     n_reused: int = 0  # retrains read from the cache (or shared with another row)
 
+    def metrics(self, differences: pd.DataFrame | None = None) -> dict:
+        """What notebook 03 records: AUC-DEL± per method, the sweep's size, the median CRN
+        standard-error ratio (None with one seed) and, given ``stats.deletion_differences``,
+        TracIn-WE − TracIn-Last per metric (None when either was not run)."""
+        summary = self.summary.set_index("method")
+        several_seeds = self.table["seed"].nunique() > 1
+        return {
+            "n_points": int(summary["n_points"].iloc[0]),
+            "n_trained": self.n_trained,
+            "auc_del_plus": {m: float(v) for m, v in summary["DEL+"].items()},
+            "auc_del_minus": {m: float(v) for m, v in summary["DEL-"].items()},
+            "crn_se_ratio_median": float(self.crn["se_ratio"].median()) if several_seeds else None,
+            "we_minus_last": _we_minus_last(differences),
+        }
+
+
+def _we_minus_last(differences: pd.DataFrame | None) -> dict | None:
+    """TracIn-WE − TracIn-Last per metric from paired differences; None without that pair."""
+    if differences is None or differences.empty:
+        return None
+    pair = differences[
+        (differences["reference"] == "tracin-we") & (differences["method"] == "tracin-last")
+    ]
+    fields = ("difference", "low", "high", "share_better")
+    return {
+        row.metric: {f: float(getattr(row, f)) for f in fields} for row in pair.itertuples()
+    } or None
+
 
 def run_deletion(
     config: DeletionConfig,

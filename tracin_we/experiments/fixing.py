@@ -50,7 +50,13 @@ from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder
 from tracin_we.core.result_folders import claim_result_folder, save_tables
 from tracin_we.core.tokenizer import load_tokenizer
-from tracin_we.experiments.fixing_edits import FIX_METHODS, Edit, worst_words
+from tracin_we.experiments.fixing_edits import (
+    FIX_METHODS,
+    Edit,
+    check_p_range,
+    select_mistakes,
+    worst_words,
+)
 from tracin_we.training.loop import predict_proba
 from tracin_we.training.recipe import TrainConfig, config_identity
 from tracin_we.training.retrain import RetrainJob, retrain_cached
@@ -118,41 +124,6 @@ class FixingConfig:
         """Retrains the run needs at most: per seed, the unedited control and one per (mistake,
         method, fix); fewer when cached or when fewer mistakes exist."""
         return len(self.seeds) * (1 + self.n_mistakes * len(self.methods) * len(self.fixes))
-
-
-def check_p_range(p_range: Sequence[float]) -> None:
-    if len(p_range) != 2 or not 0 <= p_range[0] < p_range[1] <= 1:
-        raise ValueError(f"p_range={list(p_range)} must be [low, high] with 0 <= low < high <= 1")
-
-
-def select_mistakes(
-    probabilities: torch.Tensor,
-    labels: torch.Tensor,
-    n_mistakes: int,
-    p_range: Sequence[float] = (0.3, 0.7),
-) -> list[int]:
-    """Indices of the first ``n_mistakes`` rows (in order) that are wrong (argmax ≠ label) with
-    low ≤ p(label) ≤ high; fewer when fewer exist. ``probabilities`` (n, C), ``labels`` (n,)."""
-    if n_mistakes < 1:
-        raise ValueError(f"n_mistakes={n_mistakes} must be a positive integer")
-    check_p_range(p_range)
-    p_true = probabilities.gather(1, labels.long().unsqueeze(1)).squeeze(1)
-    wrong = probabilities.argmax(1) != labels
-    chosen = torch.nonzero(wrong & (p_true >= p_range[0]) & (p_true <= p_range[1])).flatten()
-    if not len(chosen):
-        raise ValueError(
-            f"p_range={list(p_range)}: no test point is a mistake with p(true "
-            f"class) in this range ({int(wrong.sum())} of {len(labels)} are "
-            "wrong); widen p_range or use more test points"
-        )
-    if len(chosen) < n_mistakes:
-        log.warning(
-            "only %d mistakes with p(true class) in %s; n_mistakes=%d asked",
-            len(chosen),
-            list(p_range),
-            n_mistakes,
-        )
-    return chosen[:n_mistakes].tolist()
 
 
 def retrain_edits(
@@ -300,6 +271,25 @@ class FixingResult:
     words: dict[str, pd.DataFrame]
     plan: pd.DataFrame
     out_dir: Path
+
+    def metrics(self) -> dict:
+        """What notebook 05 records: per "method fix", the share fixed, the share newly fixed
+        (beyond the control's) and the mean change of p(true class); the control's share."""
+        by_fix = self.summary.set_index(["method", "fix"])
+        per_fix = {
+            name: {f"{m} {f}": float(v) for (m, f), v in by_fix[column].items()}
+            for name, column in (
+                ("share_fixed", "share_fixed"),
+                ("newly_fixed", "newly_fixed"),
+                ("mean_dp", "mean_dp"),
+            )
+        }
+        return {
+            "n_mistakes": len(self.mistakes),
+            "n_retrains": int(self.summary["n_retrains"].sum()),
+            "control_share_fixed": float(by_fix.loc[("control", "none"), "share_fixed"]),
+            **per_fix,
+        }
 
 
 def run_fixing(

@@ -1,4 +1,7 @@
-"""What targeted fixing edits (v1 §6): the word of a training text to replace and the edit itself.
+"""What targeted fixing picks and edits (v1 §6): the mistakes, the word of a training text to
+replace, and the edit itself.
+
+``select_mistakes`` picks the test points the model gets wrong with p(true class) in a range.
 
 For a mistake z' and its top opponents, ``worst_words`` finds in each the word whose influence on
 z' is the most negative (positive = proponent): TracIn-WE-Topk's word term of the score
@@ -9,6 +12,8 @@ z' is the most negative (positive = proponent): TracIn-WE-Topk's word term of th
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -19,6 +24,8 @@ from tracin_we import influence
 from tracin_we.core.inputs import PAD_ID, Tensors, structural_ids
 from tracin_we.influence import Checkpoints
 from tracin_we.influence.attribution import influence_last_vectors, influence_last_words
+
+log = logging.getLogger(__name__)
 
 FIX_METHODS = ("tracin-we-topk", "influence-last")  # where opponents and words come from
 
@@ -160,3 +167,38 @@ def apply_edit(train: Tensors, edit: Edit) -> Tensors:
         if "token_type_ids" in out:
             out["token_type_ids"][i, start:end] = 0
     return out
+
+
+def check_p_range(p_range: Sequence[float]) -> None:
+    if len(p_range) != 2 or not 0 <= p_range[0] < p_range[1] <= 1:
+        raise ValueError(f"p_range={list(p_range)} must be [low, high] with 0 <= low < high <= 1")
+
+
+def select_mistakes(
+    probabilities: torch.Tensor,
+    labels: torch.Tensor,
+    n_mistakes: int,
+    p_range: Sequence[float] = (0.3, 0.7),
+) -> list[int]:
+    """Indices of the first ``n_mistakes`` rows (in order) that are wrong (argmax ≠ label) with
+    low ≤ p(label) ≤ high; fewer when fewer exist. ``probabilities`` (n, C), ``labels`` (n,)."""
+    if n_mistakes < 1:
+        raise ValueError(f"n_mistakes={n_mistakes} must be a positive integer")
+    check_p_range(p_range)
+    p_true = probabilities.gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    wrong = probabilities.argmax(1) != labels
+    chosen = torch.nonzero(wrong & (p_true >= p_range[0]) & (p_true <= p_range[1])).flatten()
+    if not len(chosen):
+        raise ValueError(
+            f"p_range={list(p_range)}: no test point is a mistake with p(true "
+            f"class) in this range ({int(wrong.sum())} of {len(labels)} are "
+            "wrong); widen p_range or use more test points"
+        )
+    if len(chosen) < n_mistakes:
+        log.warning(
+            "only %d mistakes with p(true class) in %s; n_mistakes=%d asked",
+            len(chosen),
+            list(p_range),
+            n_mistakes,
+        )
+    return chosen[:n_mistakes].tolist()

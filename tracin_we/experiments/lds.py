@@ -283,6 +283,22 @@ class LDSResult:
     n_trained: int = 0  # retrains run by this call
     n_reused: int = 0  # retrains read from the cache
 
+    def metrics(self) -> dict:
+        """What notebook 08 records: the mean LDS per method with its CI, and TracIn-WE − each
+        method with its verdict (empty when TracIn-WE was not run)."""
+        summary = self.summary.set_index("method")
+        versus = self.differences[self.differences["reference"] == "tracin-we"].set_index("method")
+        return {
+            "n_points": int(summary["n_points"].iloc[0]),
+            "n_subsets": int(self.masks.shape[0]),
+            "n_trained": self.n_trained,
+            "lds": {m: float(v) for m, v in summary["mean"].items()},
+            "lds_low": {m: float(v) for m, v in summary["low"].items()},
+            "lds_high": {m: float(v) for m, v in summary["high"].items()},
+            "tracin_we_minus": {m: float(v) for m, v in versus["difference"].items()},
+            "tracin_we_verdict": {m: str(v) for m, v in versus["verdict"].items()},
+        }
+
 
 def run_lds(
     config: LDSConfig,
