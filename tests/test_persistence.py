@@ -253,16 +253,22 @@ def test_retrain_store_bit_flip_is_retrained(tmp_path, caplog, token_splits):
     assert damaged_warnings(caplog)
 
 
-def test_damaged_deletion_table_is_refused_naming_it(tmp_path, token_splits, monkeypatch):
+@pytest.fixture
+def tiny_deletion(tmp_path, token_splits):
+    """``tiny_deletion(**kw)``: a one-method deletion sweep on synthetic tokens, in seconds."""
     config = DeletionConfig(
         train=TrainConfig.from_params(
             model="cnn", n_train=32, n_val=8, n_test=16, max_length=12, epochs=1, batch_size=8,
             checkpoint_epochs=[1],
         ),
-        methods=("random",), ks=(3,), n_test_points=4, seeds=(0,), backend="sequential",
-        n_bootstrap=20,
+        methods=("random",), ks=(3,), n_test_points=2, seeds=(0,), backend="sequential",
+        n_bootstrap=10,
     )  # fmt: skip
-    result = run_deletion(config, token_splits, cache=tmp_path, progress=False)
+    return lambda **kw: run_deletion(config, token_splits, cache=tmp_path, progress=False, **kw)
+
+
+def test_damaged_deletion_table_is_refused_naming_it(tiny_deletion):
+    result = tiny_deletion()
     assert set(load_deletion(result.out_dir)) >= {"config", "deletion", "auc_del"}
     table = result.out_dir / "auc_del.csv"
     table.write_text(table.read_text().replace("random", "rAndom"))
@@ -365,19 +371,6 @@ def test_a_subfolder_is_foreign_even_when_a_manifest_names_it(tmp_path):
     with pytest.raises(CheckpointError, match=r"did not write \(\['a\.json/'\]\)"):
         folder.clear()
     assert (tmp_path / "a.json" / "user.txt").read_text() == "mine"
-
-
-@pytest.fixture
-def tiny_deletion(tmp_path, token_splits):
-    config = DeletionConfig(
-        train=TrainConfig.from_params(
-            model="cnn", n_train=32, n_val=8, n_test=16, max_length=12, epochs=1, batch_size=8,
-            checkpoint_epochs=[1],
-        ),
-        methods=("random",), ks=(3,), n_test_points=2, seeds=(0,), backend="sequential",
-        n_bootstrap=10,
-    )  # fmt: skip
-    return lambda **kw: run_deletion(config, token_splits, cache=tmp_path, progress=False, **kw)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
