@@ -21,6 +21,8 @@ import torch
 from tracin_we import influence
 from tracin_we.core.inputs import model_inputs
 from tracin_we.core.persistence import MANIFEST, CheckpointError, Folder, file_sha256, write_json
+from tracin_we.core.result_folders import claim_result_folder
+from tracin_we.experiments import deletion as deletion_module
 from tracin_we.experiments.deletion import DeletionConfig, load_deletion, run_deletion
 from tracin_we.influence import embedding
 from tracin_we.training.recipe import TrainConfig
@@ -103,14 +105,17 @@ def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **TEXT)
     host = socket.gethostname()
     stale = tmp_path / f".resume.pt.{dead.stdout.strip()}@{host}.abcd1234.tmp"
-    untagged = tmp_path / ".resume.pt.k2j4h5g6.tmp"  # an older version's
+    untagged = tmp_path / ".resume.pt.k2j4h5g6.tmp"  # an older version's, of a recorded file
     live = tmp_path / f".epoch1.pt.{os.getpid()}@{host}.abcd1234.tmp"
     user = tmp_path / ".notes.tmp"  # not one of ours
-    for path in (stale, untagged, live, user):
+    backup = tmp_path / ".backup.20240101.tmp"  # the untagged shape, of no recorded file: a user's
+    Folder(tmp_path).write("resume.pt", b"state")
+    for path in (stale, untagged, live, user, backup):
         path.write_bytes(b"partial")
     removed = Folder(tmp_path).remove_stale_tmp()
     assert sorted(removed) == sorted([stale, untagged])
-    assert live.exists() and user.exists()
+    assert live.exists() and user.exists() and backup.exists()
+    assert Folder(tmp_path).foreign() == [".backup.20240101.tmp", ".notes.tmp"]
 
 
 # A training run killed with kill -9, then its partial state damaged.
@@ -397,3 +402,59 @@ def test_overwrite_of_a_result_folder_removes_only_what_tracin_we_wrote(tmp_path
     (first.out_dir / "notes.txt").unlink()
     tiny_deletion(out_dir=first.out_dir, overwrite=True)
     assert sorted(p.name for p in first.out_dir.iterdir()) == ours
+
+
+def test_a_symlinked_manifest_is_damage_never_written_through(tmp_path):
+    outside, folder_path = tmp_path / "outside.jsonl", tmp_path / "run"
+    outside.write_text("")
+    folder_path.mkdir()
+    (folder_path / MANIFEST).symlink_to(outside)
+    folder = Folder(folder_path)
+    assert folder.records() == {} and folder.hostile
+    with pytest.raises(CheckpointError, match=r"out_dir=.*manifest\.jsonl is damaged"):
+        folder.claim("out_dir")
+    with pytest.raises(CheckpointError, match="cannot be appended to"):
+        folder.write_json("config.json", {"k": 1})
+    assert outside.read_text() == ""  # nothing appended through the link
+
+
+def test_a_users_temporary_looking_file_in_out_dir_is_foreign_and_kept(tmp_path, tiny_deletion):
+    out_dir = tmp_path / "mine"
+    out_dir.mkdir()
+    (out_dir / ".backup.20240101.tmp").write_text("the user's")
+    with pytest.raises(CheckpointError, match=r"did not write \(\['\.backup\.20240101\.tmp'\]"):
+        tiny_deletion(out_dir=out_dir, overwrite=True)
+    assert (out_dir / ".backup.20240101.tmp").read_text() == "the user's"
+
+
+def test_a_named_out_dir_is_checked_before_any_score(tmp_path, tiny_deletion, monkeypatch):
+    out_dir = tmp_path / "mine"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine")
+    monkeypatch.setattr(deletion_module, "score_rows", lambda *a, **k: pytest.fail("scored"))
+    with pytest.raises(CheckpointError, match="did not write"):
+        tiny_deletion(out_dir=out_dir)
+
+
+def test_the_caches_keyed_folder_of_an_older_format_is_rewritten(tmp_path):
+    """A keyed cache folder whose config.json holds more than the config (fixing's older
+    format added its mistakes there) is this config's: rewritten, not "another run"."""
+    resolved = {"k": 1}
+    first = claim_result_folder(resolved, "fixing", "fixing run", cache=tmp_path)
+    Folder(first).write_json("config.json", resolved | {"mistakes": [3, 5]})
+    again = claim_result_folder(resolved, "fixing", "fixing run", cache=tmp_path)
+    assert again == first and json.loads((again / "config.json").read_text()) == resolved
+    named = tmp_path / "named"
+    claim_result_folder(resolved, "fixing", "fixing run", out_dir=named)
+    with pytest.raises(CheckpointError, match="holds another fixing run"):
+        claim_result_folder({"k": 2}, "fixing", "fixing run", out_dir=named)
+
+
+def test_an_unrecorded_file_in_the_caches_run_folder_does_not_stop_training(train_config, tmp_path):
+    """Only a folder the user names is claimed; the cache's own keyed run folder keeps its
+    rules (an older version's leftover file there is no user's)."""
+    config = train_config(epochs=1, checkpoint_epochs=[1])
+    first = train(config, cache=tmp_path, progress=False)
+    (first.run_dir / "left_by_an_older_version.json").write_text("{}")
+    again = train(config, cache=tmp_path, progress=False)
+    assert again.run_dir == first.run_dir

@@ -97,6 +97,9 @@ LATE = [
     ({"05_fixing": {"k": 0}}, r"05_fixing: k=0"),
     ({"08_lds": {"n_subsets": 1}}, r"08_lds: n_subsets=1"),
     ({"09_pretraining_influence": {"n_test_points": 0}}, r"09_pretraining_influence: n_test_"),
+    # null passes the type check wherever it may stand; checks that never expected it say so.
+    ({"04_no_overlap": {"candidate_fraction": None}}, r"04_no_overlap: .*wrong type"),
+    ({"00_tracin_we_by_hand": {"labels": None}}, r"00_tracin_we_by_hand: .*wrong type"),
 ]
 
 
@@ -155,6 +158,7 @@ def test_device_is_checked_against_this_machine(device):
         ("common: {lr: 0.1\n", r"mine\.yaml', line 2"),
         ("common:\n\tlr: 0.1\n", r"mine\.yaml', line 2, column 1"),
         ("- 1\n- 2\n", r"a preset is a mapping of sections, got list"),
+        ("common:\n  ? [1, 2]\n  : 3\n", r"mine\.yaml', line 2.*unhashable"),
     ],
 )
 def test_yaml_errors_name_the_preset_file_and_line(text, message, tmp_path):

@@ -356,3 +356,27 @@ def test_checked_data_keeps_the_models_pad_id():
     assert tensors["input_ids"].tolist() == [[5, 6, 7], [5, 9, 9]]
     assert tensors["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert tensors["input_ids"].dtype == tensors["labels"].dtype == torch.long
+
+
+def test_top_k_takes_bools_only_for_proponents():
+    scores = torch.arange(6.0).reshape(2, 3)
+    for bad in (1, 0.0, "opponents", None):
+        with pytest.raises(ValueError, match=r"proponents=.* must be True or False"):
+            influence.top_k(scores, 2, proponents=bad)
+    assert torch.equal(
+        influence.top_k(scores, 2, proponents=np.True_).indices,
+        influence.top_k(scores, 2, proponents=True).indices,
+    )
+
+
+def test_option_lists_take_any_iterable_of_ids(influence_case):
+    """``special_token_ids`` as a range or a dict's keys, as before the checks: the same scores."""
+    model, checkpoints, train_t, test_t = influence_case
+    as_list = influence.scores(
+        "tracin-we-noc", model, checkpoints, train_t, test_t, special_token_ids=[1, 2]
+    )
+    for ids in (range(1, 3), {1: "a", 2: "b"}.keys(), (i for i in (1, 2))):
+        again = influence.scores(
+            "tracin-we-noc", model, checkpoints, train_t, test_t, special_token_ids=ids
+        )
+        assert torch.equal(again, as_list)

@@ -109,4 +109,6 @@ def check_notebook(notebook: str | os.PathLike, given: Mapping[str, Any]) -> Any
             check(**{name: config if name == "config" else params[name] for name in names})
     except ValueError as error:
         raise ValueError(f"{stem}: {error}") from None
+    except (TypeError, KeyError) as error:  # a value of a type no check expected (None, a list)
+        raise ValueError(f"{stem}: a parameter has a value of the wrong type: {error}") from None
     return config

@@ -32,7 +32,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):  # SafeLoader refuses it below, naming the line
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None,
@@ -312,6 +314,7 @@ def reproduce(
     only: list[str] | None = None,
     runs: Path | None = None,
     figures_dir: Path | None = None,
+    checked: bool = False,
 ) -> list[Path]:
     """Execute ``notebooks/NN_*.ipynb`` in order (or those whose names start with ``only``) and
     return the executed copies. Every notebook runs with the repository root as working folder;
@@ -321,7 +324,8 @@ def reproduce(
     config = load_preset(preset)
     run_dir, figures_dir = output_dirs(preset, runs, figures_dir)
     notebooks = select_notebooks(only)
-    check_notebooks(config, notebooks, run_dir, figures_dir, str(preset_path(preset)))
+    if not checked:  # main() checked them already, to report a bad value as a usage error
+        check_notebooks(config, notebooks, run_dir, figures_dir, str(preset_path(preset)))
     executed = []
     try:
         with cache_under(runs):
@@ -370,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
-    reproduce(args.preset, args.only, runs=args.runs)
+    reproduce(args.preset, args.only, runs=args.runs, checked=True)
     log.info(
         "reproduction (%s) finished in %.1f min",
         preset_name(args.preset),

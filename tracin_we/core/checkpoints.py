@@ -20,11 +20,6 @@ import torch
 
 from tracin_we.core.persistence import CheckpointError, Folder, load_torch_bytes
 
-# Re-exported for modules that still import them from here (fixing.py); new code imports
-# tracin_we.core.persistence.
-from tracin_we.core.persistence import atomic_write as atomic_write
-from tracin_we.core.persistence import write_json as write_json
-
 StateDict = dict[str, torch.Tensor]
 CheckpointLike = tuple[StateDict | str | os.PathLike, float]
 

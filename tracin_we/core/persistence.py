@@ -57,7 +57,7 @@ CACHE_ENV = "TRACIN_WE_CACHE"
 MANIFEST = "manifest.jsonl"
 # A temporary file names its writer: ``.<name>.<pid>@<host>.<random>.tmp``.
 _TMP = re.compile(r"^\..+\.(\d+)@(.*)\.[^.]+\.tmp$")
-_UNTAGGED_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # before tags: ``.<name>.<random>.tmp``
+_UNTAGGED_TMP = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")  # before tags: ``.<name>.<random>.tmp``
 _STALE_SECONDS = 24 * 3600  # another machine's temporary file older than this is abandoned
 
 
@@ -166,6 +166,9 @@ class Folder:
         if self._records is None or reload:
             self._records, self.hostile = {}, []
             manifest = self.path / MANIFEST
+            if manifest.is_symlink() or (manifest.exists() and not manifest.is_file()):
+                self.hostile.append(f"{MANIFEST} itself: not a regular file")  # never followed
+                return self._records
             raw = manifest.read_bytes() if manifest.is_file() else b""
             for line in raw.decode(errors="replace").splitlines():
                 try:
@@ -194,9 +197,8 @@ class Folder:
 
         def write_then_record(tmp: Path) -> None:
             tmp.write_bytes(data)
-            with open(self.path / MANIFEST, "a") as manifest:  # one short line: one append
-                record = {"file": name, "sha256": digest, "bytes": len(data)}
-                manifest.write(json.dumps(record) + "\n")
+            record = {"file": name, "sha256": digest, "bytes": len(data)}
+            _append_line(self.path / MANIFEST, json.dumps(record) + "\n")
 
         atomic_write(self.path / name, write_then_record)
         self.records()[name] = digest
@@ -263,12 +265,13 @@ class Folder:
         and every subfolder (this project writes files only; they end in '/')."""
         if not self.path.is_dir():
             return []
-        ours = set(self.records(reload=True)) | {MANIFEST}
+        records = self.records(reload=True)
+        ours = set(records) | {MANIFEST}
         return sorted(
             entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
             for entry in os.scandir(self.path)
             if entry.is_dir(follow_symlinks=False)
-            or (entry.name not in ours and not (entry.is_file() and _is_tmp(entry.name)))
+            or (entry.name not in ours and not (entry.is_file() and _is_tmp(entry.name, records)))
         )
 
     def claim(self, parameter: str) -> None:
@@ -290,10 +293,17 @@ class Folder:
                 "them elsewhere"
             )
 
-    def clear(self, parameter: str = "folder") -> None:
+    def clear(self, parameter: str = "folder", foreign_ok: bool = False) -> None:
         """Delete every file this project wrote here. Refuses, deleting nothing, when the folder
-        holds anything else or its manifest names entries outside it (``claim``)."""
-        self.claim(parameter)
+        holds anything else (``claim``; ``foreign_ok``: a cache folder of this project's own,
+        where an unrecorded file is an older version's and is left alone) or its manifest names
+        entries outside it (always)."""
+        if foreign_ok:
+            self.records(reload=True)
+            if self.hostile:
+                self.claim(parameter)  # raises: a damaged manifest is never followed
+        else:
+            self.claim(parameter)
         for name in self.records():
             (self.path / name).unlink(missing_ok=True)
         self.remove_stale_tmp(everything=True)
@@ -306,9 +316,9 @@ class Folder:
         versions). ``everything``: also those of live writers. Returns what was deleted."""
         if not self.path.is_dir():
             return []
-        removed = []
+        removed, records = [], self.records(reload=True)
         for path in self.path.glob(".*.tmp"):
-            if not _is_tmp(path.name):
+            if not _is_tmp(path.name, records):
                 continue
             tag = _TMP.match(path.name)
             if everything or tag is None or _abandoned(int(tag[1]), tag[2], path):
@@ -322,8 +332,23 @@ class Folder:
         return str(self.path)
 
 
-def _is_tmp(name: str) -> bool:
-    return bool(_TMP.match(name) or _UNTAGGED_TMP.match(name))
+def _is_tmp(name: str, records: Mapping[str, str]) -> bool:
+    """Whether ``name`` is a temporary file of this project's writers: tagged with its writer
+    (``.<name>.<pid>@<host>.<random>.tmp``), or an older version's untagged one of a file the
+    manifest records (so that a user's ``.backup.20240101.tmp`` is never taken for one)."""
+    untagged = _UNTAGGED_TMP.match(name)
+    return bool(_TMP.match(name) or (untagged and untagged[1] in records))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` in one write, never through a symbolic link."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:  # ELOOP: a link where the manifest should be
+        raise CheckpointError(f"{str(path)!r} cannot be appended to ({err}); delete it") from err
+    with os.fdopen(fd, "a") as manifest:
+        manifest.write(line)
 
 
 def _abandoned(pid: int, host: str, path: Path) -> bool:

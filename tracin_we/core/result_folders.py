@@ -8,6 +8,7 @@ tracin-we did not write); its tables saved and loaded, verified (``save_tables``
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from tracin_we.core.persistence import CheckpointError, Folder, cache_dir, config_key
+
+log = logging.getLogger(__name__)
 
 
 def cache_folder(path: str | os.PathLike, resolved: dict) -> Folder:
@@ -36,24 +39,39 @@ def claim_result_folder(
     overwrite: bool = False,
 ) -> Path:
     """The folder of the result that ``resolved`` defines (``out_dir``, else
-    ``<cache>/<kind>/<key of resolved>``), with ``config.json`` written into it. A folder holding
-    anything tracin-we did not write is refused (``Folder.claim``), also under ``overwrite``. One
-    that holds another result is refused (``what`` names it in the error) unless ``overwrite``,
-    which first deletes the files tracin-we wrote there."""
-    folder = Folder(out_dir if out_dir else cache_dir(cache) / kind / config_key(resolved))
+    ``<cache>/<kind>/<key of resolved>``), with ``config.json`` written into it.
+
+    A named ``out_dir`` holding anything tracin-we did not write is refused before anything is
+    read, written or deleted there (``check_out_dir``), also under ``overwrite``; one holding
+    another result is refused (``what`` names it) unless ``overwrite``, which first deletes the
+    files tracin-we wrote there. The cache's own keyed folder follows the cache's rules: a
+    damaged ``config.json`` is recomputed, and one of another content (an older version's
+    format, since the key is this config's) is cleared and rewritten."""
+    named = out_dir is not None
+    check_out_dir(out_dir)
+    folder = Folder(out_dir if named else cache_dir(cache) / kind / config_key(resolved))
     folder.remove_stale_tmp()
-    folder.claim("out_dir")
     if overwrite:
-        folder.clear("out_dir")
+        folder.clear("out_dir", foreign_ok=not named)
     remedy = f"pass overwrite=True to rewrite the {what}, or delete the folder"
-    saved = folder.read_json("config.json", recompute=False, remedy=remedy)
+    saved = folder.read_json("config.json", recompute=not named, remedy=remedy)
     if saved not in (None, resolved):
-        raise CheckpointError(
-            f"out_dir={str(folder)!r} holds another {what}; choose another out_dir or pass "
-            "overwrite=True"
-        )
+        if named:
+            raise CheckpointError(
+                f"out_dir={str(folder)!r} holds another {what}; choose another out_dir or pass "
+                "overwrite=True"
+            )
+        log.info("%s holds an older version's %s of this config; rewriting it", folder, what)
+        folder.clear("out_dir", foreign_ok=True)
     folder.write_json("config.json", resolved)
     return folder.path
+
+
+def check_out_dir(out_dir: str | os.PathLike | None) -> None:
+    """A named ``out_dir`` holds nothing tracin-we did not write (``Folder.claim``); called
+    first by every evaluation, before its scores or retrains. None: the cache's keyed folder."""
+    if out_dir is not None:
+        Folder(out_dir).claim("out_dir")
 
 
 def save_tables(out_dir: str | os.PathLike, tables: Mapping[str, pd.DataFrame]) -> None:

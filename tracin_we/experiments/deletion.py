@@ -38,7 +38,12 @@ from datasets import DatasetDict
 from tracin_we import influence
 from tracin_we.core.paper import PAPER_METHODS
 from tracin_we.core.params import check_types, from_params
-from tracin_we.core.result_folders import claim_result_folder, load_tables, save_tables
+from tracin_we.core.result_folders import (
+    check_out_dir,
+    claim_result_folder,
+    load_tables,
+    save_tables,
+)
 from tracin_we.core.stats import DELETION_METRICS, bootstrap_index
 from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
 from tracin_we.influence.options import parse_options
@@ -185,6 +190,7 @@ def run_deletion(
     order; other methods are computed by ``influence.scores`` on ``train(config.train)``'s
     checkpoints. Everything is validated before the first retrain.
     """
+    check_out_dir(out_dir)  # a folder of foreign files: refused before any score or retrain
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     n_train = len(train_t["labels"])
     if max(config.ks) >= n_train:

@@ -46,7 +46,12 @@ from datasets import DatasetDict
 from tracin_we import influence
 from tracin_we.core.paper import PAPER_METHODS
 from tracin_we.core.params import check_types, from_params
-from tracin_we.core.result_folders import claim_result_folder, load_tables, save_tables
+from tracin_we.core.result_folders import (
+    check_out_dir,
+    claim_result_folder,
+    load_tables,
+    save_tables,
+)
 from tracin_we.core.stats import (
     HIGHER_IS_BETTER,
     REFERENCES,
@@ -317,6 +322,7 @@ def run_lds(
     order; the other methods are scored on ``train(config.train)``'s checkpoints. The retrains
     are ``config.n_subsets × len(config.seeds)`` jobs of ``retrain.retrain_cached``.
     """
+    check_out_dir(out_dir)  # a folder of foreign files: refused before any score or retrain
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     n_train = len(train_t["labels"])
     masks = draw_subsets(n_train, config.n_subsets, config.alpha, config.subset_seed)

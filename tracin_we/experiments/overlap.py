@@ -29,7 +29,7 @@ from datasets import DatasetDict
 from tracin_we.core.inputs import Tensors, framing_ids, structural_ids
 from tracin_we.core.paper import NO_OVERLAP, reports
 from tracin_we.core.persistence import Folder
-from tracin_we.core.result_folders import claim_result_folder, save_tables
+from tracin_we.core.result_folders import check_out_dir, claim_result_folder, save_tables
 from tracin_we.core.stats import DELETION_METRICS
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
@@ -158,6 +158,7 @@ def run_no_overlap(
     before any retrain, as every evaluation's (``result_folders.claim_result_folder``).
     """
     check_candidates(config, candidate_fraction)
+    check_out_dir(out_dir)  # a folder of foreign files: refused before any score or retrain
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     structural = structural_ids(load_tokenizer(config.train.data.tokenizer))
     candidates = least_overlap_candidates(

@@ -44,6 +44,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
@@ -149,11 +150,11 @@ def top_k(scores: torch.Tensor, k: int, proponents: bool = True) -> InfluentialR
             "real tensor (n_test, n_train), as influence.scores returns (one test example: "
             "scores[None])"
         )
-    if proponents not in (True, False):  # a truthy "opponents" would rank proponents
+    if not isinstance(proponents, (bool, np.bool_)):  # a truthy "opponents" ranks proponents
         raise ValueError(f"proponents={proponents!r} must be True or False")
     check_k(k, scores.shape[1])
     refuse_nan(scores)
-    values, indices = torch.sort(scores, dim=1, descending=proponents, stable=True)
+    values, indices = torch.sort(scores, dim=1, descending=bool(proponents), stable=True)
     return InfluentialResults(indices[:, :k], values[:, :k])
 
 

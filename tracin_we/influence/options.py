@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -120,11 +120,12 @@ def check_device(device: str | torch.device) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """numpy numbers and arrays and torch tensors as Python numbers and lists; a set (of ids) as
-    a list; containers element by element."""
+    """numpy numbers and arrays and torch tensors as Python numbers and lists; any other iterable
+    but a string or mapping (a set, ``range``, ``dict_keys``, a generator) as a list; containers
+    element by element."""
     if isinstance(value, (np.generic, np.ndarray)) or torch.is_tensor(value):
         return value.tolist()
-    if isinstance(value, (list, tuple, set, frozenset)):
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)):
         return [_plain(v) for v in value]
     return value
 

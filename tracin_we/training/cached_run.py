@@ -62,13 +62,14 @@ class Schedule:
     checkpoint_epochs: tuple[int, ...]
 
 
-def open_run(folder: Folder, resolved: dict, overwrite: bool) -> dict | None:
+def open_run(folder: Folder, resolved: dict, overwrite: bool, named: bool) -> dict | None:
     """The finished run's ``result.json`` when ``folder`` holds one for ``resolved``; else None,
     with ``config.json`` written (a folder of another config: ``CheckpointError``, or cleared
-    when ``overwrite``). A folder holding anything tracin-we did not write is refused first
-    (``Folder.claim``), also under ``overwrite``."""
+    when ``overwrite``). A folder the user ``named`` (``run_dir``) holding anything tracin-we did
+    not write is refused first (``Folder.claim``), also under ``overwrite``."""
+    if named:
+        folder.claim("run_dir")
     folder.remove_stale_tmp()
-    folder.claim("run_dir")
     remedy = f"delete the run folder {str(folder)!r} to retrain"
     try:
         saved = folder.read_json("config.json", recompute=False, remedy=remedy)
@@ -82,7 +83,7 @@ def open_run(folder: Folder, resolved: dict, overwrite: bool) -> dict | None:
                 f"run_dir={str(folder)!r} holds a run of another config; choose another run_dir "
                 "or pass overwrite=True"
             )
-        folder.clear("run_dir")
+        folder.clear("run_dir", foreign_ok=not named)
     result = folder.read_json("result.json", recompute=False, remedy=remedy)
     if result is not None:
         log.info("reusing %s", folder)

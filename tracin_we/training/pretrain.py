@@ -314,7 +314,7 @@ def pretrain(
     resolved = json.loads(json.dumps(resolved))
     name = f"bert-tiny-mlm-{config_key(resolved)}"
     folder = Folder(Path(run_dir) if run_dir else cache_dir(cache) / "pretrain" / name)
-    result = open_run(folder, resolved, overwrite)
+    result = open_run(folder, resolved, overwrite, named=run_dir is not None)
     if result is None:
 
         def run_fit(start_epoch: int, optimizer_state: dict | None, on_epoch: OnEpoch) -> None:

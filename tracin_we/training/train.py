@@ -117,7 +117,7 @@ def train(
     key = config_key(resolved)
     name = f"{config.model.replace('/', '_')}-{config.data.name}-{key}"
     folder = Folder(Path(run_dir) if run_dir else cache_dir(cache) / "train" / name)
-    result = open_run(folder, resolved, overwrite)
+    result = open_run(folder, resolved, overwrite, named=run_dir is not None)
     if result is None:
         tensors = {k: model_inputs(splits[k]) for k in splits}
         _check_vocab(model, tensors)
