@@ -307,3 +307,27 @@ def test_metrics_are_the_summary_as_plain_numbers(sweep):
     assert metrics["auc_del_minus"] == {m: float(v) for m, v in summary["DEL-"].items()}
     assert metrics["we_minus_last"] is None and metrics["n_points"] == len(result.points)
     assert json.loads(json.dumps(metrics)) == metrics
+
+
+def test_metrics_carry_we_minus_last_when_both_ran(sweep):
+    """The paired TracIn-WE − TracIn-Last row per metric, as notebook 03 recorded it by hand."""
+    result, _ = sweep
+    differences = pd.DataFrame(
+        [
+            {"metric": metric, "reference": reference, "method": method, "difference": d,
+             "low": d - 0.1, "high": d + 0.1, "share_better": 0.5}
+            for metric, d in (("DEL+", -0.2), ("DEL-", 0.1))
+            for reference, method in (("tracin-we", "tracin-last"), ("tracin-last", "random"))
+        ]
+    )  # fmt: skip
+    pair = result.metrics(differences)["we_minus_last"]
+    assert pair == {
+        "DEL+": {
+            "difference": -0.2,
+            "low": -0.30000000000000004,
+            "high": -0.1,
+            "share_better": 0.5,
+        },
+        "DEL-": {"difference": 0.1, "low": 0.0, "high": 0.2, "share_better": 0.5},
+    }
+    assert result.metrics(differences.iloc[0:0])["we_minus_last"] is None
