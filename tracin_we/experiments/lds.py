@@ -10,13 +10,11 @@ then for test point z_j of ground-truth class c:
     g_j(S_m) = Σ_{i ∈ S_m} score[j, i]                                   (the method's prediction)
     LDS_j    = Spearman ρ over m = 1..M between f_j(S_m) and g_j(S_m)
 
-The margin is the logit of p_c (log-odds of the true class, TRAK's multi-class output), computed
-from the retrained softmax probabilities with 1 − p_c taken as Σ_{c'≠c} p_c' (accurate where
-p_c rounds to 1, where 1 − p_c would round to 0). Spearman is rank-based, so any increasing
-function of p_c gives the same LDS; the margin is what the scatter plots show. Scores follow
-``influence.scores``: positive = proponent, so a good method has LDS near 1 and ``random`` near
-0. A constant f_j or g_j (for example a score row of zeros) ranks nothing: its ρ is set to 0 and
-counted in ``constant``.
+The margin is the logit of p_c (TRAK's multi-class output), with 1 − p_c taken as Σ_{c'≠c} p_c'
+(accurate where 1 − p_c would round to 0); Spearman is rank-based, so any increasing function
+of p_c gives the same LDS. Scores follow ``influence.scores``: positive = proponent, so a good
+method has LDS near 1 and ``random`` near 0. A constant f_j or g_j (a score row of zeros) ranks
+nothing: its ρ is set to 0 and counted in ``constant``.
 
 The report: the mean LDS per method over the test points with a percentile bootstrap CI, and
 every method's paired difference against TracIn-WE and TracIn-Last from the same resamples
@@ -24,11 +22,9 @@ every method's paired difference against TracIn-WE and TracIn-Last from the same
 the subsets as well as the test points (``stats.two_way_means``); resampling test points alone
 (``resample_subsets=False``) holds the subsets fixed and, on the default CNN run, gave CIs 2.6×
 narrower than the two-way ones, while the first and second 32 of 64 subsets disagreed by up to
-0.15 in mean LDS. Subsets are drawn one after another from one generator, so the
-first M' of a draw of M are the draw of M': ``convergence`` reads LDS against M' off the same
-retrains. Retrains go through ``retrain.retrain_cached`` (cached, resumable, parallel) and
-share its store with case deletion's. The plots of an evaluation are ``figures.lds_bars``,
-``figures.lds_scatter`` and ``figures.convergence_plot``.
+0.15 in mean LDS. The first M' subsets of a draw of M are the draw of M' (one generator), so
+``convergence`` reads LDS against M' off the same retrains, which go through
+``retrain.retrain_cached`` (cached, resumable, parallel; shared with case deletion).
 """
 
 from __future__ import annotations
