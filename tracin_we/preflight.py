@@ -21,7 +21,7 @@ from typing import Any
 
 import papermill
 
-from tracin_we.core.params import flat_fields, from_params
+from tracin_we.core.params import check_int, flat_fields, from_params
 from tracin_we.experiments.by_hand import check_hand_parameters
 from tracin_we.experiments.cancellation import check_variant
 from tracin_we.experiments.deletion import DeletionConfig
@@ -37,8 +37,7 @@ from tracin_we.training.recipe import TrainConfig
 
 def check_threads(torch_threads: int) -> None:
     """``torch_threads``, the torch threads of the notebook's own process, is a positive int."""
-    if isinstance(torch_threads, bool) or not isinstance(torch_threads, int) or torch_threads < 1:
-        raise ValueError(f"torch_threads={torch_threads!r} must be a positive integer")
+    check_int("torch_threads", torch_threads, 1)
 
 
 @dataclass(frozen=True)

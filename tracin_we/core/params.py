@@ -164,6 +164,20 @@ def check_values(name: str, value: Any, hint: Any) -> None:
             )
 
 
+def is_int(value: Any) -> bool:
+    """An ``int`` that is not a ``bool`` (``True`` is an int to Python, never to a parameter)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None, context: str = "") -> None:
+    """``value`` is an int (not a bool) in [``low``, ``high``] (``high`` None: no upper bound),
+    else a ``ValueError`` naming ``name``, the bounds and ``context``. For parameters that are
+    not config fields (a notebook's own); fields get ``check_types``."""
+    if not is_int(value) or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}={value!r} must be an integer {bound}{context}")
+
+
 def is_seed(name: str) -> bool:
     """Whether the field ``name`` holds a random seed (or a list of them)."""
     return name in ("seed", "seeds") or name.endswith("_seed")

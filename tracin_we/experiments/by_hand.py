@@ -31,6 +31,7 @@ from tracin_we.core.checkpoints import StateDict, resolve_checkpoints
 from tracin_we.core.data import tokenize
 from tracin_we.core.inputs import Tensors
 from tracin_we.core.models import word_embeddings
+from tracin_we.core.params import SEED_LIMIT, check_int, is_int
 from tracin_we.influence.context import Run, prepared
 from tracin_we.influence.gradients import batch_rows, embedding_grads, param_grads
 from tracin_we.influence.last_layer import last_layer_kernel
@@ -87,42 +88,33 @@ def check_hand_parameters(
         or not all(isinstance(s, str) for s in sentences)
     ):
         raise ValueError(f"sentences={sentences!r} must be a non-empty list of strings")
-    if len(labels) != len(sentences) or not all(_is_int(y) and y >= 0 for y in labels):
+    if len(labels) != len(sentences) or not all(is_int(y) and y >= 0 for y in labels):
         raise ValueError(
             f"labels={list(labels)!r} must be one non-negative integer per sentence "
             f"({len(sentences)} sentences)"
         )
     if not isinstance(test_sentence, str) or not test_sentence.strip():
         raise ValueError(f"test_sentence={test_sentence!r} must be a non-empty string")
-    _check_int("test_label", test_label, 0, max(labels))
-    _check_int("pair", pair, 0, len(sentences) - 1)
+    check_int("test_label", test_label, 0, max(labels))
+    check_int("pair", pair, 0, len(sentences) - 1)
     if (
         isinstance(synonym, str)
         or len(synonym) != 2
         or not all(isinstance(w, str) for w in synonym)
     ):
         raise ValueError(f"synonym={synonym!r} must be two words: [word, its synonym]")
-    _check_int("embed_dim", embed_dim, 1, 4096)
-    _check_int("steps", steps, 1, 100_000)
-    _check_int("text_length", text_length, 9, 512)
-    _check_int("seed", seed, 0, 2**32 - 1)
+    check_int("embed_dim", embed_dim, 1, 4096)
+    check_int("steps", steps, 1, 100_000)
+    check_int("text_length", text_length, 9, 512)
+    check_int("seed", seed, 0, SEED_LIMIT - 1)
     if isinstance(adam_lr, bool) or not isinstance(adam_lr, (int, float)) or not 0 < adam_lr < 1e3:
         raise ValueError(f"adam_lr={adam_lr!r} must be a finite number > 0")
-    wrong = [s for s in checkpoint_steps if not (_is_int(s) and 1 <= s <= steps)]
+    wrong = [s for s in checkpoint_steps if not (is_int(s) and 1 <= s <= steps)]
     if not checkpoint_steps or wrong or len(set(checkpoint_steps)) != len(checkpoint_steps):
         raise ValueError(
             f"checkpoint_steps={list(checkpoint_steps)!r} must be distinct integers in "
             f"[1, steps={steps}]"
         )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if not _is_int(value) or not low <= value <= high:
-        raise ValueError(f"{name}={value!r} must be an integer in [{low}, {high}]")
 
 
 def fit_with_checkpoints(

@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset
 
 from tracin_we.core.inputs import structural_ids
+from tracin_we.core.params import check_int
 from tracin_we.influence import WordScores, top_k
 from tracin_we.influence.words import word_spans, word_text
 from tracin_we.training.recipe import TrainConfig
@@ -22,18 +23,14 @@ def check_listing(
     shown (of the ``diagnostic_per_class`` scored), ``k`` and ``diagnostic_k`` in [1, n_train];
     a ``ValueError`` naming the parameter otherwise."""
     n_classes, data = len(config.data.class_names), config.data
-    for name, value, low, high in (
-        ("diagnostic_per_class", diagnostic_per_class, 1, data.n_test // n_classes),
-        ("per_class", per_class, 1, diagnostic_per_class),
-        ("k", k, 1, data.n_train),
-        ("diagnostic_k", diagnostic_k, 1, data.n_train),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(
-                f"{name}={value!r} must be an integer in [{low}, {high}] (n_train={data.n_train},"
-                f" n_test={data.n_test}, {n_classes} classes, diagnostic_per_class="
-                f"{diagnostic_per_class})"
-            )
+    context = (
+        f" (n_train={data.n_train}, n_test={data.n_test}, {n_classes} classes, "
+        f"diagnostic_per_class={diagnostic_per_class})"
+    )
+    check_int("diagnostic_per_class", diagnostic_per_class, 1, data.n_test // n_classes, context)
+    check_int("per_class", per_class, 1, diagnostic_per_class, context)
+    check_int("k", k, 1, data.n_train, context)
+    check_int("diagnostic_k", diagnostic_k, 1, data.n_train, context)
 
 
 def influential_table(
