@@ -274,18 +274,20 @@ class Folder:
             or (entry.name not in ours and not (entry.is_file() and _is_tmp(entry.name, records)))
         )
 
-    def claim(self, parameter: str) -> None:
+    def claim(self, parameter: str, foreign_ok: bool = False) -> None:
         """Check that this folder, which ``parameter`` names as a run's own, holds only what
         tracin-we wrote: ``CheckpointError`` naming the foreign entries (or the damaged manifest)
-        otherwise, before anything is read, written or deleted there."""
-        foreign = self.foreign()
+        otherwise, before anything is read, written or deleted there. ``foreign_ok``: a cache
+        folder of this project's own, where an unrecorded file is an older version's; a damaged
+        manifest is refused all the same."""
+        foreign = self.foreign()  # reloads the manifest, so ``hostile`` is current
         if self.hostile:
             raise CheckpointError(
                 f"{parameter}={str(self.path)!r}: its {MANIFEST} is damaged: it names "
                 f"{self.hostile[:5]}, which are not plain file names in the folder (never "
                 "followed); nothing was deleted: check the folder and delete it yourself"
             )
-        if foreign:
+        if foreign and not foreign_ok:
             raise CheckpointError(
                 f"{parameter}={str(self.path)!r} holds entries that tracin-we did not write "
                 f"({foreign[:10]}{' ...' if len(foreign) > 10 else ''}); it never replaces or "
@@ -295,15 +297,9 @@ class Folder:
 
     def clear(self, parameter: str = "folder", foreign_ok: bool = False) -> None:
         """Delete every file this project wrote here. Refuses, deleting nothing, when the folder
-        holds anything else (``claim``; ``foreign_ok``: a cache folder of this project's own,
-        where an unrecorded file is an older version's and is left alone) or its manifest names
-        entries outside it (always)."""
-        if foreign_ok:
-            self.records(reload=True)
-            if self.hostile:
-                self.claim(parameter)  # raises: a damaged manifest is never followed
-        else:
-            self.claim(parameter)
+        holds anything else or its manifest is damaged (``claim``; under ``foreign_ok`` an
+        unrecorded file is left alone)."""
+        self.claim(parameter, foreign_ok)
         for name in self.records():
             (self.path / name).unlink(missing_ok=True)
         self.remove_stale_tmp(everything=True)
