@@ -109,12 +109,23 @@ def restrict_to_candidates(
 @dataclass
 class NoOverlapResult:
     """The pooled sweep (``deletion``: its ``table``/``summary``/``crn`` cover both directions,
-    ``out_dir`` holds the pooled tables) and the candidate masks (n_points, n_train) of its
-    ``points``; ``sweeps``: the per-direction ``run_deletion`` folders."""
+    ``out_dir`` holds the pooled tables), the candidate masks (n_points, n_train) of its
+    ``points``, their ``overlap_summary`` (one row per point) and ``sweeps``: the per-direction
+    ``run_deletion`` folders."""
 
     deletion: DeletionResult
     candidates: torch.Tensor
+    overlap: pd.DataFrame
     sweeps: dict[str, Path]
+
+    def metrics(self) -> dict:
+        """What notebook 04 records: the sweep's (``DeletionResult.metrics``), the fewest
+        candidates of any point and the largest TF-IDF cosine between a point and a candidate."""
+        sweep = self.deletion.metrics()
+        return {k: sweep[k] for k in ("n_points", "n_trained", "auc_del_plus", "auc_del_minus")} | {
+            "n_candidates": int(self.candidates.sum(1).min()),
+            "candidate_max_cosine": float(self.overlap["candidate_max_cosine"].max()),
+        }
 
 
 def check_candidates(config: DeletionConfig, candidate_fraction: float) -> int:
@@ -161,9 +172,8 @@ def run_no_overlap(
     check_out_dir(out_dir)  # a folder of foreign files: refused before any score or retrain
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     structural = structural_ids(load_tokenizer(config.train.data.tokenizer))
-    candidates = least_overlap_candidates(
-        train_t, {k: v[points] for k, v in test_t.items()}, candidate_fraction, structural
-    )
+    point_t = {k: v[points] for k, v in test_t.items()}
+    candidates = least_overlap_candidates(train_t, point_t, candidate_fraction, structural)
     n_candidates = int(candidates.sum(1).min())
     if max(config.ks) > n_candidates:
         raise ValueError(
@@ -193,7 +203,10 @@ def run_no_overlap(
             progress=progress,
         )
     pooled = _pool(config, list(sweeps.values()), Path(out_dir))
-    return NoOverlapResult(pooled, candidates, {d: r.out_dir for d, r in sweeps.items()})
+    overlap = overlap_summary(train_t, point_t, candidates, structural)
+    return NoOverlapResult(
+        pooled, candidates, overlap, {d: r.out_dir for d, r in sweeps.items()}
+    )
 
 
 def _full_matrix(rows: torch.Tensor, points: list[int], n_test: int) -> torch.Tensor:
