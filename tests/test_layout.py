@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tracin_we.core.shared_parameters import shared, sync
+
 PACKAGE = Path(__file__).resolve().parents[1] / "tracin_we"
 FLOORS = ["core", "influence", "training", "experiments", "report"]
 TOP = len(FLOORS)
@@ -113,3 +115,28 @@ def test_every_relative_link_resolves(markdown):
         assert resolved.exists(), f"{markdown.name}: {target} does not exist"
         if anchor and resolved.suffix == ".md":
             assert anchor in anchors(resolved), f"{markdown.name}: no heading #{anchor}"
+
+
+NOTEBOOKS = sorted((PACKAGE.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_shared_parameters_are_written_once(notebook):
+    """Each parameters cell is its rendering from ``core.shared_parameters``: a default or comment
+    changed in one notebook alone fails here (fix: change the module and run it)."""
+    assert sync(notebook, write=False), (
+        f"{notebook.name}'s parameters cell differs from tracin_we/core/shared_parameters.py; "
+        "change it there and run `python -m tracin_we.core.shared_parameters`"
+    )
+
+
+def test_a_drifted_default_is_caught_and_rewritten(tmp_path):
+    original = next(p for p in NOTEBOOKS if p.stem == "03_case_deletion")
+    copy = tmp_path / original.name
+    copy.write_text(original.read_text().replace('"lr = 0.05 ', '"lr = 0.5 ', 1))
+    assert copy.read_text() != original.read_text()
+    assert not sync(copy, write=False)
+    assert not sync(copy, write=True) and sync(copy, write=False)
+    assert copy.read_text() == original.read_text()
+    assert [name for name, _, _ in shared("09_pretraining_influence")] == []
+    assert dict((n, d) for n, d, _ in shared("05_fixing"))["epochs"] == "4"

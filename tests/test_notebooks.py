@@ -13,7 +13,8 @@ import pytest
 
 from tests import browser
 from tracin_we.report.html import notebook_title
-from tracin_we.reproduce import NOTEBOOKS, load_preset, reproduce
+from tracin_we.preflight import notebook_defaults
+from tracin_we.reproduce import NOTEBOOKS, reproduce, select_notebooks
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +24,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One runs folder for the module: each notebook adds its executed copy, and the report
     test renders the report of all of them without executing anything again."""
     return tmp_path_factory.mktemp("runs")
+
+
+def _defaults(prefix: str) -> dict:
+    (notebook,) = select_notebooks([prefix])
+    return notebook_defaults(notebook)
 
 
 def run_smoke(prefix: str, tmp_path: Path, runs: Path) -> tuple[dict, list]:
@@ -91,7 +97,7 @@ def test_00_tracin_we_by_hand(tmp_path, runs):
 def test_01_train(ag_news_dir, tmp_path, runs):
     metrics, figures = run_smoke("01", tmp_path, runs)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
-    assert metrics["epochs_run"] == load_preset("smoke")["common"]["epochs"]
+    assert metrics["epochs_run"] == _defaults("01")["epochs"]
     assert metrics["n_checkpoints"] == 2
     assert metrics["init"].startswith("random")
     assert figures == ["01_training_curves.png"]
@@ -115,7 +121,7 @@ def test_03_case_deletion(ag_news_dir, tmp_path, runs):
     assert metrics["crn_se_ratio_median"] is None or metrics["crn_se_ratio_median"] >= 0
     assert figures == ["03_deletion_curves.png"]
     assert (runs / "smoke" / "03_paired_differences.csv").is_file()
-    if {"tracin-we", "tracin-last"} <= set(load_preset("smoke")["03_case_deletion"]["methods"]):
+    if {"tracin-we", "tracin-last"} <= set(_defaults("03")["methods"]):
         paired = metrics["we_minus_last"]  # TracIn-WE − TracIn-Last, paired over test points
         assert set(paired) == {"DEL+", "DEL-"}
         for metric, row in paired.items():
@@ -208,7 +214,7 @@ def test_08_lds(ag_news_dir, tmp_path, runs):
 
 def test_09_pretraining_influence(ag_news_dir, tmp_path, runs):
     metrics, figures = run_smoke("09", tmp_path, runs)
-    section = load_preset("smoke")["09_pretraining_influence"]
+    section = _defaults("09")  # the smoke preset overrides no default
     assert metrics["n_corpus"] == section["n_corpus"]
     assert metrics["n_points"] == section["n_test_points"] and metrics["k"] == section["k"]
     domains = {"World", "Sports", "Business", "Sci/Tech"}

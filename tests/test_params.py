@@ -225,13 +225,15 @@ def test_preset_paths_and_where_they_write(tmp_path):
 
 
 def test_params_for_gives_what_reproduce_gives(tmp_path):
-    preset = rp.load_preset("smoke")
-    run_dir, figures_dir = rp.output_dirs("smoke")
+    preset = rp.load_preset("default")
+    run_dir, figures_dir = rp.output_dirs("default")
     notebook = rp.NOTEBOOKS / "03_case_deletion.ipynb"
     expected = rp.notebook_parameters(preset, notebook, run_dir, figures_dir)
-    assert rp.params_for("smoke", "03") == expected
-    assert expected["ks"] == [5] and expected["model"] == "cnn"
+    assert rp.params_for("default", "03") == expected
+    assert expected["ks"] == preset["03_case_deletion"]["ks"] and expected["model"] == "cnn"
     assert expected["metrics_path"] == str(run_dir / "metrics" / "03_case_deletion.json")
+    # The smoke preset overrides no default: each notebook gets only where to write.
+    assert set(rp.params_for("smoke", "03")) == set(rp.OUTPUTS)
     with pytest.raises(ValueError, match="matches"):
         rp.params_for("smoke", "0")
 
@@ -258,7 +260,7 @@ def test_params_for_round_trip_through_papermill(ag_news_dir, tmp_path):
         check=True,
     ).stdout
     params = yaml.safe_load(flat)
-    assert params["epochs"] == 3 and params["n_train"] == preset["common"]["n_train"]
+    assert params["epochs"] == 3 and "n_train" not in params  # the notebook's default stays
     assert params["run_dir"] == str(rp.REPO / "runs" / "roundtrip")
     (tmp_path / "p.yaml").write_text(flat)
     out = tmp_path / "out"
