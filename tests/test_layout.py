@@ -11,9 +11,10 @@ import ast
 import re
 from pathlib import Path
 
+import papermill
 import pytest
 
-from tracin_we.core.shared_parameters import shared, sync
+from tracin_we.core.shared_parameters import outputs, shared, sync
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tracin_we"
 FLOORS = ["core", "influence", "training", "experiments", "report"]
@@ -128,6 +129,15 @@ def test_shared_parameters_are_written_once(notebook):
         f"{notebook.name}'s parameters cell differs from tracin_we/core/shared_parameters.py; "
         "change it there and run `python -m tracin_we.core.shared_parameters`"
     )
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_shared_parameter(notebook):
+    """Papermill parses each line of the cell on its own (a comment holding ``=`` hides the
+    line): every rendered name must reach its parameter list."""
+    declared = papermill.inspect_notebook(str(notebook))
+    written = [name for name, _, _ in (*shared(notebook.stem), *outputs(notebook.stem))]
+    assert set(written) <= set(declared)
 
 
 def test_a_drifted_default_is_caught_and_rewritten(tmp_path):

@@ -59,7 +59,7 @@ OVERRIDES: dict[str, dict[str, tuple[str, str]]] = {
     "05_fixing": _CNN
     | _ADAM
     | {
-        "epochs": ("4", "confident enough to make mistakes with p(true class) >= 0.3"),
+        "epochs": ("4", "confident enough to make mistakes: p(true class) 0.3 to 0.7"),
         "checkpoint_epochs": ("[3, 4]", "TracIn checkpoints saved after these epochs"),
     },
     "06_cancellation": _CNN,
@@ -69,7 +69,10 @@ OVERRIDES: dict[str, dict[str, tuple[str, str]]] = {
 
 
 def outputs(stem: str) -> tuple[Line, ...]:
-    """Where notebook ``stem`` runs and writes (``reproduce`` sets the last three)."""
+    """Where notebook ``stem`` runs and writes (``reproduce`` sets the last three); () for 00,
+    which runs on the CPU and writes its metrics only."""
+    if stem == "00_tracin_we_by_hand":
+        return ()
     return (
         ("device", '"cpu"', '"cpu" or "cuda"'),
         ("run_dir", '"runs/notebook"', "executed notebooks and metrics (reproduce: runs/<preset>)"),
@@ -96,7 +99,7 @@ def cell(stem: str, source: str) -> str:
     """The parameters cell of notebook ``stem``, whose current cell is ``source``: its shared
     lines rendered from this module around the lines that are its own, in their order."""
     common = shared(stem)
-    tail = outputs(stem) if stem != "00_tracin_we_by_hand" else ()
+    tail = outputs(stem)
     written = {name for name, _, _ in (*common, *tail)}
     own = [line for line in source.splitlines() if line != HEADER]
     own = [line for line in own if _assigned(line) not in written or not line]
