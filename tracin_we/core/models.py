@@ -8,7 +8,8 @@ Every model here maps ``(input_ids, attention_mask, token_type_ids)`` of shape `
 - ``model.classifier_layer()``: the final ``nn.Linear`` (logits f = W a + b), the layer of
   TracIn-Last, influence functions and representer points.
 
-Models: ``"bert-tiny"`` (the paper's), ``"cnn"`` (the authors' notebook), or any
+Models: ``"bert-tiny"`` (the paper's), ``"cnn"`` (the authors' notebook), ``"minilm-l6"`` (a
+pretrained 6-layer encoder, found offline and checked by hash: ``core.pretrained``), or any
 ``AutoModelForSequenceClassification`` name or local path. A ``transformers.PreTrainedModel``
 given as it is (its output has ``.logits``) is wrapped in ``HFClassifier`` by ``as_classifier``,
 the one place where that happens; every public entry point that takes a model calls it.
@@ -24,6 +25,8 @@ from functools import cache
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
     BertConfig,
     BertForSequenceClassification,
     PreTrainedModel,
@@ -32,12 +35,13 @@ from transformers import (
 from tracin_we.core.hf_models import HFClassifier, hf_classifier, hub_reachable
 from tracin_we.core.inputs import PAD_ID, forward
 from tracin_we.core.persistence import tensor_digest
+from tracin_we.core.pretrained import PRETRAINED, pretrained_folder
 from tracin_we.core.tokenizer import VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 
 BERT_TINY_HUB = "google/bert_uncased_L-2_H-128_A-2"
-BUILTIN_MODELS = ("bert-tiny", "cnn")
+BUILTIN_MODELS = ("bert-tiny", "cnn", *PRETRAINED)  # built-ins read bert-base-uncased's ids
 
 
 class CNNClassifier(nn.Module):
@@ -202,7 +206,11 @@ def _builtin_limits(name: str) -> tuple[int, int | None]:
     if name not in BUILTIN_MODELS:
         return 1, None  # a Hugging Face model: checked once built (train, scores)
     with torch.device("meta"):
-        model = CNNClassifier(2) if name == "cnn" else HFClassifier(_bert_tiny(2, VOCAB_SIZE))
+        if name in PRETRAINED:
+            config = AutoConfig.from_pretrained(pretrained_folder(name), num_labels=2)
+            model = HFClassifier(AutoModelForSequenceClassification.from_config(config))
+        else:
+            model = CNNClassifier(2) if name == "cnn" else HFClassifier(_bert_tiny(2, VOCAB_SIZE))
     return length_limits(model)
 
 
@@ -245,7 +253,8 @@ def build_model(
     ``vocab_size`` and ``pad_token_id`` (None: bert-base-uncased's [PAD], 0) shape the built-in
     models' word embedding for the tokenizer in use; a Hugging Face model keeps its own.
     ``"bert-tiny"`` loads ``google/bert_uncased_L-2_H-128_A-2`` when ``pretrained`` and the hub is
-    reachable, else the same architecture randomly initialised, and logs which. Any other name is
+    reachable, else the same architecture randomly initialised, and logs which. ``"minilm-l6"``
+    loads the checked files of ``core.pretrained`` with a new seeded head. Any other name is
     a Hugging Face classifier (``hf_classifier``; ``label_names``: the data's classes in order),
     described as ``pretrained:<name>@<digest of its weights>`` (a new head's included).
     """
@@ -267,6 +276,12 @@ def build_model(
         )
         pad = PAD_ID if pad_token_id is None else pad_token_id
         return HFClassifier(_bert_tiny(num_labels, vocab_size, pad)), f"random(seed={seed})"
+    if name in PRETRAINED:  # checked by hash, found offline (core.pretrained)
+        model = hf_classifier(str(pretrained_folder(name)), num_labels, pretrained, label_names)
+        if not pretrained:
+            log.warning("%s: pretrained=False, so its architecture starts from a random init", name)
+            return model, f"random(seed={seed}):{name}"
+        return model, f"pretrained:{name}@{tensor_digest(model.model.state_dict())}"
     if os.path.isdir(name) or "/" in name:
         model = hf_classifier(name, num_labels, pretrained, label_names)
         if not pretrained:

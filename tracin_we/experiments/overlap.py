@@ -204,9 +204,7 @@ def run_no_overlap(
         )
     pooled = _pool(config, list(sweeps.values()), Path(out_dir))
     overlap = overlap_summary(train_t, point_t, candidates, structural)
-    return NoOverlapResult(
-        pooled, candidates, overlap, {d: r.out_dir for d, r in sweeps.items()}
-    )
+    return NoOverlapResult(pooled, candidates, overlap, {d: r.out_dir for d, r in sweeps.items()})
 
 
 def _full_matrix(rows: torch.Tensor, points: list[int], n_test: int) -> torch.Tensor:

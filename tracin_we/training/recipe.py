@@ -8,12 +8,14 @@ reachable), a random init, or a local MLM pretraining run (``init_from``: ``trai
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from tracin_we.core.data import DataConfig
 from tracin_we.core.models import BUILTIN_MODELS, check_length
 from tracin_we.core.params import check_types, from_params
+from tracin_we.core.pretrained import PRETRAINED
 from tracin_we.core.tokenizer import model_tokenizer
 
 OPTIMIZERS = ("sgd", "adam")
@@ -47,16 +49,7 @@ class TrainConfig:
         check_types(self)
         object.__setattr__(self, "checkpoint_epochs", tuple(self.checkpoint_epochs))
         check_recipe(self)
-        # Validates the name before any data is loaded or model built.
-        if (
-            self.model not in ("bert-tiny", "cnn")
-            and "/" not in self.model
-            and not os.path.isdir(self.model)
-        ):
-            raise ValueError(
-                f"model={self.model!r} is unknown; allowed: 'bert-tiny', 'cnn', or a Hugging Face "
-                "AutoModelForSequenceClassification name ('org/name') or local folder"
-            )
+        check_model(self)  # before any data is loaded or model built
         check_length(self.model, self.data.max_length)  # built-ins here, others once built
         own = None if self.model in BUILTIN_MODELS else model_tokenizer(self.model)
         if own is not None and self.data.tokenizer is None:
@@ -79,6 +72,30 @@ class TrainConfig:
         """Build from the flat parameters of a notebook or preset (``tracin_we.core.params``): data
         fields go to ``DataConfig``, ``seed`` to both; unknown names are an error."""
         return from_params(cls, params)
+
+
+def check_model(config: TrainConfig) -> None:
+    """``ValueError`` for a model name that is none of the built-ins, a hub name or a folder, or
+    a pretrained built-in given another tokenizer's ids; a ``UserWarning`` when a pretrained
+    model is to start from a random init (``pretrained=False``), before any training."""
+    name = config.model
+    if name not in BUILTIN_MODELS and "/" not in name and not os.path.isdir(name):
+        raise ValueError(
+            f"model={name!r} is unknown; allowed: {list(BUILTIN_MODELS)}, or a Hugging Face "
+            "AutoModelForSequenceClassification name ('org/name') or local folder"
+        )
+    if name in PRETRAINED and config.data.vocab_size is not None:
+        raise ValueError(
+            f"model={name!r} reads bert-base-uncased's token ids; tokenizer="
+            f"{config.data.tokenizer!r} gives others: leave tokenizer as None"
+        )
+    if name not in ("bert-tiny", "cnn") and not config.pretrained:
+        warnings.warn(
+            f"model={name!r} with pretrained=False: its pretrained weights are NOT loaded and "
+            "it starts from a random init; set pretrained=True to fine-tune them",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def check_recipe(config: Recipe) -> None:
