@@ -24,7 +24,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 # JupyterLab refuses to run as root (containers) unless told.
 LAB_ARGS ?= $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: reproduce test lab browser lint benchmark clean
+.PHONY: reproduce pretrained test lab browser lint benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ $(VENV)/.installed: pyproject.toml
 
 reproduce: $(VENV)/.installed
 	$(PY) -m tracin_we.reproduce --preset $(PRESET)
+
+# The pretrained setting (fine-tuned MiniLM, 01/02/06/07): figures/pretrained/, ~30 min on 2 cores.
+pretrained: $(VENV)/.installed
+	$(PY) -m tracin_we.reproduce --preset pretrained
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check tracin_we tests benchmarks

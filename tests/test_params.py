@@ -212,6 +212,8 @@ def test_preset_names_cannot_leave_presets(name):
 def test_preset_paths_and_where_they_write(tmp_path):
     assert rp.preset_path("smoke") == rp.PRESETS / "smoke.yaml"
     assert rp.output_dirs("default") == (rp.REPO / "runs" / "default", rp.REPO / "figures")
+    pretrained = (rp.REPO / "runs" / "pretrained", rp.REPO / "figures" / "pretrained")
+    assert rp.output_dirs("pretrained") == pretrained
     mine = _write(tmp_path / "mine.yaml", {"common": {"n_train": 64}})
     assert rp.preset_path(str(mine)) == mine
     assert rp.output_dirs(str(mine)) == (rp.REPO / "runs/mine", rp.REPO / "runs/mine/figures")
@@ -354,3 +356,14 @@ def test_runs_dir_takes_every_output_and_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACIN_WE_CACHE", str(tmp_path / "mine"))  # a cache named wins
     rp.main(["--preset", "smoke", "--only", "01", "--runs", str(tmp_path)])
     assert seen[-1][1] == str(tmp_path / "mine")
+
+
+def test_a_preset_names_the_notebooks_it_runs(tmp_path):
+    preset = rp.load_preset("pretrained")
+    names = [nb.name[:2] for nb in rp.preset_notebooks(preset, None)]
+    assert names == ["01", "02", "06", "07"]
+    assert [nb.name[:2] for nb in rp.preset_notebooks(preset, ["02"])] == ["02"]  # --only wins
+    assert len(rp.preset_notebooks(rp.load_preset("default"), None)) == len(rp.notebook_paths())
+    for bad, message in [("01", "must be a list"), (["01", 2], "must be a list"), (["42"], "42")]:
+        with pytest.raises(ValueError, match=message):
+            rp.load_preset(_write(tmp_path / "mine.yaml", {"notebooks": bad, "common": {}}))

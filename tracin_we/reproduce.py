@@ -1,25 +1,22 @@
 """Run the notebooks in order with papermill under a preset: ``python -m tracin_we.reproduce``.
 
-A preset is a YAML file with a ``common`` section (parameters every notebook shares, such as the
-data and training recipe) and one section per notebook (``01_train``, ...); sections named
-``x-...`` are ignored (templates for YAML anchors); a key given twice in one mapping is an error
-(YAML would silently keep the last). ``--preset NAME`` reads ``presets/NAME.yaml``;
-``--preset path/to/file.yaml`` reads that file. Each notebook receives the parameters of its
-``parameters`` cell that the preset sets, plus where to write: executed copies and metrics go to
-``runs/<preset>/``, figures to ``figures/`` for the built-in ``default`` preset only and to
-``runs/<preset>/figures/`` otherwise. ``--runs DIR`` puts all of it, and the cache, under ``DIR``
-instead, so that a run writes nothing into the repository. Before anything runs, every selected
-notebook's parameters are checked (``preflight.check_notebook``): a key that its notebook (or,
-in ``common``, every notebook) does not declare, a value of the wrong type, and any value its
-config refuses (an unknown method, k >= n_train, a checkpoint after the last epoch, ...) is an
-error naming the preset file, the notebook and the parameter. After the
-notebooks (also when one fails), ``runs/<preset>/report.html`` collects every executed notebook
-of that folder in one page, with its figures inline (``html.write_report``).
+A preset is a YAML file: ``common`` (parameters every notebook shares: data, recipe), one section
+per notebook (``01_train``, ...), optionally ``notebooks`` (the name prefixes it runs; default:
+all), and templates named ``x-...`` (ignored; for YAML anchors). A key given twice in one mapping
+is an error (YAML would keep the last). ``--preset NAME`` reads ``presets/NAME.yaml``, ``--preset
+file.yaml`` that file. Each notebook receives the parameters of its ``parameters`` cell that the
+preset sets, plus where to write: ``runs/<preset>/`` for executed copies and metrics, and for
+figures the committed folder of a built-in preset (``COMMITTED_FIGURES``), else
+``runs/<preset>/figures/``. ``--runs DIR`` puts all of it, and the cache, under ``DIR``. Before
+anything runs, every selected notebook's parameters are checked (``preflight.check_notebook``):
+an undeclared key, a value of the wrong type or one its config refuses is an error naming the
+preset file, the notebook and the parameter. After the notebooks (also when one fails),
+``runs/<preset>/report.html`` collects the executed notebooks with their figures inline.
 
 ``--params-for 03`` prints, as flat YAML, exactly the parameters that ``reproduce`` would give
 notebook ``03_*``, for a papermill run by hand::
 
-    python -m tracin_we.reproduce --preset smoke --params-for 03 > p.yaml
+    python -m tracin_we.reproduce --preset default --params-for 03 > p.yaml
     papermill notebooks/03_case_deletion.ipynb out.ipynb -f p.yaml
 """
 
@@ -47,6 +44,8 @@ from tracin_we.report.html import write_report
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 PRESETS = REPO / "presets"
+# The built-in presets whose figures are committed, and where (`make reproduce`, `make pretrained`).
+COMMITTED_FIGURES = {"default": "figures", "pretrained": "figures/pretrained"}
 OUTPUTS = ("run_dir", "figures_dir", "metrics_path")  # set by reproduce, never by a preset
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a preset name: also its folder under runs/
 
@@ -157,6 +156,11 @@ def check_preset(config: dict, source: str = "preset") -> None:
     for section, values in config.items():
         if str(section).startswith("x-"):
             continue
+        if section == "notebooks":  # the notebooks this preset runs (default: all)
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"{source}: notebooks must be a list of name prefixes ('01')")
+            select_notebooks(values)
+            continue
         if section != "common" and section not in declared:
             raise ValueError(
                 f"{source}: section {section!r} is not 'common', a notebook ({sorted(declared)}) "
@@ -218,6 +222,11 @@ def notebook_parameters(preset: dict, notebook: Path, run_dir: Path, figures_dir
     return {k: v for k, v in merged.items() if k in declared}
 
 
+def preset_notebooks(config: dict, only: list[str] | None) -> list[Path]:
+    """The notebooks a run selects: ``only`` (``--only``), else the preset's ``notebooks``."""
+    return select_notebooks(only or config.get("notebooks"))
+
+
 def select_notebooks(only: list[str] | None) -> list[Path]:
     """The notebooks whose names start with one of ``only`` (all when ``only`` is empty)."""
     notebooks = notebook_paths()
@@ -232,12 +241,13 @@ def output_dirs(
     preset: str | Path, runs: Path | None = None, figures_dir: Path | None = None
 ) -> tuple[Path, Path]:
     """``(run_dir, figures_dir)``: ``<runs>/<name>/`` (``runs``: the repository's ``runs/``) and
-    ``figures/`` for the built-in default preset run into the repository's ``runs/``,
-    ``<runs>/<name>/figures/`` for any other."""
+    the committed figures' folder (``COMMITTED_FIGURES``) for a built-in preset that has one, run
+    into the repository's ``runs/``; ``<runs>/<name>/figures/`` for any other."""
     path = preset_path(preset)
     run_dir = (Path(runs).absolute() if runs else REPO / "runs") / path.stem  # cwd: the repo
-    is_default = path.resolve() == (PRESETS / "default.yaml").resolve() and runs is None
-    return run_dir, figures_dir or (REPO / "figures" if is_default else run_dir / "figures")
+    builtin = path.resolve() == (PRESETS / f"{path.stem}.yaml").resolve()
+    committed = COMMITTED_FIGURES.get(path.stem) if builtin and runs is None else None
+    return run_dir, figures_dir or (REPO / committed if committed else run_dir / "figures")
 
 
 def params_for(preset: str | Path, prefix: str, runs: Path | None = None) -> dict:
@@ -323,7 +333,7 @@ def reproduce(
     the error) ``run_report`` writes ``<run_dir>/report.html``."""
     config = load_preset(preset)
     run_dir, figures_dir = output_dirs(preset, runs, figures_dir)
-    notebooks = select_notebooks(only)
+    notebooks = preset_notebooks(config, only)
     if not checked:  # main() checked them already, to report a bad value as a usage error
         check_notebooks(config, notebooks, run_dir, figures_dir, str(preset_path(preset)))
     executed = []
@@ -368,7 +378,11 @@ def main(argv: list[str] | None = None) -> None:
         config = load_preset(args.preset)
         run_dir, figures_dir = output_dirs(args.preset, args.runs)
         check_notebooks(
-            config, select_notebooks(args.only), run_dir, figures_dir, str(preset_path(args.preset))
+            config,
+            preset_notebooks(config, args.only),
+            run_dir,
+            figures_dir,
+            str(preset_path(args.preset)),
         )
     except ValueError as error:
         parser.error(str(error))
