@@ -25,6 +25,8 @@ SHARED: tuple[Line, ...] = (
      "folder, or a hub name"),
     ("model", '"bert-tiny"', '"bert-tiny", "cnn", or a Hugging Face model name/path'),
     ("pretrained", "False", "use the hub's pretrained weights when reachable"),
+    ("embedding_init", "None", 'cnn/bert-tiny: "minilm-l6" starts the word embeddings from '
+     "MiniLM's, PCA-projected; None: random"),
     ("n_train", "120", "training examples (stratified sample)"),
     ("n_val", "40", "validation examples"),
     ("n_test", "40", "test examples"),

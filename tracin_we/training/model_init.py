@@ -1,12 +1,15 @@
-"""A fresh model for a training config: built (random or the hub's weights) or started from a
-local MLM pretraining run (``init_from``)."""
+"""A fresh model for a training config: built (random or the hub's weights), started from a
+local MLM pretraining run (``init_from``), or with a pretrained encoder's projected word
+embeddings (``embedding_init``)."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from tracin_we.core.inputs import PAD_ID
 from tracin_we.core.models import build_model
 from tracin_we.core.tokenizer import VOCAB_SIZE
+from tracin_we.training.embedding_init import init_embeddings
 from tracin_we.training.pretrain import load_encoder
 from tracin_we.training.recipe import TrainConfig
 
@@ -14,7 +17,8 @@ from tracin_we.training.recipe import TrainConfig
 def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
     """A fresh model for ``config`` and a description of its init (part of every cache key):
     ``build_model``'s, or ``mlm:<sha256 of the weights>`` with ``init_from``, whose word
-    embeddings and encoder then replace the random ones (the classifier head stays seeded)."""
+    embeddings and encoder then replace the random ones (the classifier head stays seeded); with
+    ``embedding_init``, ``+emb:<encoder>-pca@<digest>`` names the word-embedding rows."""
     # The hub's BERT-tiny reads bert-base-uncased ids: with another tokenizer's, a random init.
     other_ids = config.model == "bert-tiny" and config.data.vocab_size is not None
     model, init = build_model(
@@ -28,4 +32,7 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
     )
     if config.init_from is not None:
         init = load_encoder(model, config.init_from)
+    if config.embedding_init is not None:
+        pad = PAD_ID if config.data.pad_token_id is None else config.data.pad_token_id
+        init += "+" + init_embeddings(model, config.embedding_init, pad)
     return model, init

@@ -44,6 +44,9 @@ class TrainConfig:
     # A local MLM pretraining run (training.pretrain: its folder, or a .pt checkpoint) whose word
     # embeddings and encoder start bert-tiny; None: `pretrained` decides (hub or random init).
     init_from: str | None = None
+    # A pretrained encoder ("minilm-l6") whose word embeddings, PCA-projected to this model's
+    # width, start the CNN's or BERT-tiny's (training.embedding_init); None: random rows.
+    embedding_init: str | None = None
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -89,12 +92,36 @@ def check_model(config: TrainConfig) -> None:
             f"model={name!r} reads bert-base-uncased's token ids; tokenizer="
             f"{config.data.tokenizer!r} gives others: leave tokenizer as None"
         )
+    if config.embedding_init is not None:
+        _check_embedding_init(config)
     if name not in ("bert-tiny", "cnn") and not config.pretrained:
         warnings.warn(
             f"model={name!r} with pretrained=False: its pretrained weights are NOT loaded and "
             "it starts from a random init; set pretrained=True to fine-tune them",
             UserWarning,
             stacklevel=4,
+        )
+
+
+def _check_embedding_init(config: TrainConfig) -> None:
+    """``embedding_init`` names a pretrained encoder and a model it can start: the CNN, or a
+    BERT-tiny with no other pretrained weights, reading the shipped tokenizer's ids."""
+    source = config.embedding_init
+    if source not in PRETRAINED:
+        raise ValueError(f"embedding_init={source!r} is unknown; allowed: {list(PRETRAINED)}")
+    if config.model not in ("cnn", "bert-tiny"):
+        raise ValueError(
+            f"embedding_init={source!r} starts 'cnn' or 'bert-tiny', not model={config.model!r}"
+        )
+    if config.model == "bert-tiny" and (config.pretrained or config.init_from is not None):
+        raise ValueError(
+            f"embedding_init={source!r} replaces BERT-tiny's word embeddings: set "
+            "pretrained=False and init_from=None, or drop embedding_init"
+        )
+    if config.data.vocab_size is not None:
+        raise ValueError(
+            f"embedding_init={source!r} maps bert-base-uncased's token ids; tokenizer="
+            f"{config.data.tokenizer!r} gives others: leave tokenizer as None"
         )
 
 
@@ -140,11 +167,12 @@ class Recipe(Protocol):
 
 def config_identity(config: TrainConfig) -> dict:
     """``asdict(config)`` without what does not define a result: where the data lives
-    (``DataConfig.identity``), and ``init_from`` when unset, so that the keys of runs made before
-    it existed are unchanged."""
+    (``DataConfig.identity``), and ``init_from`` and ``embedding_init`` when unset, so that the
+    keys of runs made before they existed are unchanged."""
     resolved = asdict(config) | {"data": config.data.identity()}
-    if config.init_from is None:
-        resolved.pop("init_from")
+    for optional in ("init_from", "embedding_init"):
+        if resolved[optional] is None:
+            resolved.pop(optional)
     return resolved
 
 
