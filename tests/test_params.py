@@ -361,7 +361,7 @@ def test_runs_dir_takes_every_output_and_the_cache(tmp_path, monkeypatch):
 def test_a_preset_names_the_notebooks_it_runs(tmp_path):
     preset = rp.load_preset("pretrained")
     names = [nb.name[:2] for nb in rp.preset_notebooks(preset, None)]
-    assert names == ["01", "02", "06", "07"]
+    assert names == ["01", "02", "03", "06", "07", "08"]
     assert [nb.name[:2] for nb in rp.preset_notebooks(preset, ["02"])] == ["02"]  # --only wins
     assert len(rp.preset_notebooks(rp.load_preset("default"), None)) == len(rp.notebook_paths())
     for bad, message in [("01", "must be a list"), (["01", 2], "must be a list"), (["42"], "42")]:

@@ -278,6 +278,7 @@ def build_model(
         return HFClassifier(_bert_tiny(num_labels, vocab_size, pad)), f"random(seed={seed})"
     if name in PRETRAINED:  # checked by hash, found offline (core.pretrained)
         model = hf_classifier(str(pretrained_folder(name)), num_labels, pretrained, label_names)
+        model.model.set_attn_implementation("eager")  # vmap has batching rules for it, not SDPA
         if not pretrained:
             log.warning("%s: pretrained=False, so its architecture starts from a random init", name)
             return model, f"random(seed={seed}):{name}"
