@@ -1,0 +1,86 @@
+"""``docs/pretrained.md`` is written from run folders: here, folders written by the test, so each
+number on the page is checked against the one it came from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tracin_we.report.pretrained_page import main, page
+
+METHODS = ["tracin-last", "tracin-we", "tracin-tfidf", "random"]
+LDS_METHODS = ["tracin-we", "tracin-we-topk", "tracin-we-syn", "tracin-last", "tracin-tfidf"]
+
+
+def _run(folder, we_shift: float, accuracy: float, cnn_accuracy: float, noise=0.01) -> None:
+    """A run folder as notebooks 01/03/06/07/08 leave it, TracIn-WE's DEL+ moved by ``we_shift``
+    (each value drawn around its mean with standard deviation ``noise``)."""
+    rng = np.random.default_rng(0)
+    (folder / "metrics").mkdir(parents=True)
+    records = {
+        "01_train": {"test_accuracy": accuracy, "init": "pretrained:minilm-l6@abc"},
+        "03_case_deletion": {"test_accuracy": cnn_accuracy},
+        "06_cancellation": {
+            "variant": "C_l1",
+            "ratio_by_layer": {"word_embeddings": 1.1, "layer0.ffn": 2.5, "classifier": 2.8},
+            "median_cancellation": {"tracin-last": 9.0, "tracin-we": 3.0},
+        },
+        "07_layers_and_aggregation": {
+            "n_flipped": 160,
+            "ndr": {"word_embeddings": 0.42, "layer0.ffn": 0.51, "agg:rank": 0.6},
+            "auc_ndr": {"word_embeddings": 0.6, "layer0.ffn": 0.7, "agg:rank": 0.75},
+        },
+    }
+    for stem, record in records.items():
+        (folder / "metrics" / f"{stem}.json").write_text(json.dumps(record))
+    rows = [
+        {"point": p, "method": m, "direction": d, "k": 60, "seed": 0, "DEL": rng.normal(0, noise)}
+        for p in range(8)
+        for m in METHODS
+        for d in ("proponents", "opponents")
+    ]
+    deletion = pd.DataFrame(rows)
+    shift = (deletion["method"] == "tracin-we") & (deletion["direction"] == "proponents")
+    deletion.loc[shift, "DEL"] += we_shift
+    deletion.to_csv(folder / "03_deletion.csv", index=False)
+    lds = [
+        {"point": p, "method": m, "LDS": rng.normal(0.3 if m == "tracin-we-syn" else 0.0, noise)}
+        for p in range(10)
+        for m in LDS_METHODS
+    ]
+    pd.DataFrame(lds).to_csv(folder / "08_lds_per_point.csv", index=False)
+
+
+def test_the_page_reports_what_the_runs_hold(tmp_path):
+    _run(tmp_path / "default", we_shift=0.0, accuracy=0.785, cnn_accuracy=0.800, noise=0.0)
+    _run(tmp_path / "pretrained", we_shift=-0.5, accuracy=0.878, cnn_accuracy=0.856)
+    text = page(tmp_path / "pretrained", tmp_path / "default")
+    assert "test accuracy **0.878**" in text and "random-init BERT-tiny: 0.785" in text
+    assert "**0.856**" in text and "(default preset): 0.800" in text
+    assert "| word_embeddings | 1.10 | 1 of 3 |" in text  # the least cancelling layer
+    assert "Best single layer by NDR@30%: layer0.ffn (0.510)" in text
+    # TracIn-WE's proponents were made 0.5 better only in the pretrained run: its DEL+ verdict
+    # against TracIn-Last and TF-IDF says so there; the default run's equal values separate nothing
+    lines = text.splitlines()
+    we_last = [line for line in lines if line.startswith("| MiniLM embeddings | DEL+ |")]
+    assert all("**TR-WE better**" in line for line in we_last) and len(we_last) == 2
+    default_rows = [line for line in lines if line.startswith("| random embeddings | DEL+ |")]
+    assert len(default_rows) == 2
+    assert all("**not separated**" in line for line in default_rows)
+    assert "**TR-WE-Syn better**" in text  # Syn's LDS was made 0.3 higher in both runs
+    assert "What the embeddings changed" in text and "minilm-pca better" in text
+
+
+def test_without_the_default_run_the_page_says_what_to_run(tmp_path, capsys):
+    _run(tmp_path / "pretrained", we_shift=-0.5, accuracy=0.878, cnn_accuracy=0.856)
+    out = tmp_path / "page.md"
+    main(["--pretrained", str(tmp_path / "pretrained"), "--default", str(tmp_path / "no"),
+          "--out", str(out)])  # fmt: skip
+    text = out.read_text()
+    assert "run `make reproduce` to pair" in text and "random embeddings" not in text
+    with pytest.raises(SystemExit):
+        main(["--pretrained", str(tmp_path / "nothing"), "--out", str(out)])
+    assert "run `make pretrained` first" in capsys.readouterr().err

@@ -1,0 +1,230 @@
+"""``docs/pretrained.md``, written from a run's metrics and tables: no number typed by hand.
+
+    python -m tracin_we.report.pretrained_page            # after make pretrained (and reproduce)
+
+Reads ``runs/pretrained/`` (``presets/pretrained.yaml``: 01/02/06/07 on fine-tuned MiniLM, 03/08
+on the CNN with MiniLM's projected word embeddings) and, to pair 03/08 with the random-init CNN
+on the same test points, ``runs/default/`` (``make reproduce``; its section says so when absent).
+Every verdict is computed here from a paired confidence interval: "better" only where the
+interval excludes zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from tracin_we.core.pretrained import PRETRAINED
+from tracin_we.core.stats import HIGHER_IS_BETTER, paired_bootstrap
+from tracin_we.report.compare_runs import compare_runs, per_point
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = {"tracin-we": "TR-WE", "tracin-last": "TR-Last", "tracin-tfidf": "TR-TFIDF"}
+NAMES |= {"tracin-we-syn": "TR-WE-Syn", "tracin-we-topk": "TR-WE-Topk", "random": "random"}
+
+
+def metrics(run_dir: Path, stem: str) -> dict | None:
+    path = run_dir / "metrics" / f"{stem}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def interval(row: pd.Series | dict) -> str:
+    """``+0.123 (−0.045, 0.210)``: a difference and its CI, signed."""
+    return f"{row['difference']:+.3f} ({row['low']:.3f}, {row['high']:.3f})"
+
+
+def paired(run_dir: Path, metric: str, first: str, second: str) -> dict | None:
+    """``first − second`` on ``metric`` over the run's test points (same resamples as the run's
+    tables: 1000 bootstrap draws of the points, seed 0); None when either was not run."""
+    tables = per_point(run_dir) if run_dir.is_dir() else {}
+    if metric not in tables or not {first, second} <= set(tables[metric].columns):
+        return None
+    values = tables[metric][[first, second]]
+    _, rows = paired_bootstrap(values, HIGHER_IS_BETTER[metric], [first])
+    row = rows.iloc[0].to_dict()
+    better = {"reference better": NAMES.get(first, first), "method better": NAMES[second]}
+    row["reading"] = (
+        f"{better[row['verdict']]} better" if row["verdict"] in better else "not separated"
+    )
+    return row
+
+
+def question_rows(run_dirs: dict[str, Path], first: str, second: str) -> list[str]:
+    """Markdown rows: per run and metric, ``first − second`` with its verdict."""
+    lines = []
+    for label, run_dir in run_dirs.items():
+        for metric in ("DEL+", "DEL-", "LDS"):
+            row = paired(run_dir, metric, first, second)
+            if row is not None:
+                lines.append(
+                    f"| {label} | {metric} | {row['n_points']} | {interval(row)} | "
+                    f"**{row['reading']}** |"
+                )
+    return lines
+
+
+def training_section(pre: Path, default: Path) -> list[str]:
+    tuned, cnn = metrics(pre, "01_train"), metrics(pre, "03_case_deletion")
+    base_cnn, base = metrics(default, "03_case_deletion"), metrics(default, "01_train")
+    encoder = PRETRAINED["minilm-l6"]
+    out = ["## The models", ""]
+    if tuned:
+        out.append(
+            f"- **MiniLM fine-tuned** (`minilm-l6`: `{encoder.hub}`, sha256 of its weights "
+            f"checked before loading): test accuracy **{tuned['test_accuracy']:.3f}** (01; "
+            f"init `{tuned['init'].split('@')[0]}`)"
+            + (
+                f"; the default preset's random-init BERT-tiny: {base['test_accuracy']:.3f}."
+                if base
+                else "."
+            )
+        )
+    if cnn:
+        out.append(
+            f"- **The CNN of 03/08 with MiniLM's projected word embeddings**: test accuracy "
+            f"**{cnn['test_accuracy']:.3f}**"
+            + (
+                f"; with random embeddings (default preset): {base_cnn['test_accuracy']:.3f}."
+                if base_cnn
+                else "."
+            )
+        )
+    return [*out, ""]
+
+
+def cancellation_section(pre: Path) -> list[str]:
+    found = metrics(pre, "06_cancellation")
+    if not found:
+        return []
+    ratios = pd.Series(found["ratio_by_layer"])
+    order = ratios.rank().astype(int)
+    rows = [f"| {g} | {v:.2f} | {order[g]} of {len(ratios)} |" for g, v in ratios.items()]
+    median = found["median_cancellation"]
+    first, last = ratios.index[0], ratios.index[-1]
+    return [
+        "## The cancellation effect on a pretrained transformer (06)",
+        "",
+        f"{found['variant']} = Σ‖g_i‖₁ / ‖Σ g_i‖₁ of the training gradients per layer group at the "
+        "final checkpoint (1 = no cancellation), first layer to last "
+        "([figure](../figures/pretrained/06_cancellation_by_layer.png)):",
+        "",
+        f"| layer group | {found['variant']} | rank (1 = least cancellation) |",
+        "|---|---|---|",
+        *rows,
+        "",
+        f"The first layer group ({first}) ranks {order[first]} of {len(ratios)}, the last "
+        f"({last}) {order[last]}. Per test point, the influences' Σ|s| / |Σ s| has median "
+        + ", ".join(f"{NAMES.get(m, m)} {v:.1f}" for m, v in median.items())
+        + " ([figure](../figures/pretrained/06_influence_cancellation.png)).",
+        "",
+    ]
+
+
+def noise_section(pre: Path) -> list[str]:
+    found = metrics(pre, "07_layers_and_aggregation")
+    if not found:
+        return []
+    ndr, auc = pd.Series(found["ndr"]), pd.Series(found["auc_ndr"])
+    rows = [f"| {c} | {ndr[c]:.3f} | {auc[c]:.3f} |" for c in ndr.index]
+    layers = ndr[[c for c in ndr.index if not c.startswith("agg:")]]
+    return [
+        "## Noise detection per layer and aggregation (07)",
+        "",
+        f"{found['n_flipped']} training labels flipped (20%); each column ranks the training "
+        "texts by their TracIn influence on the clean validation set, restricted to that layer "
+        "or aggregated over layers ([figure](../figures/pretrained/07_noise_detection.png)). "
+        "Random ranking: NDR@30% ≈ 0.30, AUC-NDR ≈ 0.56.",
+        "",
+        "| column | NDR@30% | AUC-NDR |",
+        "|---|---|---|",
+        *rows,
+        "",
+        f"Best single layer by NDR@30%: {layers.idxmax()} ({layers.max():.3f}); the word "
+        f"embedding: {ndr.get('word_embeddings', float('nan')):.3f}.",
+        "",
+    ]
+
+
+def questions_section(pre: Path, default: Path) -> list[str]:
+    runs = {"MiniLM embeddings": pre}
+    if default.is_dir():
+        runs = {"random embeddings": default, **runs}
+    header = ["| CNN | metric | points | difference (95% CI) | reading |", "|---|---|---|---|---|"]
+    out = [
+        "## Pretrained word embeddings: the three questions (03, 08)",
+        "",
+        "Paired over each run's test points (DEL+: lower is better; DEL− and LDS: higher), CIs "
+        "from 1,000 resamples of the points, one trained model per run (seed 0); 08's own "
+        "tables also resample its subsets, so its intervals are wider than these. A reading "
+        "names a method only where the interval excludes zero.",
+        "",
+    ]
+    for title, first, second in (
+        ("Does TF-IDF's lead survive?", "tracin-we", "tracin-tfidf"),
+        ("Does TracIn-WE-Syn now differ from Topk?", "tracin-we-syn", "tracin-we-topk"),
+        ("Does TracIn-WE separate from TracIn-Last?", "tracin-we", "tracin-last"),
+    ):
+        rows = question_rows(runs, first, second)
+        label = f"{NAMES[first]} − {NAMES[second]}"
+        out += [f"**{title}** ({label})", "", *header, *rows, ""] if rows else []
+    if not default.is_dir():
+        out += [f"(No `{default}`: run `make reproduce` to pair with the random-init CNN.)", ""]
+        return out
+    table = compare_runs(default, pre, ("random", "minilm-pca"))
+    table["method"] = table["method"].map(lambda m: NAMES.get(m, m))
+    out += [
+        "**What the embeddings changed**, per method (MiniLM − random embeddings, same points):",
+        "",
+        table.round(3).to_markdown(index=False),
+        "",
+    ]
+    return out
+
+
+STILL_NEEDED = """## What still needs the hub or a GPU
+
+- Google's pretrained BERT-tiny, the paper's model (`pretrained: true` with `model: bert-tiny`
+  loads it when the hub answers), and so `presets/paper.yaml`'s protocol on it.
+- Case deletion and LDS on the fine-tuned transformer itself: each retrain is a fine-tune
+  (minutes here), so 03/08 above retrain the CNN and take only its word embeddings from MiniLM.
+- A pretrained BERT-tiny distilled from MiniLM is not built yet: the retrained models above
+  start only their word embeddings from MiniLM.
+"""
+
+
+def page(pre: Path, default: Path) -> str:
+    lines = [
+        "# The pretrained setting",
+        "",
+        "<!-- Generated by `python -m tracin_we.report.pretrained_page`; edit that, not this. -->",
+        "Written by `python -m tracin_we.report.pretrained_page` from `runs/pretrained/` "
+        "(`make pretrained`) and `runs/default/` (`make reproduce`).",
+        "",
+        *training_section(pre, default),
+        *cancellation_section(pre),
+        *noise_section(pre),
+        *questions_section(pre, default),
+        STILL_NEEDED,
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tracin_we.report.pretrained_page", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--pretrained", type=Path, default=REPO / "runs" / "pretrained")
+    parser.add_argument("--default", type=Path, default=REPO / "runs" / "default")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "pretrained.md")
+    args = parser.parse_args(argv)
+    if not (args.pretrained / "metrics").is_dir():
+        parser.error(f"{args.pretrained} holds no metrics: run `make pretrained` first")
+    args.out.write_text(page(args.pretrained, args.default))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
