@@ -12,9 +12,9 @@ import papermill
 import pytest
 
 from tests import browser
+from tracin_we.preflight import NOTEBOOKS, notebook_defaults, select_notebooks
 from tracin_we.report.html import notebook_title
-from tracin_we.preflight import notebook_defaults
-from tracin_we.reproduce import NOTEBOOKS, reproduce, select_notebooks
+from tracin_we.reproduce import load_preset, reproduce
 
 pytestmark = pytest.mark.slow
 

@@ -14,6 +14,7 @@ import nbformat
 import pytest
 import yaml
 
+from tracin_we import preflight as pf
 from tracin_we import reproduce as rp
 from tracin_we.core.data import DataConfig
 from tracin_we.core.params import build_config, check_types, flat_fields, from_params
@@ -229,13 +230,13 @@ def test_preset_paths_and_where_they_write(tmp_path):
 def test_params_for_gives_what_reproduce_gives(tmp_path):
     preset = rp.load_preset("default")
     run_dir, figures_dir = rp.output_dirs("default")
-    notebook = rp.NOTEBOOKS / "03_case_deletion.ipynb"
+    notebook = pf.NOTEBOOKS / "03_case_deletion.ipynb"
     expected = rp.notebook_parameters(preset, notebook, run_dir, figures_dir)
     assert rp.params_for("default", "03") == expected
     assert expected["ks"] == preset["03_case_deletion"]["ks"] and expected["model"] == "cnn"
     assert expected["metrics_path"] == str(run_dir / "metrics" / "03_case_deletion.json")
     # The smoke preset overrides no default: each notebook gets only where to write.
-    assert set(rp.params_for("smoke", "03")) == set(rp.OUTPUTS)
+    assert set(rp.params_for("smoke", "03")) == set(pf.OUTPUTS)
     with pytest.raises(ValueError, match="matches"):
         rp.params_for("smoke", "0")
 
@@ -271,7 +272,7 @@ def test_params_for_round_trip_through_papermill(ag_news_dir, tmp_path):
         overrides += ["-p", name, str(value)]
     overrides += ["-p", "metrics_path", str(out / "metrics.json")]
     _papermill(
-        rp.NOTEBOOKS / "01_train.ipynb",
+        pf.NOTEBOOKS / "01_train.ipynb",
         tmp_path / "01.ipynb",
         "-f",
         str(tmp_path / "p.yaml"),

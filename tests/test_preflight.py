@@ -14,6 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tracin_we import preflight as pf
 from tracin_we import reproduce as rp
 from tracin_we.preflight import CONTRACTS, RUNTIME_CHECKS, check_notebook, notebook_defaults
 
@@ -197,7 +198,7 @@ DEFAULTS = {
     name: default
     for nb in rp.notebook_paths()
     for name, default in notebook_defaults(nb).items()
-    if name not in ORIGIN | set(rp.OUTPUTS)
+    if name not in ORIGIN | set(pf.OUTPUTS)
 }
 SECTIONS = ["common", *(nb.stem for nb in rp.notebook_paths())]
 scalars = (

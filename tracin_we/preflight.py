@@ -34,6 +34,10 @@ from tracin_we.influence.options import check_device
 from tracin_we.report.explain import check_listing
 from tracin_we.training.recipe import TrainConfig
 
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+OUTPUTS = ("run_dir", "figures_dir", "metrics_path")  # set by reproduce, never by a preset
+
 
 def check_threads(torch_threads: int) -> None:
     """``torch_threads``, the torch threads of the notebook's own process, is a positive int."""
@@ -111,3 +115,86 @@ def check_notebook(notebook: str | os.PathLike, given: Mapping[str, Any]) -> Any
     except (TypeError, KeyError) as error:  # a value of a type no check expected (None, a list)
         raise ValueError(f"{stem}: a parameter has a value of the wrong type: {error}") from None
     return config
+
+
+# A preset, checked as a whole before any notebook is (reproduce.load_preset reads it).
+
+
+def notebook_paths() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select_notebooks(only: list[str] | None) -> list[Path]:
+    """The notebooks whose names start with one of ``only`` (all when ``only`` is empty)."""
+    notebooks = notebook_paths()
+    if only:
+        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
+        if not notebooks:
+            raise ValueError(f"only={only} matches no notebook in {NOTEBOOKS}")
+    return notebooks
+
+
+def check_preset(config: dict, source: str = "preset") -> None:
+    """Every section is ``common``, a notebook's name or a template (``x-...``), and every key is
+    a parameter of the notebook it goes to (for ``common``: of at least one notebook)."""
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{source}: a preset is a mapping of sections, got {type(config).__name__}"
+        )
+    parameters = {nb.stem: papermill.inspect_notebook(str(nb)) for nb in notebook_paths()}
+    declared = {stem: set(params) for stem, params in parameters.items()}
+    for section, values in config.items():
+        if str(section).startswith("x-"):
+            continue
+        if section == "notebooks":  # the notebooks this preset runs (default: all)
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ValueError(f"{source}: notebooks must be a list of name prefixes ('01')")
+            select_notebooks(values)
+            continue
+        if section != "common" and section not in declared:
+            raise ValueError(
+                f"{source}: section {section!r} is not 'common', a notebook ({sorted(declared)}) "
+                "or a template named 'x-...'"
+            )
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {section!r} must be a mapping of parameters")
+        allowed = set.union(*declared.values()) if section == "common" else declared[section]
+        unknown = sorted(set(values) - allowed)
+        where = "any notebook" if section == "common" else section
+        if unknown:
+            raise ValueError(
+                f"{source}: {section}: {unknown} not a parameter of {where}; allowed: "
+                f"{sorted(allowed - set(OUTPUTS))}"
+            )
+        given_outputs = sorted(set(values) & set(OUTPUTS))
+        if given_outputs:
+            raise ValueError(
+                f"{source}: {section}: {given_outputs} are set by reproduce (runs/<preset>/); "
+                "remove them"
+            )
+        targets = parameters.values() if section == "common" else [parameters[section]]
+        for key, value in values.items():
+            for default in {params[key]["default"] for params in targets if key in params}:
+                check_like_default(key, value, default, f"{source}: {section}")
+
+
+def check_like_default(key: str, value: Any, default: str, where: str) -> None:
+    """Refuse ``value`` when the notebook's default (its source text, as papermill reads it) is
+    a literal of another kind: a list for a list, a number for a number, a string for a string,
+    True/False for a bool; anything where the default is None. Caught here, before the first
+    notebook runs, rather than when the notebook that reads it starts."""
+    try:
+        expected = ast.literal_eval(default)
+    except (ValueError, SyntaxError):  # not a literal: nothing to compare with
+        return
+    if expected is None or value is None:
+        return
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple)}
+    allowed = kinds.get(type(expected), (type(expected),))
+    if isinstance(value, bool) != isinstance(expected, bool) or not isinstance(value, allowed):
+        names = " or ".join(kind.__name__ for kind in allowed)
+        hint = "; YAML reads 1e-3 as a string: write 0.001" if isinstance(value, str) else ""
+        raise ValueError(
+            f"{where}: {key}={value!r} has type {type(value).__name__}; {key} must be {names} "
+            f"(the notebook's default: {default}{hint})"
+        )

@@ -23,7 +23,6 @@ notebook ``03_*``, for a papermill run by hand::
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
 import os
 import re
@@ -38,15 +37,18 @@ import papermill
 import yaml
 
 from tracin_we.core.persistence import CACHE_ENV
-from tracin_we.preflight import check_notebook
+from tracin_we.preflight import (
+    REPO,
+    check_notebook,
+    check_preset,
+    notebook_paths,
+    select_notebooks,
+)
 from tracin_we.report.html import write_report
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = REPO / "notebooks"
 PRESETS = REPO / "presets"
 # The built-in presets whose figures are committed, and where (`make reproduce`, `make pretrained`).
 COMMITTED_FIGURES = {"default": "figures", "pretrained": "figures/pretrained"}
-OUTPUTS = ("run_dir", "figures_dir", "metrics_path")  # set by reproduce, never by a preset
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a preset name: also its folder under runs/
 
 log = logging.getLogger(__name__)
@@ -140,76 +142,6 @@ def load_preset(preset: str | Path) -> dict:
     return config
 
 
-def notebook_paths() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-
-
-def check_preset(config: dict, source: str = "preset") -> None:
-    """Every section is ``common``, a notebook's name or a template (``x-...``), and every key is
-    a parameter of the notebook it goes to (for ``common``: of at least one notebook)."""
-    if not isinstance(config, dict):
-        raise ValueError(
-            f"{source}: a preset is a mapping of sections, got {type(config).__name__}"
-        )
-    parameters = {nb.stem: papermill.inspect_notebook(str(nb)) for nb in notebook_paths()}
-    declared = {stem: set(params) for stem, params in parameters.items()}
-    for section, values in config.items():
-        if str(section).startswith("x-"):
-            continue
-        if section == "notebooks":  # the notebooks this preset runs (default: all)
-            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                raise ValueError(f"{source}: notebooks must be a list of name prefixes ('01')")
-            select_notebooks(values)
-            continue
-        if section != "common" and section not in declared:
-            raise ValueError(
-                f"{source}: section {section!r} is not 'common', a notebook ({sorted(declared)}) "
-                "or a template named 'x-...'"
-            )
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: section {section!r} must be a mapping of parameters")
-        allowed = set.union(*declared.values()) if section == "common" else declared[section]
-        unknown = sorted(set(values) - allowed)
-        where = "any notebook" if section == "common" else section
-        if unknown:
-            raise ValueError(
-                f"{source}: {section}: {unknown} not a parameter of {where}; allowed: "
-                f"{sorted(allowed - set(OUTPUTS))}"
-            )
-        given_outputs = sorted(set(values) & set(OUTPUTS))
-        if given_outputs:
-            raise ValueError(
-                f"{source}: {section}: {given_outputs} are set by reproduce (runs/<preset>/); "
-                "remove them"
-            )
-        targets = parameters.values() if section == "common" else [parameters[section]]
-        for key, value in values.items():
-            for default in {params[key]["default"] for params in targets if key in params}:
-                check_like_default(key, value, default, f"{source}: {section}")
-
-
-def check_like_default(key: str, value: Any, default: str, where: str) -> None:
-    """Refuse ``value`` when the notebook's default (its source text, as papermill reads it) is
-    a literal of another kind: a list for a list, a number for a number, a string for a string,
-    True/False for a bool; anything where the default is None. Caught here, before the first
-    notebook runs, rather than when the notebook that reads it starts."""
-    try:
-        expected = ast.literal_eval(default)
-    except (ValueError, SyntaxError):  # not a literal: nothing to compare with
-        return
-    if expected is None or value is None:
-        return
-    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list, tuple)}
-    allowed = kinds.get(type(expected), (type(expected),))
-    if isinstance(value, bool) != isinstance(expected, bool) or not isinstance(value, allowed):
-        names = " or ".join(kind.__name__ for kind in allowed)
-        hint = "; YAML reads 1e-3 as a string: write 0.001" if isinstance(value, str) else ""
-        raise ValueError(
-            f"{where}: {key}={value!r} has type {type(value).__name__}; {key} must be {names} "
-            f"(the notebook's default: {default}{hint})"
-        )
-
-
 def notebook_parameters(preset: dict, notebook: Path, run_dir: Path, figures_dir: Path) -> dict:
     """The preset's parameters that ``notebook`` declares, plus its output locations."""
     declared = papermill.inspect_notebook(str(notebook))
@@ -225,16 +157,6 @@ def notebook_parameters(preset: dict, notebook: Path, run_dir: Path, figures_dir
 def preset_notebooks(config: dict, only: list[str] | None) -> list[Path]:
     """The notebooks a run selects: ``only`` (``--only``), else the preset's ``notebooks``."""
     return select_notebooks(only or config.get("notebooks"))
-
-
-def select_notebooks(only: list[str] | None) -> list[Path]:
-    """The notebooks whose names start with one of ``only`` (all when ``only`` is empty)."""
-    notebooks = notebook_paths()
-    if only:
-        notebooks = [nb for nb in notebooks if any(nb.stem.startswith(o) for o in only)]
-        if not notebooks:
-            raise ValueError(f"only={only} matches no notebook in {NOTEBOOKS}")
-    return notebooks
 
 
 def output_dirs(
