@@ -130,7 +130,7 @@ def test_only_checks_the_selected_notebooks_first(tmp_path, monkeypatch, capsys)
     path = _preset(tmp_path, {"08_lds": {"n_subsets": 1}})
     checked = []
     monkeypatch.setattr(rp, "check_notebook", lambda nb, params: checked.append(nb.stem))
-    monkeypatch.setattr(rp, "run_notebook", lambda config, nb, *rest: nb)
+    monkeypatch.setattr(rp, "run_notebook", lambda config, nb, *rest: (nb, 0.0))
     rp.reproduce(str(path), only=["01"], runs=tmp_path / "runs")
     assert checked == ["01_train"]
 

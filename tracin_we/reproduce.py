@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,12 @@ import papermill
 import yaml
 
 from tracin_we.core.persistence import CACHE_ENV
+from tracin_we.experiments.cost import Work, describe, estimate, measured_rates, plan, record_timing
 from tracin_we.preflight import (
     REPO,
     check_notebook,
     check_preset,
+    notebook_defaults,
     notebook_paths,
     select_notebooks,
 )
@@ -49,6 +52,9 @@ from tracin_we.report.html import write_report
 PRESETS = REPO / "presets"
 # The built-in presets whose figures are committed, and where (`make reproduce`, `make pretrained`).
 COMMITTED_FIGURES = {"default": "figures", "pretrained": "figures/pretrained"}
+LOG_FORMAT = "%(asctime)s %(message)s"
+TIMING = "timing.jsonl"  # under runs/: each notebook's seconds and size, for later estimates
+ASK_ABOVE_SECONDS = 2 * 3600  # a run estimated longer starts only with --yes
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a preset name: also its folder under runs/
 
 log = logging.getLogger(__name__)
@@ -184,16 +190,38 @@ def params_for(preset: str | Path, prefix: str, runs: Path | None = None) -> dic
 
 def check_notebooks(
     config: dict, notebooks: list[Path], run_dir: Path, figures_dir: Path, source: str
-) -> None:
+) -> dict[str, list[Work]]:
     """Build and check what each of ``notebooks`` builds from the parameters it will receive
     (``preflight.check_notebook``), all before the first runs; a ``ValueError`` naming
-    ``source``, the notebook and the parameter otherwise."""
+    ``source``, the notebook and the parameter otherwise. Returns what each will train
+    (``cost.plan``), by notebook name."""
+    plans = {}
     for notebook in notebooks:
         params = notebook_parameters(config, notebook, run_dir, figures_dir)
         try:
-            check_notebook(notebook, params)
+            built = check_notebook(notebook, params)
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
+        plans[notebook.stem] = plan(notebook.stem, built, notebook_defaults(notebook) | params)
+    return plans
+
+
+def check_cost(plans: dict[str, list[Work]], runs: Path, yes: bool) -> None:
+    """Log what the run will train and about how long it takes (``cost.describe``, at the rates
+    ``runs/timing.jsonl`` measured); over ``ASK_ABOVE_SECONDS``, a ``ValueError`` unless
+    ``yes``."""
+    works = [w for notebook_works in plans.values() for w in notebook_works]
+    if not any(name.startswith("06") for name in plans):  # 07's sweeps are then its own
+        works = [replace(w, shared=False) for w in works]
+    rates = measured_rates(runs / TIMING)
+    seconds = estimate(works, rates)
+    log.info("this run trains, at most:\n%s", describe(works, rates))
+    if seconds > ASK_ABOVE_SECONDS and not yes:
+        raise ValueError(
+            f"this run is estimated at {seconds / 3600:,.1f} h (above "
+            f"{ASK_ABOVE_SECONDS / 3600:.0f} h): pass --yes to start it, or --only a part; "
+            "rates measured here replace the defaults once a notebook has run (--only 01)"
+        )
 
 
 def run_report(run_dir: Path, name: str) -> Path | None:
@@ -207,8 +235,11 @@ def run_report(run_dir: Path, name: str) -> Path | None:
     return write_report(executed, run_dir / "report.html", f"tracin-we · preset {name}")
 
 
-def run_notebook(config: dict, notebook: Path, run_dir: Path, figures_dir: Path) -> Path:
-    """Execute ``notebook`` with its parameters from ``config``; its executed copy."""
+def run_notebook(
+    config: dict, notebook: Path, run_dir: Path, figures_dir: Path
+) -> tuple[Path, float]:
+    """Execute ``notebook`` with its parameters from ``config``; its executed copy and the
+    seconds it took."""
     output = run_dir / "notebooks" / notebook.name
     output.parent.mkdir(parents=True, exist_ok=True)
     params = notebook_parameters(config, notebook, run_dir, figures_dir)
@@ -222,8 +253,9 @@ def run_notebook(config: dict, notebook: Path, run_dir: Path, figures_dir: Path)
         kernel_name="python3",
         progress_bar=False,
     )
-    log.info("%s done in %.0f s → %s", notebook.name, time.perf_counter() - started, output)
-    return output
+    seconds = time.perf_counter() - started
+    log.info("%s done in %.0f s → %s", notebook.name, seconds, output)
+    return output, seconds
 
 
 @contextmanager
@@ -246,23 +278,27 @@ def reproduce(
     only: list[str] | None = None,
     runs: Path | None = None,
     figures_dir: Path | None = None,
-    checked: bool = False,
+    plans: dict[str, list[Work]] | None = None,
 ) -> list[Path]:
     """Execute ``notebooks/NN_*.ipynb`` in order (or those whose names start with ``only``) and
     return the executed copies. Every notebook runs with the repository root as working folder;
     with ``runs``, its cache is ``<runs>/cache`` (unless ``$TRACIN_WE_CACHE`` names one), so
-    nothing is written into the repository. Then (also after a failed notebook, whose copy shows
-    the error) ``run_report`` writes ``<run_dir>/report.html``."""
+    nothing is written into the repository. Each notebook's time and planned size (``plans``,
+    else ``check_notebooks``') are appended to ``<runs>/timing.jsonl``, the rates of later
+    estimates. Then (also after a failed notebook, whose copy shows the error) ``run_report``
+    writes ``<run_dir>/report.html``."""
     config = load_preset(preset)
     run_dir, figures_dir = output_dirs(preset, runs, figures_dir)
     notebooks = preset_notebooks(config, only)
-    if not checked:  # main() checked them already, to report a bad value as a usage error
-        check_notebooks(config, notebooks, run_dir, figures_dir, str(preset_path(preset)))
+    if plans is None:  # main() made them already, to report a bad value as a usage error
+        plans = check_notebooks(config, notebooks, run_dir, figures_dir, str(preset_path(preset)))
     executed = []
     try:
         with cache_under(runs):
             for notebook in notebooks:
-                executed.append(run_notebook(config, notebook, run_dir, figures_dir))
+                output, seconds = run_notebook(config, notebook, run_dir, figures_dir)
+                record_timing(run_dir.parent / TIMING, notebook.stem, plans[notebook.stem], seconds)
+                executed.append(output)
     finally:
         report = run_report(run_dir, preset_name(preset))
         if report is not None:
@@ -286,6 +322,11 @@ def main(argv: list[str] | None = None) -> None:
         "repository's runs/)",
     )
     parser.add_argument(
+        "--yes",
+        action="store_true",
+        help=f"start even when the estimate exceeds {ASK_ABOVE_SECONDS // 3600} h",
+    )
+    parser.add_argument(
         "--params-for",
         metavar="PREFIX",
         help="print one notebook's parameters as flat YAML (for papermill -f) and run nothing",
@@ -299,18 +340,15 @@ def main(argv: list[str] | None = None) -> None:
         # A bad preset, prefix or parameter fails here, before anything runs.
         config = load_preset(args.preset)
         run_dir, figures_dir = output_dirs(args.preset, args.runs)
-        check_notebooks(
-            config,
-            preset_notebooks(config, args.only),
-            run_dir,
-            figures_dir,
-            str(preset_path(args.preset)),
-        )
+        notebooks = preset_notebooks(config, args.only)
+        source = str(preset_path(args.preset))
+        plans = check_notebooks(config, notebooks, run_dir, figures_dir, source)
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
+        check_cost(plans, run_dir.parent, args.yes)
     except ValueError as error:
         parser.error(str(error))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
-    reproduce(args.preset, args.only, runs=args.runs, checked=True)
+    reproduce(args.preset, args.only, runs=args.runs, plans=plans)
     log.info(
         "reproduction (%s) finished in %.1f min",
         preset_name(args.preset),
