@@ -27,10 +27,8 @@ from tracin_we.training.train import train
 def _stand_in(folder: Path) -> pt.PretrainedEncoder:
     """A tiny BERT saved in ``folder`` and registered as if a wheel shipped it."""
     tiny_bert().save_pretrained(folder)
-    digest = file_sha256(folder / "model.safetensors")
-    return pt.PretrainedEncoder(
-        "org/tiny", "no_such_package", "model", (("model.safetensors", digest),)
-    )
+    hashes = tuple((f, file_sha256(folder / f)) for f in ("config.json", "model.safetensors"))
+    return pt.PretrainedEncoder("org/tiny", "no_such_package", "model", hashes)
 
 
 @pytest.fixture
@@ -60,6 +58,15 @@ def test_the_recorded_file_loads_and_a_corrupted_copy_is_refused(tiny_encoder):
         build_model("minilm-l6", 3, seed=0)
     weights.unlink()
     with pytest.raises(pt.PretrainedFileError, match=r"model\.safetensors is missing"):
+        pt.pretrained_folder("minilm-l6")
+
+
+def test_an_altered_architecture_is_refused(tiny_encoder):
+    config = tiny_encoder / "config.json"
+    config.write_text(
+        config.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 1')
+    )
+    with pytest.raises(pt.PretrainedFileError, match=r"config\.json has sha256"):
         pt.pretrained_folder("minilm-l6")
 
 

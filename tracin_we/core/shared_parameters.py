@@ -23,8 +23,10 @@ HEADER = "# Smoke sizes: a bare run takes seconds to a minute. presets/*.yaml se
 SHARED: tuple[Line, ...] = (
     ("dataset", '"ag_news"', '"ag_news", "toxicity", "mnli", a CSV/TSV/JSONL/parquet file or '
      "folder, or a hub name"),
-    ("model", '"bert-tiny"', '"bert-tiny", "cnn", or a Hugging Face model name/path'),
-    ("pretrained", "False", "use the hub's pretrained weights when reachable"),
+    ("model", '"bert-tiny"', '"bert-tiny", "cnn", "minilm-l6" (pretrained, offline), or a '
+     "Hugging Face model name/path"),
+    ("pretrained", "False", "load pretrained weights (minilm-l6's; bert-tiny's when the hub "
+     "answers)"),
     ("embedding_init", "None", 'cnn/bert-tiny: "minilm-l6" starts the word embeddings from '
      "MiniLM's, PCA-projected; None: random"),
     ("n_train", "120", "training examples (stratified sample)"),

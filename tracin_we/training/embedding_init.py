@@ -64,7 +64,8 @@ def projected_embeddings(name: str, dim: int, pad_id: int) -> torch.Tensor:
     if name not in PRETRAINED:
         raise ValueError(f"embedding_init={name!r} is unknown; allowed: {list(PRETRAINED)}")
     folder = Folder(cache_dir() / "embedding_init")
-    file = f"{name}-pca{dim}-pad{pad_id}.pt"
+    weights = dict(PRETRAINED[name].sha256)["model.safetensors"][:12]  # the source's version
+    file = f"{name}@{weights}-pca{dim}-std{TARGET_STD}-pad{pad_id}.pt"
     cached = folder.load_torch(file, recompute=True)
     if cached is not None:
         return cached
