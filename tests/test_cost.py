@@ -52,19 +52,32 @@ def test_estimates_use_measured_rates_where_there_are_some(tmp_path):
     ]
     assert cost.estimate(works, {}) == pytest.approx(10 * 1000 * cost.DEFAULT_RATES["cnn"])
     timing = tmp_path / "timing.jsonl"
-    cost.record_timing(timing, "03_case_deletion", works[:1], seconds=20.0)
-    cost.record_timing(timing, "03_case_deletion", works[:1], seconds=40.0)
+    cost.record_timing(timing, "03_case_deletion", works, seconds=20.0, trained=10)
+    cost.record_timing(timing, "03_case_deletion", works, seconds=20.0, trained=5)  # half cached
+    cost.record_timing(timing, "03_case_deletion", works, seconds=3.0, trained=0)  # all cached
     with open(timing, "a") as f:
         f.write('{"notebook": "cut sh')  # a line cut short by a killed run: skipped
+    assert len(timing.read_text().splitlines()) == 3  # the cached rerun measured nothing
     rates = cost.measured_rates(timing)
-    assert rates == {"cnn": pytest.approx(30.0 / 10_000)}  # the median
-    assert cost.estimate(works, rates) == pytest.approx(30.0)
+    assert rates == {"cnn@cpu": pytest.approx((20 / 10_000 + 20 / 5_000) / 2)}  # the median
+    assert cost.estimate(works, rates) == pytest.approx(10_000 * rates["cnn@cpu"])
+    on_gpu = [cost.Work("03", "retrains", 10, "cnn", 1000.0, device="cuda")]
+    assert cost.estimate(on_gpu, rates) == cost.estimate(works[:1], {})  # no GPU rate measured
     text = cost.describe(works, rates)
-    assert "measured here for ['cnn']" in text and "shared with an earlier notebook" in text
+    assert "measured here for ['cnn@cpu']" in text and "shared with an earlier notebook" in text
     assert "total 10 trainings" in text
-    assert cost.estimate([cost.Work("01", "t", 1, "org/huge", 10.0)], {}) == pytest.approx(
-        10 * cost.UNKNOWN_RATE
-    )
+    huge = [cost.Work("01", "t", 1, "org/huge", 10.0)]
+    assert cost.estimate(huge, {}) == pytest.approx(10 * cost.UNKNOWN_RATE)
+
+
+def test_trainings_are_counted_by_what_the_cache_gains(tmp_path):
+    assert cost.trainings_in(tmp_path) == 0
+    (tmp_path / "train" / "cnn-x").mkdir(parents=True)
+    (tmp_path / "train" / "cnn-x" / "result.json").write_text("{}")
+    (tmp_path / "retrain" / "abc").mkdir(parents=True)
+    for name in ("a-s0.pt", "a-s1.pt", "config.json"):
+        (tmp_path / "retrain" / "abc" / name).write_text("")
+    assert cost.trainings_in(tmp_path) == 3
 
 
 def test_a_long_run_asks_for_yes_before_anything_runs(tmp_path, monkeypatch, capsys):

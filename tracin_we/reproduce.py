@@ -38,7 +38,15 @@ import papermill
 import yaml
 
 from tracin_we.core.persistence import CACHE_ENV
-from tracin_we.experiments.cost import Work, describe, estimate, measured_rates, plan, record_timing
+from tracin_we.experiments.cost import (
+    Work,
+    describe,
+    estimate,
+    measured_rates,
+    plan,
+    record_timing,
+    trainings_in,
+)
 from tracin_we.preflight import (
     REPO,
     check_notebook,
@@ -211,8 +219,11 @@ def check_cost(plans: dict[str, list[Work]], runs: Path, yes: bool) -> None:
     ``runs/timing.jsonl`` measured); over ``ASK_ABOVE_SECONDS``, a ``ValueError`` unless
     ``yes``."""
     works = [w for notebook_works in plans.values() for w in notebook_works]
-    if not any(name.startswith("06") for name in plans):  # 07's sweeps are then its own
-        works = [replace(w, shared=False) for w in works]
+    trained = {(w.count, w.model, w.example_epochs) for w in works if not w.shared}
+    works = [  # 07's sweeps are 06's only when 06 plans the same ones
+        replace(w, shared=(w.count, w.model, w.example_epochs) in trained) if w.shared else w
+        for w in works
+    ]
     rates = measured_rates(runs / TIMING)
     seconds = estimate(works, rates)
     log.info("this run trains, at most:\n%s", describe(works, rates))
@@ -258,6 +269,11 @@ def run_notebook(
     return output, seconds
 
 
+def notebook_cache() -> Path:
+    """The cache the notebooks use: ``$TRACIN_WE_CACHE``, else the repository's (their cwd)."""
+    return Path(os.environ.get(CACHE_ENV) or REPO / "runs" / "cache")
+
+
 @contextmanager
 def cache_under(runs: Path | None) -> Iterator[None]:
     """With ``runs``, ``$TRACIN_WE_CACHE`` (which the notebooks' kernels inherit) is
@@ -296,8 +312,11 @@ def reproduce(
     try:
         with cache_under(runs):
             for notebook in notebooks:
+                before = trainings_in(notebook_cache())
                 output, seconds = run_notebook(config, notebook, run_dir, figures_dir)
-                record_timing(run_dir.parent / TIMING, notebook.stem, plans[notebook.stem], seconds)
+                trained = trainings_in(notebook_cache()) - before
+                works = plans[notebook.stem]
+                record_timing(run_dir.parent / TIMING, notebook.stem, works, seconds, trained)
                 executed.append(output)
     finally:
         report = run_report(run_dir, preset_name(preset))

@@ -4,11 +4,11 @@
 builds: the trained model, and for an evaluation the retrains at most (``n_retrains``: fewer when
 deletion sets coincide or the cache has them), each with its size in example-epochs
 (n_train × epochs; the LDS's subsets keep a share ``alpha``). ``estimate`` turns them into seconds
-with a rate per model, in wall-clock seconds per example-epoch of a whole notebook (training,
-evaluation, workers and their start included): measured on this machine by earlier runs
-(``reproduce`` appends one line per notebook to ``runs/timing.jsonl``; ``measured_rates``), else
-this project's rates on 2 CPU cores (``DEFAULT_RATES``, from the default preset's fresh-clone run
-and the pretrained preset's).
+with a rate per model and device, in wall-clock seconds per example-epoch of a whole notebook
+(training, evaluation, workers and their start included): measured on this machine by earlier
+runs (``reproduce`` appends a line per notebook that trained something to ``runs/timing.jsonl``;
+``measured_rates``), else this project's rates on 2 CPU cores (``DEFAULT_RATES``, from the
+default preset's fresh-clone run and the pretrained preset's).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class Work:
     model: str
     example_epochs: float
     shared: bool = False  # another notebook of the run trains them first (the cache shares them)
+    device: str = "cpu"
 
 
 def _trainings(stem: str, what: str, count: int, train: TrainConfig, share: float = 1.0) -> Work:
@@ -50,7 +51,12 @@ def _trainings(stem: str, what: str, count: int, train: TrainConfig, share: floa
 
 def plan(stem: str, config: Any, params: Mapping[str, Any]) -> list[Work]:
     """The trainings notebook ``stem`` implies: its config (as ``preflight.check_notebook``
-    builds it) and its parameters (``retrain`` of 06/07)."""
+    builds it) and its parameters (``retrain`` of 06/07, ``device``)."""
+    device = str(params.get("device", "cpu")).split(":")[0]
+    return [replace(w, device=device) for w in _plan(stem, config, params)]
+
+
+def _plan(stem: str, config: Any, params: Mapping[str, Any]) -> list[Work]:
     if config is None:  # 00: trains a 4-sentence model, seconds
         return []
     if isinstance(config, TrainConfig):  # 01, 02
@@ -79,29 +85,51 @@ def plan(stem: str, config: Any, params: Mapping[str, Any]) -> list[Work]:
     return works
 
 
+def rate_key(work: Work) -> str:
+    return f"{work.model}@{work.device}"
+
+
+def trainings_in(cache: Path) -> int:
+    """Finished trainings in a cache folder: runs (their ``result.json``) and retrains (a file
+    each); what a notebook added is what it trained, the rest it read back."""
+    runs = sum(1 for _ in cache.glob("*/*/result.json"))
+    return runs + sum(1 for _ in cache.glob("retrain/*/*.pt"))
+
+
 def measured_rates(timing_file: Path) -> dict[str, float]:
-    """Per model, the median wall seconds per example-epoch of the notebooks in
-    ``timing_file`` (``record_timing``'s lines) that trained only that model."""
+    """Per model and device (``rate_key``), the median wall seconds per example-epoch of the
+    notebooks in ``timing_file`` (``record_timing``'s lines) that trained that model alone."""
     if not timing_file.is_file():
         return {}
-    by_model: dict[str, list[float]] = {}
+    by_key: dict[str, list[float]] = {}
     for line in timing_file.read_text().splitlines():
         try:
             entry = json.loads(line)
-            if entry["example_epochs"] > 0 and len(entry["models"]) == 1:
+            if entry["example_epochs"] > 0 and len(entry["keys"]) == 1:
                 rate = entry["seconds"] / entry["example_epochs"]
-                by_model.setdefault(entry["models"][0], []).append(rate)
+                by_key.setdefault(entry["keys"][0], []).append(rate)
         except (json.JSONDecodeError, KeyError, TypeError, ZeroDivisionError):
             continue  # a line cut short or of another format: not a measurement
-    return {model: statistics.median(rates) for model, rates in by_model.items()}
+    return {key: statistics.median(rates) for key, rates in by_key.items()}
 
 
-def record_timing(timing_file: Path, stem: str, works: list[Work], seconds: float) -> None:
-    """Append one notebook's wall time and planned size to ``timing_file``."""
+def record_timing(
+    timing_file: Path, stem: str, works: list[Work], seconds: float, trained: int
+) -> None:
+    """Append one notebook's wall time to ``timing_file``, with the example-epochs it trained:
+    its planned ones (shared works left out) scaled by ``trained`` (what the cache gained) over
+    the planned count, so a rerun read back from the cache measures nothing and is not recorded.
+    """
+    own = [w for w in works if not w.shared]
+    planned = sum(w.count for w in own)
+    if trained < 1 or planned < 1:
+        return
+    size = sum(w.count * w.example_epochs for w in own) * min(trained, planned) / planned
     line = {
         "notebook": stem,
-        "models": sorted({w.model for w in works}),
-        "example_epochs": sum(w.count * w.example_epochs for w in works),
+        "keys": sorted({rate_key(w) for w in own}),
+        "trained": trained,
+        "example_epochs": size,
         "seconds": round(seconds, 1),
     }
     timing_file.parent.mkdir(parents=True, exist_ok=True)
@@ -112,10 +140,11 @@ def record_timing(timing_file: Path, stem: str, works: list[Work], seconds: floa
 def estimate(works: list[Work], rates: Mapping[str, float]) -> float:
     """Seconds for ``works`` at ``rates`` (a model without one: ``DEFAULT_RATES``, else the
     largest known rate); shared works count once, where they are trained."""
-    known = {**DEFAULT_RATES, **rates}
-    return sum(
-        w.count * w.example_epochs * known.get(w.model, UNKNOWN_RATE) for w in works if not w.shared
-    )
+
+    def rate(work: Work) -> float:
+        return rates.get(rate_key(work), DEFAULT_RATES.get(work.model, UNKNOWN_RATE))
+
+    return sum(w.count * w.example_epochs * rate(w) for w in works if not w.shared)
 
 
 def describe(works: list[Work], rates: Mapping[str, float]) -> str:
@@ -127,7 +156,7 @@ def describe(works: list[Work], rates: Mapping[str, float]) -> str:
         for w in works
     ]
     total = sum(w.count for w in works if not w.shared)
-    measured = sorted(m for m in {w.model for w in works} if m in rates)
+    measured = sorted(key for key in {rate_key(w) for w in works} if key in rates)
     source = f"measured here for {measured}" if measured else "2-core CPU defaults"
     lines.append(
         f"  total {total:,} trainings at most: ~{_duration(estimate(works, rates))} "
