@@ -15,13 +15,15 @@ METHODS = ["tracin-last", "tracin-we", "tracin-tfidf", "random"]
 LDS_METHODS = ["tracin-we", "tracin-we-topk", "tracin-we-syn", "tracin-last", "tracin-tfidf"]
 
 
-def _run(folder, we_shift: float, accuracy: float, cnn_accuracy: float, noise=0.01) -> None:
+def _run(
+    folder, we_shift: float, accuracy: float, cnn_accuracy: float, noise=0.01, init=""
+) -> None:
     """A run folder as notebooks 01/03/06/07/08 leave it, TracIn-WE's DEL+ moved by ``we_shift``
     (each value drawn around its mean with standard deviation ``noise``)."""
     rng = np.random.default_rng(0)
     (folder / "metrics").mkdir(parents=True)
     records = {
-        "01_train": {"test_accuracy": accuracy, "init": "pretrained:minilm-l6@abc"},
+        "01_train": {"test_accuracy": accuracy, "init": init or "pretrained:minilm-l6@abc"},
         "03_case_deletion": {"test_accuracy": cnn_accuracy},
         "06_cancellation": {
             "variant": "C_l1",
@@ -30,6 +32,8 @@ def _run(folder, we_shift: float, accuracy: float, cnn_accuracy: float, noise=0.
         },
         "07_layers_and_aggregation": {
             "n_flipped": 160,
+            "fraction": 0.3,
+            "noise_rate": 0.2,
             "ndr": {"word_embeddings": 0.42, "layer0.ffn": 0.51, "agg:rank": 0.6},
             "auc_ndr": {"word_embeddings": 0.6, "layer0.ffn": 0.7, "agg:rank": 0.75},
         },
@@ -55,13 +59,14 @@ def _run(folder, we_shift: float, accuracy: float, cnn_accuracy: float, noise=0.
 
 
 def test_the_page_reports_what_the_runs_hold(tmp_path):
-    _run(tmp_path / "default", we_shift=0.0, accuracy=0.785, cnn_accuracy=0.800, noise=0.0)
+    _run(tmp_path / "default", 0.0, 0.785, 0.800, noise=0.0, init="random(seed=0)")
     _run(tmp_path / "pretrained", we_shift=-0.5, accuracy=0.878, cnn_accuracy=0.856)
     text = page(tmp_path / "pretrained", tmp_path / "default")
-    assert "test accuracy **0.878**" in text and "random-init BERT-tiny: 0.785" in text
+    assert "test accuracy **0.878**" in text and "BERT-tiny (init `random(seed=0)`): 0.785" in text
     assert "**0.856**" in text and "(default preset): 0.800" in text
     assert "| word_embeddings | 1.10 | 1 of 3 |" in text  # the least cancelling layer
     assert "Best single layer by NDR@30%: layer0.ffn (0.510)" in text
+    assert "Random ranking: NDR@30% ≈ 0.30, AUC-NDR ≈ 0.56." in text
     # TracIn-WE's proponents were made 0.5 better only in the pretrained run: its DEL+ verdict
     # against TracIn-Last and TF-IDF says so there; the default run's equal values separate nothing
     lines = text.splitlines()
@@ -81,6 +86,9 @@ def test_without_the_default_run_the_page_says_what_to_run(tmp_path, capsys):
           "--out", str(out)])  # fmt: skip
     text = out.read_text()
     assert "run `make reproduce` to pair" in text and "random embeddings" not in text
+    # a default run without 03/08's tables (an older version's, or --only 01) is not paired
+    (tmp_path / "old" / "metrics").mkdir(parents=True)
+    assert "run `make reproduce` to pair" in page(tmp_path / "pretrained", tmp_path / "old")
     with pytest.raises(SystemExit):
         main(["--pretrained", str(tmp_path / "nothing"), "--out", str(out)])
     assert "run `make pretrained` first" in capsys.readouterr().err

@@ -22,6 +22,8 @@ from tracin_we.core.stats import HIGHER_IS_BETTER, paired_bootstrap
 from tracin_we.report.compare_runs import compare_runs, per_point
 
 REPO = Path(__file__).resolve().parents[2]
+FORMULAS = {"C_l1": "Σ‖g_i‖₁ / ‖Σ g_i‖₁", "C_l1_l2": "Σ‖g_i‖₁ / ‖Σ g_i‖₂"}
+FORMULAS |= {"C_l2": "Σ‖g_i‖₂ / ‖Σ g_i‖₂"}
 NAMES = {"tracin-we": "TR-WE", "tracin-last": "TR-Last", "tracin-tfidf": "TR-TFIDF"}
 NAMES |= {"tracin-we-syn": "TR-WE-Syn", "tracin-we-topk": "TR-WE-Topk", "random": "random"}
 
@@ -36,10 +38,19 @@ def interval(row: pd.Series | dict) -> str:
     return f"{row['difference']:+.3f} ({row['low']:.3f}, {row['high']:.3f})"
 
 
+def tables_of(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """``compare_runs.per_point``; {} for a folder without 03/08 tables (not run, or run by a
+    version that did not save them)."""
+    try:
+        return per_point(run_dir)
+    except ValueError:
+        return {}
+
+
 def paired(run_dir: Path, metric: str, first: str, second: str) -> dict | None:
     """``first − second`` on ``metric`` over the run's test points (same resamples as the run's
     tables: 1000 bootstrap draws of the points, seed 0); None when either was not run."""
-    tables = per_point(run_dir) if run_dir.is_dir() else {}
+    tables = tables_of(run_dir)
     if metric not in tables or not {first, second} <= set(tables[metric].columns):
         return None
     values = tables[metric][[first, second]]
@@ -77,7 +88,8 @@ def training_section(pre: Path, default: Path) -> list[str]:
             f"checked before loading): test accuracy **{tuned['test_accuracy']:.3f}** (01; "
             f"init `{tuned['init'].split('@')[0]}`)"
             + (
-                f"; the default preset's random-init BERT-tiny: {base['test_accuracy']:.3f}."
+                f"; the default preset's BERT-tiny (init `{base['init']}`): "
+                f"{base['test_accuracy']:.3f}."
                 if base
                 else "."
             )
@@ -100,15 +112,15 @@ def cancellation_section(pre: Path) -> list[str]:
     if not found:
         return []
     ratios = pd.Series(found["ratio_by_layer"])
-    order = ratios.rank().astype(int)
+    order = ratios.rank(method="min").astype(int)
     rows = [f"| {g} | {v:.2f} | {order[g]} of {len(ratios)} |" for g, v in ratios.items()]
     median = found["median_cancellation"]
     first, last = ratios.index[0], ratios.index[-1]
     return [
         "## The cancellation effect on a pretrained transformer (06)",
         "",
-        f"{found['variant']} = Σ‖g_i‖₁ / ‖Σ g_i‖₁ of the training gradients per layer group at the "
-        "final checkpoint (1 = no cancellation), first layer to last "
+        f"{found['variant']} = {FORMULAS.get(found['variant'], '')} of the training gradients "
+        "per layer group at the final checkpoint (1 = no cancellation), first layer to last "
         "([figure](../figures/pretrained/06_cancellation_by_layer.png)):",
         "",
         f"| layer group | {found['variant']} | rank (1 = least cancellation) |",
@@ -130,19 +142,25 @@ def noise_section(pre: Path) -> list[str]:
     ndr, auc = pd.Series(found["ndr"]), pd.Series(found["auc_ndr"])
     rows = [f"| {c} | {ndr[c]:.3f} | {auc[c]:.3f} |" for c in ndr.index]
     layers = ndr[[c for c in ndr.index if not c.startswith("agg:")]]
+    fraction, rate = found.get("fraction"), found.get("noise_rate")
+    at = f"NDR@{fraction:.0%}" if fraction is not None else "NDR"
+    chance = (
+        f" Random ranking: {at} ≈ {fraction:.2f}, AUC-NDR ≈ {0.5 / (1 - rate / 2):.2f}."
+        if fraction is not None and rate is not None
+        else ""
+    )
     return [
         "## Noise detection per layer and aggregation (07)",
         "",
-        f"{found['n_flipped']} training labels flipped (20%); each column ranks the training "
-        "texts by their TracIn influence on the clean validation set, restricted to that layer "
-        "or aggregated over layers ([figure](../figures/pretrained/07_noise_detection.png)). "
-        "Random ranking: NDR@30% ≈ 0.30, AUC-NDR ≈ 0.56.",
+        f"{found['n_flipped']} training labels flipped; each column ranks the training texts by "
+        "their TracIn influence on the clean validation set, restricted to that layer or "
+        "aggregated over layers ([figure](../figures/pretrained/07_noise_detection.png))." + chance,
         "",
-        "| column | NDR@30% | AUC-NDR |",
+        f"| column | {at} | AUC-NDR |",
         "|---|---|---|",
         *rows,
         "",
-        f"Best single layer by NDR@30%: {layers.idxmax()} ({layers.max():.3f}); the word "
+        f"Best single layer by {at}: {layers.idxmax()} ({layers.max():.3f}); the word "
         f"embedding: {ndr.get('word_embeddings', float('nan')):.3f}.",
         "",
     ]
@@ -150,7 +168,7 @@ def noise_section(pre: Path) -> list[str]:
 
 def questions_section(pre: Path, default: Path) -> list[str]:
     runs = {"MiniLM embeddings": pre}
-    if default.is_dir():
+    if tables_of(default):
         runs = {"random embeddings": default, **runs}
     header = ["| CNN | metric | points | difference (95% CI) | reading |", "|---|---|---|---|---|"]
     out = [
@@ -170,10 +188,14 @@ def questions_section(pre: Path, default: Path) -> list[str]:
         rows = question_rows(runs, first, second)
         label = f"{NAMES[first]} − {NAMES[second]}"
         out += [f"**{title}** ({label})", "", *header, *rows, ""] if rows else []
-    if not default.is_dir():
-        out += [f"(No `{default}`: run `make reproduce` to pair with the random-init CNN.)", ""]
+    if not tables_of(default):
+        out += [f"(No 03/08 tables in `{default}`: run `make reproduce` to pair with the "
+                "random-init CNN.)", ""]  # fmt: skip
         return out
-    table = compare_runs(default, pre, ("random", "minilm-pca"))
+    try:
+        table = compare_runs(default, pre, ("random", "minilm-pca"))
+    except ValueError as error:  # other test points, or no metric in common
+        return [*out, f"(Not paired with `{default}`: {error}.)", ""]
     table["method"] = table["method"].map(lambda m: NAMES.get(m, m))
     out += [
         "**What the embeddings changed**, per method (MiniLM − random embeddings, same points):",
