@@ -12,6 +12,7 @@ import papermill
 import pytest
 
 from tests import browser
+from tests.reference_metrics import drift
 from tracin_we.preflight import NOTEBOOKS, notebook_defaults, select_notebooks
 from tracin_we.report.html import notebook_title
 from tracin_we.reproduce import load_preset, reproduce
@@ -44,7 +45,12 @@ def run_smoke(prefix: str, tmp_path: Path, runs: Path) -> tuple[dict, list]:
         for output in cell.get("outputs", [])
     ]
     assert not any("IProgress not found" in text for text in streams), prefix
-    metrics = json.loads(next((runs / "smoke" / "metrics").glob(f"{prefix}_*.json")).read_text())
+    path = next((runs / "smoke" / "metrics").glob(f"{prefix}_*.json"))
+    metrics = json.loads(path.read_text())
+    moved = drift(path.stem, metrics)
+    assert not moved, "metrics moved beyond their tolerance (tests/reference_metrics.py):\n" + (
+        "\n".join(moved)
+    )
     return metrics, sorted(p.name for p in figures.glob("*.png"))
 
 
