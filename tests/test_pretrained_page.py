@@ -24,6 +24,13 @@ def _run(
     (folder / "metrics").mkdir(parents=True)
     records = {
         "01_train": {"test_accuracy": accuracy, "init": init or "pretrained:minilm-l6@abc"},
+        "02_influence": {
+            "n_test_points": 40,
+            "last_most_common_count": 29,
+            "we_most_common_count": 35,
+            "we_top1_shared": 0.48,
+            "last_top1_shared": 0.3,
+        },
         "03_case_deletion": {"test_accuracy": cnn_accuracy},
         "06_cancellation": {
             "variant": "C_l1",
@@ -63,6 +70,8 @@ def test_the_page_reports_what_the_runs_hold(tmp_path):
     _run(tmp_path / "pretrained", we_shift=-0.5, accuracy=0.878, cnn_accuracy=0.856)
     text = page(tmp_path / "pretrained", tmp_path / "default")
     assert "test accuracy **0.878**" in text and "BERT-tiny (init `random(seed=0)`): 0.785" in text
+    assert "of 40 test points: TR-Last 29, TR-WE 35 (the paper" in text
+    assert "48% of the other points under TracIn-WE and 30% under" in text
     assert "**0.856**" in text and "(default preset): 0.800" in text
     assert "| word_embeddings | 1.10 | 1 of 3 |" in text  # the least cancelling layer
     assert "Best single layer by NDR@30%: layer0.ffn (0.510)" in text

@@ -107,6 +107,29 @@ def training_section(pre: Path, default: Path) -> list[str]:
     return [*out, ""]
 
 
+def global_term_section(pre: Path) -> list[str]:
+    found = metrics(pre, "02_influence")
+    if not found:
+        return []
+    counts = {"TR-Last": "last", "TR-WE": "we", "TR-WE-NoC": "noc"}
+    shown = ", ".join(
+        f"{name} {found[f'{key}_most_common_count']}"
+        for name, key in counts.items()
+        if f"{key}_most_common_count" in found
+    )
+    return [
+        "## The global-term diagnostic (02)",
+        "",
+        f"The training text found most often among a method's top proponents and opponents "
+        f"is in the lists of this many of {found['n_test_points']} test points: {shown} (the "
+        "paper: one text in 39 of 40 under TracIn-Last on Toxicity). A test point's top "
+        "proponent is in the lists of, on average, "
+        f"{found['we_top1_shared']:.0%} of the other points under TracIn-WE and "
+        f"{found['last_top1_shared']:.0%} under TracIn-Last.",
+        "",
+    ]
+
+
 def cancellation_section(pre: Path) -> list[str]:
     found = metrics(pre, "06_cancellation")
     if not found:
@@ -128,7 +151,8 @@ def cancellation_section(pre: Path) -> list[str]:
         *rows,
         "",
         f"The first layer group ({first}) ranks {order[first]} of {len(ratios)}, the last "
-        f"({last}) {order[last]}. Per test point, the influences' Σ|s| / |Σ s| has median "
+        f"({last}) {order[last]}; the most cancelling is {ratios.idxmax()} "
+        f"({ratios.max():.2f}). Per test point, the influences' Σ|s| / |Σ s| has median "
         + ", ".join(f"{NAMES.get(m, m)} {v:.1f}" for m, v in median.items())
         + " ([figure](../figures/pretrained/06_influence_cancellation.png)).",
         "",
@@ -226,6 +250,7 @@ def page(pre: Path, default: Path) -> str:
         "(`make pretrained`) and `runs/default/` (`make reproduce`).",
         "",
         *training_section(pre, default),
+        *global_term_section(pre),
         *cancellation_section(pre),
         *noise_section(pre),
         *questions_section(pre, default),
