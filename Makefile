@@ -36,9 +36,12 @@ $(VENV)/.installed: pyproject.toml
 reproduce: $(VENV)/.installed
 	$(PY) -m tracin_we.reproduce --preset $(PRESET)
 
-# The pretrained setting (fine-tuned MiniLM, 01/02/06/07): figures/pretrained/, ~30 min on 2 cores.
+# The pretrained setting (fine-tuned MiniLM: 01/02/06/07; the CNN with MiniLM's word embeddings:
+# 03/08) into figures/pretrained/, then docs/pretrained.md from its metrics (paired with
+# runs/default/ when `make reproduce` has run).
 pretrained: $(VENV)/.installed
 	$(PY) -m tracin_we.reproduce --preset pretrained
+	$(PY) -m tracin_we.report.pretrained_page
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check tracin_we tests benchmarks

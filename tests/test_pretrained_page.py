@@ -63,6 +63,9 @@ def _run(
         for m in LDS_METHODS
     ]
     pd.DataFrame(lds).to_csv(folder / "08_lds_per_point.csv", index=False)
+    own = {"reference": "tracin-we", "method": "tracin-last", "difference": 0.02, "low": -0.5}
+    own |= {"high": 0.5, "verdict": "inconclusive", "n_points": 10}  # 08's two-way CI, wide
+    pd.DataFrame([own]).to_csv(folder / "08_lds_differences.csv", index=False)
 
 
 def test_the_page_reports_what_the_runs_hold(tmp_path):
@@ -85,7 +88,11 @@ def test_the_page_reports_what_the_runs_hold(tmp_path):
     assert len(default_rows) == 2
     assert all("**not separated**" in line for line in default_rows)
     assert "**TR-WE-Syn better**" in text  # Syn's LDS was made 0.3 higher in both runs
-    assert "What the embeddings changed" in text and "minilm-pca better" in text
+    # LDS: 08's own (two-way) row where it has the pair; the points alone (†) where it has not
+    assert "| MiniLM embeddings | LDS | 10 | +0.020 (-0.500, 0.500) | **not separated** |" in text
+    syn = [line for line in lines if "| LDS |" in line and "Syn better" in line]
+    assert syn and all(" † |" in line for line in syn)
+    assert "What the embeddings changed" in text and "minilm-emb better" in text
 
 
 def test_without_the_default_run_the_page_says_what_to_run(tmp_path, capsys):

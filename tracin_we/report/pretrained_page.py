@@ -26,6 +26,8 @@ FORMULAS = {"C_l1": "Σ‖g_i‖₁ / ‖Σ g_i‖₁", "C_l1_l2": "Σ‖g_i‖�
 FORMULAS |= {"C_l2": "Σ‖g_i‖₂ / ‖Σ g_i‖₂"}
 NAMES = {"tracin-we": "TR-WE", "tracin-last": "TR-Last", "tracin-tfidf": "TR-TFIDF"}
 NAMES |= {"tracin-we-syn": "TR-WE-Syn", "tracin-we-topk": "TR-WE-Topk", "random": "random"}
+NAMES |= {"tracin-we-noc": "TR-WE-NoC", "tracin-layer": "TR-Layer", "influence-last": "IF-Last"}
+NAMES |= {"representer": "Representer", "grad-cos": "GradCos"}
 
 
 def metrics(run_dir: Path, stem: str) -> dict | None:
@@ -48,14 +50,23 @@ def tables_of(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def paired(run_dir: Path, metric: str, first: str, second: str) -> dict | None:
-    """``first − second`` on ``metric`` over the run's test points (same resamples as the run's
-    tables: 1000 bootstrap draws of the points, seed 0); None when either was not run."""
+    """``first − second`` on ``metric``; None when either was not run. LDS: the row of 08's own
+    table (``08_lds_differences.csv``: its CI resamples the subsets as well as the points) where
+    it has the pair, else over the points alone (``points_only``). DEL±: over the points (03's
+    own resamples: 1000 bootstrap draws, seed 0)."""
     tables = tables_of(run_dir)
     if metric not in tables or not {first, second} <= set(tables[metric].columns):
         return None
-    values = tables[metric][[first, second]]
-    _, rows = paired_bootstrap(values, HIGHER_IS_BETTER[metric], [first])
-    row = rows.iloc[0].to_dict()
+    own = run_dir / "08_lds_differences.csv"
+    found = pd.read_csv(own) if metric == "LDS" and own.is_file() else pd.DataFrame()
+    if not found.empty:
+        found = found[(found["reference"] == first) & (found["method"] == second)]
+    if not found.empty:
+        row = found.iloc[0].to_dict() | {"points_only": False}
+    else:
+        values = tables[metric][[first, second]]
+        _, rows = paired_bootstrap(values, HIGHER_IS_BETTER[metric], [first])
+        row = rows.iloc[0].to_dict() | {"points_only": metric == "LDS"}
     better = {"reference better": NAMES.get(first, first), "method better": NAMES[second]}
     row["reading"] = (
         f"{better[row['verdict']]} better" if row["verdict"] in better else "not separated"
@@ -70,8 +81,9 @@ def question_rows(run_dirs: dict[str, Path], first: str, second: str) -> list[st
         for metric in ("DEL+", "DEL-", "LDS"):
             row = paired(run_dir, metric, first, second)
             if row is not None:
+                mark = " †" if row["points_only"] else ""
                 lines.append(
-                    f"| {label} | {metric} | {row['n_points']} | {interval(row)} | "
+                    f"| {label} | {metric} | {row['n_points']} | {interval(row)}{mark} | "
                     f"**{row['reading']}** |"
                 )
     return lines
@@ -198,10 +210,11 @@ def questions_section(pre: Path, default: Path) -> list[str]:
     out = [
         "## Pretrained word embeddings: the three questions (03, 08)",
         "",
-        "Paired over each run's test points (DEL+: lower is better; DEL− and LDS: higher), CIs "
-        "from 1,000 resamples of the points, one trained model per run (seed 0); 08's own "
-        "tables also resample its subsets, so its intervals are wider than these. A reading "
-        "names a method only where the interval excludes zero.",
+        "Paired over each run's test points (DEL+: lower is better; DEL− and LDS: higher), one "
+        "trained model per run (seed 0). DEL±: CIs from 1,000 resamples of the points. LDS: "
+        "08's own CIs, which resample its retrained subsets as well; † marks a pair 08 does not "
+        "compare, whose CI resamples the points alone and so is narrower. A reading names a "
+        "method only where the interval excludes zero.",
         "",
     ]
     for title, first, second in (
@@ -217,12 +230,13 @@ def questions_section(pre: Path, default: Path) -> list[str]:
                 "random-init CNN.)", ""]  # fmt: skip
         return out
     try:
-        table = compare_runs(default, pre, ("random", "minilm-pca"))
+        table = compare_runs(default, pre, ("random-emb", "minilm-emb"))
     except ValueError as error:  # other test points, or no metric in common
         return [*out, f"(Not paired with `{default}`: {error}.)", ""]
     table["method"] = table["method"].map(lambda m: NAMES.get(m, m))
     out += [
-        "**What the embeddings changed**, per method (MiniLM − random embeddings, same points):",
+        "**What the embeddings changed**, per method (MiniLM − random embeddings, same points; "
+        "CIs resample the points alone):",
         "",
         table.round(3).to_markdown(index=False),
         "",
