@@ -90,6 +90,7 @@ def result_identity(config: Any, splits: DatasetDict, rows: Mapping[str, torch.T
     """What defines an evaluation over score rows (deletion, LDS): the resolved ``config``
     (without where the data lives), the data's fingerprint and a hash of each method's rows."""
     resolved = json.loads(json.dumps(asdict(config), default=str))
+    resolved.pop("dask_scheduler", None)  # where retrains run, not what they give
     resolved["train"] = json.loads(json.dumps(config_identity(config.train), default=str))
     resolved["data_fingerprint"] = fingerprint(splits)
     resolved["scores_sha256"] = {m: tensor_digest(r) for m, r in rows.items()}

@@ -48,7 +48,7 @@ from tracin_we.core.stats import DELETION_METRICS, bootstrap_index
 from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
 from tracin_we.influence.options import parse_options
 from tracin_we.training.recipe import TrainConfig
-from tracin_we.training.retrain import BACKENDS, RetrainJob, retrain_cached
+from tracin_we.training.retrain import RetrainJob, check_backend, retrain_cached
 
 DIRECTIONS = tuple(DELETION_METRICS)  # ("proponents", "opponents"): DEL+ and DEL−
 
@@ -67,6 +67,7 @@ class DeletionConfig:
     # Options of influence.scores per method, e.g. {"tracin-we-topk": {"top_tokens": 10}}.
     method_options: dict[str, dict] = field(default_factory=dict)
     backend: str = "joblib"  # retrain.BACKENDS; joblib, one torch thread per core: fastest on a CPU
+    dask_scheduler: str | None = None  # backend="dask": its address (else $DASK_SCHEDULER_ADDRESS)
     n_bootstrap: int = 1000  # resamples of the test points for the CIs
     ci: float = 0.95
     bootstrap_seed: int = 0
@@ -91,8 +92,7 @@ class DeletionConfig:
             )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={list(self.seeds)} must be a non-empty list of distinct ints")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is unknown; allowed: {list(BACKENDS)}")
+        check_backend(self.backend, self.dask_scheduler)
         if self.n_bootstrap < 1:
             raise ValueError(f"n_bootstrap={self.n_bootstrap} must be a positive integer")
         if not 0 < self.ci < 1:
@@ -209,7 +209,7 @@ def run_deletion(
         test_t,
         cache=cache,
         backend=config.backend,
-        client=client,
+        client=client if client is not None else config.dask_scheduler,
         device=device,
         progress=progress,
     )

@@ -59,7 +59,7 @@ from tracin_we.core.stats import (
 from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
 from tracin_we.influence.options import parse_options
 from tracin_we.training.recipe import TrainConfig
-from tracin_we.training.retrain import BACKENDS, RetrainJob, retrain_cached
+from tracin_we.training.retrain import RetrainJob, check_backend, retrain_cached
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class LDSConfig:
     n_test_points: int = 100  # balanced over classes
     point_seed: int = 0  # which test points are drawn
     backend: str = "joblib"  # retrain.BACKENDS
+    dask_scheduler: str | None = None  # backend="dask": its address (else $DASK_SCHEDULER_ADDRESS)
     n_bootstrap: int = 1000  # resamples for the CIs
     # Resample the subsets too (two_way_means); False: test points only, given these subsets.
     resample_subsets: bool = True
@@ -114,8 +115,7 @@ class LDSConfig:
                 f"n_test_points={self.n_test_points} must be in [1, n_test="
                 f"{self.train.data.n_test}]"
             )
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is unknown; allowed: {list(BACKENDS)}")
+        check_backend(self.backend, self.dask_scheduler)
         if self.n_bootstrap < 1:
             raise ValueError(f"n_bootstrap={self.n_bootstrap} must be a positive integer")
         if not 0 < self.ci < 1:
@@ -332,6 +332,7 @@ def run_lds(
         test_t,
         cache=cache,
         backend=config.backend,
+        client=config.dask_scheduler,
         device=device,
         progress=progress,
     )

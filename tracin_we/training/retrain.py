@@ -10,8 +10,9 @@ runs a list of jobs on one of three backends, every job by plain ``fit``:
 
 - ``"sequential"``: one job after another in this process;
 - ``"joblib"`` (default): local worker processes (loky), ``threads`` torch threads each;
-- ``"dask"``: a ``distributed`` cluster through joblib's dask backend (the ``client`` given, else
-  the default client of this process).
+- ``"dask"``: a ``distributed`` cluster through joblib's dask backend (``dask_client``: the
+  ``client`` given, a scheduler's address, ``$DASK_SCHEDULER_ADDRESS``, else the default client
+  of this process).
 
 Every backend gives the same probabilities bit for bit at the same number of torch threads per
 job, on workers of the same CPU type and torch build: each job seeds its own init, batch order
@@ -28,6 +29,7 @@ deleted and retrained.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -112,7 +114,7 @@ def retrain_probabilities(
     ``DataEdit`` of ``train`` that job trains on. ``n_workers``/``threads``: worker processes and
     torch threads in each (joblib: all cores split evenly; dask: all the cluster's worker
     threads, one torch thread each; sequential: torch's setting unless ``threads``).
-    ``client``: a ``distributed.Client`` (dask; default: the current one).
+    ``client``: a ``distributed.Client`` or a scheduler's address (dask: ``dask_client``).
     """
     jobs = _checked(jobs, train, backend)
     edits = _edits_for(jobs, edits)
@@ -123,6 +125,46 @@ def retrain_probabilities(
     ):
         out[position] = probabilities
     return torch.stack(out)
+
+
+def check_backend(backend: str, dask_scheduler: str | None = None) -> None:
+    """``backend`` is one of ``BACKENDS``; ``dask_scheduler``, when given, is an address
+    (``tcp://host:8786``) for ``backend="dask"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; allowed: {list(BACKENDS)}")
+    if dask_scheduler is not None and (backend != "dask" or "://" not in dask_scheduler):
+        raise ValueError(
+            f"dask_scheduler={dask_scheduler!r} needs backend='dask' (got {backend!r}) and an "
+            "address such as 'tcp://host:8786'"
+        )
+
+
+def dask_client(client=None):
+    """The cluster ``backend="dask"`` retrains on: ``client`` when it is a ``distributed.Client``;
+    else the scheduler at the address ``client`` (a string) or ``$DASK_SCHEDULER_ADDRESS`` names,
+    connected once per process; else this process's current client. A ``ValueError`` saying how
+    to name one when there is none."""
+    if client is not None and not isinstance(client, str):
+        return client
+    address = client or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        return _connect(address)
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        raise ValueError(
+            "backend='dask' needs a cluster: give dask_scheduler='tcp://host:8786' (or set "
+            "DASK_SCHEDULER_ADDRESS), or create a distributed.Client in this process first"
+        ) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _connect(address: str):
+    from distributed import Client
+
+    return Client(address, set_as_default=False)
 
 
 def _checked(jobs: Sequence, train: Tensors, backend: str) -> list[RetrainJob]:
@@ -177,7 +219,7 @@ def _run(
         setting = parallel_config(backend="loky", n_jobs=n_workers)
     else:
         # Scattered to the workers once instead of pickled into every task.
-        options = {"scatter": [train, test]} | ({"client": client} if client is not None else {})
+        options = {"scatter": [train, test], "client": dask_client(client)}
         setting = parallel_config(backend="dask", n_jobs=n_workers or -1, **options)
     call = delayed(replace(task, threads=threads))
     with setting:
