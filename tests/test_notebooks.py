@@ -265,6 +265,8 @@ def test_report_of_the_smoke_run_renders_in_headless_chromium(runs, tmp_path):
         title = notebook_title(notebook)
         assert any(h.strip().rstrip("¶").strip() == title for h in headings), (title, headings)
     assert dom.count('src="data:image/png;base64,') == n_figures
+    # A clean run: logs are output, warnings are notes, and nothing is styled as an error.
+    assert 'data-mime-type="application/vnd.jupyter.stderr"' not in dom
     assert n_figures >= (len(executed) > 1)  # 00 alone draws none; 01-08 draw at least one
     shot = browser.screenshot(found, report, tmp_path / "report.png")
     n_colours, not_background = browser.colours(shot)

@@ -13,7 +13,13 @@ import pytest
 
 from tests import browser
 from tracin_we import reproduce
-from tracin_we.report.html import WIDGET_STATE, WIDGET_VIEW, notebooks_html, write_report
+from tracin_we.report.html import (
+    STDERR_CLASS,
+    WIDGET_STATE,
+    WIDGET_VIEW,
+    notebooks_html,
+    write_report,
+)
 
 INLINE_PNG = 'src="data:image/png;base64,'  # an inline figure (the page has other PNGs)
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -75,6 +81,33 @@ def test_report_holds_contents_headings_inline_figures_and_finished_bars(two_not
     assert page.count(INLINE_PNG) == 3  # every figure inline, none linked
     assert "<progress" in page and 'value="8.0"' in page and "epoch 1/2: 100%" in page
     assert WIDGET_VIEW not in page and "0/8" not in page  # the finished state, not the first
+
+
+STDERR_MIME = 'data-mime-type="application/vnd.jupyter.stderr"'  # nbconvert's error styling
+
+
+def test_stderr_is_a_note_and_only_a_traceback_is_error_styled(tmp_path):
+    path = executed_notebook(tmp_path / "01_logs.ipynb", "01 · Logs", [])
+    notebook = nbformat.read(path, as_version=4)
+    cell = nbformat.v4.new_code_cell("train()", execution_count=2)
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="epoch 1: loss 0.5\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="UserWarning: <careful>\n"),
+    ]
+    notebook.cells.append(cell)
+    nbformat.write(notebook, path)
+    page = notebooks_html([path], "clean")
+    assert f'<pre class="{STDERR_CLASS}">UserWarning: &lt;careful&gt;' in page
+    assert STDERR_MIME not in page and f".{STDERR_CLASS} {{" in page  # styled as a note
+    failed = nbformat.v4.new_code_cell("1 / 0", execution_count=3)
+    failed.outputs = [
+        nbformat.v4.new_output(
+            "error", ename="ZeroDivisionError", evalue="division by zero", traceback=["1 / 0"]
+        )
+    ]
+    notebook.cells.append(failed)
+    nbformat.write(notebook, path)
+    assert STDERR_MIME in notebooks_html([path], "failed")  # a traceback is still an error
 
 
 def test_report_is_written_atomically_and_needs_a_notebook(two_notebooks, tmp_path):

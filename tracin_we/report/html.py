@@ -19,6 +19,14 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"  # saved by papermill
 
 KERNEL_METADATA = ("kernelspec", "language_info")  # the first notebook's, for the highlighting
 
+# A notebook's stderr stream (warnings: nothing failed) is shown as a note; only an error output
+# (a traceback) keeps nbconvert's error styling.
+STDERR_CLASS = "report-stderr"
+STYLE = (
+    f"<style>.{STDERR_CLASS} {{background: #fff8e1; border-left: 3px solid #f0ad4e; "
+    "padding: 4px 8px; margin: 0; white-space: pre-wrap; font-size: 85%;}</style>"
+)
+
 
 def notebook_title(notebook) -> str:
     """The text of the notebook's first ``#`` heading (its title), else its file name."""
@@ -53,15 +61,22 @@ def widget_html(model_id: str, state: dict) -> str | None:
 
 def _report_cells(notebook, anchor: str) -> list:
     """The notebook's cells for the report: ids made unique across notebooks, an anchor before
-    the first cell, and widget views (tqdm bars: no live kernel in a report) replaced by their
-    saved final state as static HTML, or by their text fallback without one."""
+    the first cell, widget views (tqdm bars: no live kernel in a report) replaced by their
+    saved final state as static HTML, or by their text fallback without one, and stderr
+    streams shown as notes (``STDERR_CLASS``), apart from errors."""
     import nbformat
 
     saved = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     cells = [nbformat.v4.new_markdown_cell(f'<a id="{anchor}"></a>', id=f"{anchor}-anchor")]
     for i, cell in enumerate(copy.deepcopy(notebook.cells)):
         cell["id"] = f"{anchor}-{i}"
-        for output in cell.get("outputs", []):
+        outputs = cell.get("outputs", [])
+        for j, output in enumerate(outputs):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                text = html.escape("".join(output.get("text", "")))
+                note = f'<pre class="{STDERR_CLASS}">{text}</pre>'
+                outputs[j] = nbformat.v4.new_output("display_data", data={"text/html": note})
+                continue
             view = output.get("data", {}).pop(WIDGET_VIEW, None)
             static = view and widget_html(view.get("model_id", ""), saved)
             if static:
@@ -97,7 +112,7 @@ def notebooks_html(paths: Sequence[str | Path], title: str) -> str:
     report.metadata.update(kernel)
     exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(report, resources={"metadata": {"name": title}})
-    return body
+    return body.replace("</head>", STYLE + "</head>", 1)
 
 
 def write_report(paths: Sequence[str | Path], path: str | Path, title: str) -> Path:
