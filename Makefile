@@ -35,13 +35,16 @@ $(VENV)/.installed: pyproject.toml
 
 reproduce: $(VENV)/.installed
 	$(PY) -m tracin_we.reproduce --preset $(PRESET)
+	$(PY) -m tracin_we.report.headline
 
 # The pretrained setting (fine-tuned MiniLM: 01/02/06/07; the CNN with MiniLM's word embeddings:
 # 03/08) into figures/pretrained/, then docs/pretrained.md from its metrics (paired with
-# runs/default/ when `make reproduce` has run).
+# runs/default/ when `make reproduce` has run); both targets then rewrite README's headline
+# table from the two runs, once both exist.
 pretrained: $(VENV)/.installed
 	$(PY) -m tracin_we.reproduce --preset pretrained
 	$(PY) -m tracin_we.report.pretrained_page
+	$(PY) -m tracin_we.report.headline
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check tracin_we tests benchmarks
