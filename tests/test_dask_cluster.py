@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import local_dask_client
@@ -57,3 +58,27 @@ def test_notebook_03_on_a_cluster_by_its_address_equals_joblib(ag_news_dir, tmp_
     for metric in ("auc_del_plus", "auc_del_minus"):
         for method, value in results["joblib"][metric].items():
             assert results["dask"][metric][method] == pytest.approx(value, abs=1e-6), method
+
+
+def test_a_worker_that_builds_another_init_fails_instead_of_filing_it():
+    """Workers build each model themselves: one that reached the hub (or lacks a pretrained
+    file) would train another model than the caller's cache key names."""
+    from tracin_we.training.model_init import init_kind
+    from tracin_we.training.recipe import TrainConfig
+
+    assert init_kind("random(seed=3)") == "random"
+    assert init_kind("pretrained:minilm-l6@0a1b2c") == "pretrained:minilm-l6"
+    assert init_kind("random(seed=0)+emb:minilm-l6-pca@ff00") == "random+emb:minilm-l6-pca@ff00"
+    config = TrainConfig.from_params(
+        model="cnn", n_train=8, epochs=1, checkpoint_epochs=[1], max_length=12, batch_size=4
+    )
+    texts = {
+        "input_ids": torch.randint(1000, 2000, (8, 12)),
+        "attention_mask": torch.ones(8, 12, dtype=torch.long),
+        "labels": torch.arange(8) % 4,
+    }
+    job = retrain.RetrainJob.of((1, [0]), 8)
+    probabilities = retrain.train_job(config, job, texts, texts, expected_init="random")
+    assert probabilities.shape == (8, 4)
+    with pytest.raises(RuntimeError, match="workers need the caller's pretrained files"):
+        retrain.train_job(config, job, texts, texts, expected_init="hub:google/bert")

@@ -4,8 +4,9 @@
     python -m tracin_we.report.headline --check   # exit 1 when the README's table differs
 
 Reads ``runs/default/`` and ``runs/pretrained/`` and rewrites the block between ``START`` and
-``END`` in ``README.md``; while either run is missing, the README is left as it is (``make
-reproduce`` and ``make pretrained`` both call this, in either order). Each paired comparison's
+``END`` in ``README.md``; while any cell would read "not run" (a run missing, or run only in
+part), the README is left as it is and ``--check`` says so (``make reproduce`` and ``make
+pretrained`` both call this, in either order). Each paired comparison's
 reading comes from its confidence interval (``pretrained_page.paired``): a method is named
 better only where the interval excludes zero.
 """
@@ -30,7 +31,7 @@ COMPARISONS = (  # (metric, first, second, what its sign means)
 )  # fmt: skip
 RUNS = ("default", "pretrained")  # the columns: the default preset's run, the pretrained one's
 ACCURACY = (  # (notebook, what its test accuracy is of, in both runs)
-    ("01_train", "the transformer: random-init BERT-tiny / fine-tuned MiniLM (paper: 0.90)"),
+    ("01_train", "01's transformer (paper, pretrained BERT-tiny: 0.90)"),
     ("03_case_deletion", "the CNN of 03–08"),
 )
 
@@ -54,7 +55,12 @@ def table(runs: Path) -> str:
         lines.append(f"| {name} | {' | '.join(cells)} |")
     for stem, what in ACCURACY:
         found = [metrics(runs / name, stem) or {} for name in RUNS]
-        values = [f"{m['test_accuracy']:.3f}" if "test_accuracy" in m else "not run" for m in found]
+        values = [
+            f"{m['test_accuracy']:.3f}" + (f" (`{m['init'].split('@')[0]}`)" if "init" in m else "")
+            if "test_accuracy" in m
+            else "not run"
+            for m in found
+        ]
         lines.append(f"| test accuracy of {what} | {' | '.join(values)} |")
     return "\n".join([START, *lines, END])
 
@@ -75,12 +81,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--check", action="store_true", help="only report a difference")
     args = parser.parse_args(argv)
-    missing = [name for name in RUNS if not (args.runs / name / "metrics").is_dir()]
-    if missing and not args.check:  # a half-filled table would replace real numbers
-        print(f"headline left as it is: no {', '.join(missing)} run under {args.runs} yet")
+    block = table(args.runs)
+    if "not run" in block:  # a half-filled table would replace real numbers
+        missing = [name for name in RUNS if not (args.runs / name / "metrics").is_dir()]
+        print(
+            f"headline left as it is: the runs under {args.runs} are incomplete"
+            + (f" (no {', '.join(missing)} run yet)" if missing else "")
+        )
         return
     text = args.readme.read_text()
-    new = updated(text, table(args.runs))
+    try:
+        new = updated(text, block)
+    except ValueError as error:
+        parser.error(str(error))
     if args.check:
         print("the headline is up to date" if new == text else "the headline differs")
         sys.exit(0 if new == text else 1)

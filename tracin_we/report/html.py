@@ -65,6 +65,7 @@ def _report_cells(notebook, anchor: str) -> list:
     saved final state as static HTML, or by their text fallback without one, and stderr
     streams shown as notes (``STDERR_CLASS``), apart from errors."""
     import nbformat
+    from nbconvert.filters import ansi2html
 
     saved = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     cells = [nbformat.v4.new_markdown_cell(f'<a id="{anchor}"></a>', id=f"{anchor}-anchor")]
@@ -73,7 +74,7 @@ def _report_cells(notebook, anchor: str) -> list:
         outputs = cell.get("outputs", [])
         for j, output in enumerate(outputs):
             if output.get("output_type") == "stream" and output.get("name") == "stderr":
-                text = html.escape("".join(output.get("text", "")))
+                text = ansi2html("".join(output.get("text", "")))  # escapes HTML too
                 note = f'<pre class="{STDERR_CLASS}">{text}</pre>'
                 outputs[j] = nbformat.v4.new_output("display_data", data={"text/html": note})
                 continue

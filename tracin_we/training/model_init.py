@@ -4,6 +4,8 @@ embeddings (``embedding_init``)."""
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from tracin_we.core.inputs import PAD_ID
@@ -36,3 +38,10 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
         pad = PAD_ID if config.data.pad_token_id is None else config.data.pad_token_id
         init += "+" + init_embeddings(model, config.embedding_init, pad)
     return model, init
+
+
+def init_kind(init: str) -> str:
+    """``new_model``'s init description without what the seed changes: ``random(seed=3)`` →
+    ``random``; ``pretrained:<name>@<digest with the seeded head>`` → ``pretrained:<name>``."""
+    init = re.sub(r"^(pretrained:[^@+]*)@[0-9a-f]+", r"\1", init)
+    return re.sub(r"\(seed=\d+\)", "", init)

@@ -29,7 +29,6 @@ deleted and retrained.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +43,7 @@ from tracin_we.core.params import SEED_LIMIT
 from tracin_we.core.persistence import CheckpointError, cache_dir, config_key, tensor_digest
 from tracin_we.core.result_folders import cache_folder
 from tracin_we.training.loop import fit, predict_proba
-from tracin_we.training.model_init import new_model
+from tracin_we.training.model_init import init_kind, new_model
 from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.train import resolved_config
 
@@ -160,11 +159,18 @@ def dask_client(client=None):
         ) from None
 
 
-@functools.lru_cache(maxsize=4)
 def _connect(address: str):
-    from distributed import Client
+    """One client per address for this process, replaced when it has closed (a restarted
+    scheduler, a long-lived kernel)."""
+    client = _CLIENTS.get(address)
+    if client is None or client.status != "running":
+        from distributed import Client
 
-    return Client(address, set_as_default=False)
+        client = _CLIENTS[address] = Client(address, set_as_default=False)
+    return client
+
+
+_CLIENTS: dict = {}
 
 
 def _checked(jobs: Sequence, train: Tensors, backend: str) -> list[RetrainJob]:
@@ -199,7 +205,7 @@ def _run(
     progress: bool = True,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(position in ``tasks``, probabilities (n_test, C)) of each task, in the order they finish."""
-    task = _Task(config, device)
+    task = _Task(config, device, expected_init=init_kind(new_model(replace(config, seed=0))[1]))
     threads = retrain_threads(backend, n_workers, threads)
     if backend == "sequential":
         before = torch.get_num_threads()
@@ -236,6 +242,7 @@ class _Task:
     config: TrainConfig
     device: str
     threads: int | None = None
+    expected_init: str | None = None  # ``init_kind`` of the caller's model: checked where it runs
 
     def __call__(
         self, position: int, job: RetrainJob, edit: DataEdit | None, train: Tensors, test: Tensors
@@ -244,7 +251,9 @@ class _Task:
         torch.set_num_threads(self.threads or before)
         try:
             edited = edit(train) if edit is not None else train
-            return position, train_job(self.config, job, edited, test, self.device)
+            return position, train_job(
+                self.config, job, edited, test, self.device, expected_init=self.expected_init
+            )
         finally:
             torch.set_num_threads(before)
 
@@ -256,11 +265,19 @@ def train_job(
     test: Tensors,
     device: str = "cpu",
     present_rows: bool = True,
+    expected_init: str | None = None,
 ) -> torch.Tensor:
     """Probabilities (n_test, C) of ``job``'s model: ``fit`` with the job's seed and keep mask
-    (``present_rows``: see ``fit``)."""
+    (``present_rows``: see ``fit``). ``expected_init``: the ``init_kind`` the caller's cache key
+    names; a model built otherwise here (a worker that reached the hub, or lacks a pretrained
+    file the caller has) is an error, never a result filed under the wrong key."""
     seeded = replace(config, seed=job.seed)
-    model = new_model(seeded)[0]
+    model, init = new_model(seeded)
+    if expected_init is not None and init_kind(init) != expected_init:
+        raise RuntimeError(
+            f"this retrain built its model as {init!r}, where the caller expects "
+            f"{expected_init!r}: workers need the caller's pretrained files and hub access"
+        )
     keep = job.keep(len(train["labels"])) if job.removed else None
     fit(model, train, seeded, keep=keep, device=device, progress=False, present_rows=present_rows)
     return predict_proba(model, test, device=device)
