@@ -150,16 +150,8 @@ def deletion_differences(
     ``paired_bootstrap``'s differences per direction, with a ``metric`` column (DEL+ or DEL−);
     methods keep their order of first appearance in ``table``.
     """
-    needed = {"point", "method", "direction", "DEL"}
-    if not needed <= set(table.columns):
-        raise ValueError(f"table lacks columns {sorted(needed - set(table.columns))}")
-    methods = list(dict.fromkeys(table["method"]))
-    per_point = table.groupby(["direction", "point", "method"])["DEL"].mean()
     blocks = []
-    for direction, metric in DELETION_METRICS.items():
-        if direction not in per_point.index.get_level_values("direction"):
-            continue
-        values = per_point.loc[direction].unstack("method")[methods].sort_index()
+    for metric, values in deletion_per_point(table).items():
         _, differences = paired_bootstrap(
             values, HIGHER_IS_BETTER[metric], references, n_bootstrap, ci, seed
         )
@@ -168,6 +160,23 @@ def deletion_differences(
         raise ValueError(f"table has no direction among {list(DELETION_METRICS)}")
     out = pd.concat(blocks, ignore_index=True)
     return out[["metric", *[c for c in out.columns if c != "metric"]]]
+
+
+def deletion_per_point(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per metric (DEL+, DEL−) that ``table`` has a direction for: a (point × method) table of
+    each point's AUC-DEL, its DEL averaged over (k, seed) as in ``deletion.auc_del``; points
+    ascending, methods in their order of first appearance."""
+    needed = {"point", "method", "direction", "DEL"}
+    if not needed <= set(table.columns):
+        raise ValueError(f"table lacks columns {sorted(needed - set(table.columns))}")
+    methods = list(dict.fromkeys(table["method"]))
+    means = table.groupby(["direction", "point", "method"])["DEL"].mean()
+    directions = means.index.get_level_values("direction")
+    return {
+        metric: means.loc[direction].unstack("method")[methods].sort_index()
+        for direction, metric in DELETION_METRICS.items()
+        if direction in directions
+    }
 
 
 def spearman(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tracin_we.core.stats import DELETION_METRICS, HIGHER_IS_BETTER, paired_bootstrap
+from tracin_we.core.stats import HIGHER_IS_BETTER, deletion_per_point, paired_bootstrap
 
 DELETION_TABLE = "03_deletion.csv"
 LDS_TABLE = "08_lds_per_point.csv"
@@ -30,12 +30,7 @@ def per_point(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """
     run_dir, found = Path(run_dir), {}
     if (run_dir / DELETION_TABLE).is_file():
-        table = pd.read_csv(run_dir / DELETION_TABLE)
-        methods = list(dict.fromkeys(table["method"]))
-        means = table.groupby(["direction", "point", "method"])["DEL"].mean()
-        for direction, metric in DELETION_METRICS.items():
-            if direction in means.index.get_level_values("direction"):
-                found[metric] = means.loc[direction].unstack("method")[methods].sort_index()
+        found |= deletion_per_point(pd.read_csv(run_dir / DELETION_TABLE))
     if (run_dir / LDS_TABLE).is_file():
         table = pd.read_csv(run_dir / LDS_TABLE)
         methods = list(dict.fromkeys(table["method"]))
