@@ -119,8 +119,9 @@ def retrain_probabilities(
     edits = _edits_for(jobs, edits)
     out: list[torch.Tensor | None] = [None] * len(jobs)
     tasks = list(zip(jobs, edits, strict=True))
+    expected = init_kind(new_model(replace(config, seed=0))[1])
     for position, probabilities in _run(
-        config, tasks, train, test, backend, n_workers, threads, client, device, progress
+        config, tasks, train, test, backend, n_workers, threads, client, device, progress, expected
     ):
         out[position] = probabilities
     return torch.stack(out)
@@ -203,9 +204,11 @@ def _run(
     client=None,
     device: str = "cpu",
     progress: bool = True,
+    expected_init: str | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(position in ``tasks``, probabilities (n_test, C)) of each task, in the order they finish."""
-    task = _Task(config, device, expected_init=init_kind(new_model(replace(config, seed=0))[1]))
+    """(position in ``tasks``, probabilities (n_test, C)) of each task, in the order they finish;
+    ``expected_init``: the ``init_kind`` each task's model must have (``train_job``)."""
+    task = _Task(config, device, expected_init=expected_init)
     threads = retrain_threads(backend, n_workers, threads)
     if backend == "sequential":
         before = torch.get_num_threads()
@@ -310,9 +313,9 @@ class RetrainStore:
     ) -> None:
         neutral = replace(config, seed=0)
         threads = threads or torch.get_num_threads()
-        resolved = resolved_config(
-            neutral, new_model(neutral)[1], tensor_digest(train, test), threads
-        )
+        init = new_model(neutral)[1]
+        self.init_kind = init_kind(init)  # what every job's model must be built as
+        resolved = resolved_config(neutral, init, tensor_digest(train, test), threads)
         name = f"{config.model.replace('/', '_')}-{config.data.name}-{config_key(resolved)}"
         self.folder = cache_folder(cache_dir(cache) / "retrain" / name, resolved)
         self.dir = self.folder.path
@@ -385,7 +388,8 @@ def retrain_cached(
     found = {(job, edit): stores[edit].load(job) for job, edit in unique}
     missing = [task for task, probs in found.items() if probs is None]
     if missing:
-        for position, row in _run(config, missing, train, test, **options):
+        expected = stores[None].init_kind  # the init every store's key names
+        for position, row in _run(config, missing, train, test, **options, expected_init=expected):
             job, edit = missing[position]
             stores[edit].save(job, row)
             found[(job, edit)] = row
