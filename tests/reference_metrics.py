@@ -6,7 +6,8 @@ Tolerances (``tolerance``): counts the parameters fix are exact, counts of outco
 or 25%; an accuracy, share or correlation may move by 0.15
 (a few of the smoke run's 40 test texts or 4 test points, as another CPU's rounding can flip);
 any other number by 0.15 + 25% of its size. Metrics that depend on the cache's state or the
-clock (``SKIPPED``) are not compared. After a change that moves a metric on purpose:
+clock, and the smoke run's variance shares (``SKIPPED``), are not compared. After a change that
+moves a metric on purpose:
 
     python -m tracin_we.reproduce --preset smoke --runs /tmp/smoke
     python -m tests.reference_metrics /tmp/smoke/smoke/metrics     # rewrites tests/reference/
@@ -21,6 +22,9 @@ from pathlib import Path
 
 REFERENCE = Path(__file__).parent / "reference" / "smoke_metrics.json"
 SKIPPED = {"n_trained", "n_reused", "train_seconds", "run_dir", "typical_point"}
+# Variance shares of 2 models × 4 points are noise by design (a component truncated at 0 can jump
+# to a third of the total on another CPU): the test checks that they add up, not their values.
+SKIPPED |= {"variance_shares_we_minus_last"}
 BOUNDED = ("accuracy", "share", "spearman", "ndr", "rho", "lds", "cancellation_fraction")
 # Counts the parameters fix; other counts (mistakes found, a top-k list's most common example)
 # are outcomes of training.

@@ -26,6 +26,12 @@ def test_counts_follow_the_configs():
     )  # fmt: skip
     _, retrains = cost.plan("03_case_deletion", deletion, {})
     assert retrains.count == deletion.n_retrains == 2 * (1 + 4 * 2 * 2 * 2)
+    per_seed = DeletionConfig.from_params(
+        **CNN, methods=["tracin-we"], ks=[5], n_test_points=4, seeds=[0, 1, 2], model_per_seed=True
+    )  # fmt: skip
+    models, retrains = cost.plan("03_case_deletion", per_seed, {})
+    assert (models.count, models.what) == (3, "trained models")  # one explained model per seed
+    assert retrains.count == 3 * (1 + 4 * 2)
     lds = LDSConfig.from_params(
         model="cnn",
         n_train=100,

@@ -20,6 +20,7 @@ from tests.conftest import local_dask_client
 from tracin_we import influence
 from tracin_we.core.checkpoints import CheckpointError
 from tracin_we.core.inputs import model_inputs
+from tracin_we.core.stats import crossed_means
 from tracin_we.experiments.deletion import (
     DeletionConfig,
     DeletionResult,
@@ -331,3 +332,58 @@ def test_metrics_carry_we_minus_last_when_both_ran(sweep):
         "DEL-": {"difference": 0.1, "low": 0.0, "high": 0.2, "share_better": 0.5},
     }
     assert result.metrics(differences.iloc[0:0])["we_minus_last"] is None
+
+
+def test_a_model_per_seed_explains_and_retrains_its_own_model(
+    sweep, splits, deletion_config, count_retrains
+):
+    """``model_per_seed``: seed s's deletion sets are the top-k of the model trained with seed s,
+    retrained at seed s only and compared with seed s's own baseline; seed 0's retrains are the
+    paper protocol's (read from the cache), and the CIs resample models and points."""
+    one_model, cache = sweep
+    config = deletion_config(model_per_seed=True)
+    with count_retrains() as trained:
+        result = run_deletion(config, splits, cache=cache, progress=False)
+    assert set(result.table["model"]) == {0, 1}
+    assert (result.table["seed"] == result.table["model"]).all()
+    assert np.allclose(result.table["DEL"], result.table["p"] - result.table["baseline_seed"])
+    # Seed 0 explains the recipe's model: its rows are the one-model sweep's seed-0 rows.
+    mine = result.table[result.table["model"] == 0].set_index(KEYS)["p"]
+    theirs = one_model.table.set_index(KEYS)["p"].loc[mine.index]
+    assert np.array_equal(mine.to_numpy(), theirs.to_numpy())
+    assert len(trained) == result.n_trained <= len(result.table) // 2 + 1  # seed 1's only
+    # Seed 1's sets come from the model trained with seed 1.
+    seeded = replace(config.train, seed=1)
+    model = train(seeded, splits, cache=cache, progress=False)
+    points = {k: v[result.points] for k, v in model_inputs(splits["test"]).items()}
+    rows = influence.scores(
+        "tracin-we", model.load_model(), model.checkpoint_pairs(), model_inputs(splits["train"]),
+        points,
+    )  # fmt: skip
+    plan = result.plan.query("model == 1 and method == 'tracin-we' and direction == 'proponents'")
+    top = influence.top_k(rows, 3).indices
+    assert plan[plan["k"] == 3].sort_values("position")["removed"].tolist() == [
+        tuple(sorted(r.tolist())) for r in top
+    ]
+    # AUC-DEL's CI: the crossed bootstrap of the (model, point) cells.
+    cells = result.table.query("method == 'random' and direction == 'opponents'").pivot_table(
+        index="model", columns="point", values="DEL"
+    )
+    draws = crossed_means(cells.to_numpy()[..., None], config.n_bootstrap, config.bootstrap_seed)
+    row = result.summary.set_index("method").loc["random"]
+    assert row["DEL-"] == pytest.approx(cells.to_numpy().mean())
+    assert (row["DEL- low"], row["DEL- high"]) == pytest.approx(
+        tuple(np.quantile(draws[:, 0], [0.025, 0.975]))
+    )
+
+
+def test_a_model_per_seed_refuses_one_models_scores(splits, tmp_path, deletion_config):
+    given = {"random": torch.zeros(N_TEST, N_TRAIN)}
+    with pytest.raises(ValueError, match="scores: precomputed scores are one model's"):
+        run_deletion(
+            deletion_config(methods=("random",), model_per_seed=True),
+            splits,
+            scores=given,
+            cache=tmp_path,
+            progress=False,
+        )

@@ -127,7 +127,14 @@ def test_03_case_deletion(ag_news_dir, tmp_path, runs):
     assert metrics["crn_se_ratio_median"] is None or metrics["crn_se_ratio_median"] >= 0
     assert figures == ["03_deletion_curves.png"]
     assert (runs / "smoke" / "03_paired_differences.csv").is_file()
-    if {"tracin-we", "tracin-last"} <= set(_defaults("03")["methods"]):
+    defaults = _defaults("03")
+    assert metrics["seeds"] == sorted(defaults["seeds"])
+    if defaults["model_per_seed"]:  # one explained model per seed; where the variance comes from
+        assert metrics["models"] == metrics["seeds"]
+        assert (runs / "smoke" / "03_variance_components.csv").is_file()
+        for metric, shares in (metrics["variance_shares_we_minus_last"] or {}).items():
+            assert sum(shares.values()) == pytest.approx(1.0), metric
+    if {"tracin-we", "tracin-last"} <= set(defaults["methods"]):
         paired = metrics["we_minus_last"]  # TracIn-WE − TracIn-Last, paired over test points
         assert set(paired) == {"DEL+", "DEL-"}
         for metric, row in paired.items():

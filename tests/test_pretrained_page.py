@@ -89,7 +89,10 @@ def test_the_page_reports_what_the_runs_hold(tmp_path):
     assert all("**not separated**" in line for line in default_rows)
     assert "**TR-WE-Syn better**" in text  # Syn's LDS was made 0.3 higher in both runs
     # LDS: 08's own (two-way) row where it has the pair; the points alone (†) where it has not
-    assert "| MiniLM embeddings | LDS | 10 | +0.020 (-0.500, 0.500) | **not separated** |" in text
+    assert (
+        "| MiniLM embeddings | LDS | 10 points | +0.020 (-0.500, 0.500) | **not separated** |"
+        in text
+    )
     syn = [line for line in lines if "| LDS |" in line and "Syn better" in line]
     assert syn and all(" † |" in line for line in syn)
     assert "What the embeddings changed" in text and "minilm-emb better" in text

@@ -12,6 +12,10 @@ paired comparison decisive on few test points.
 Which side is better depends on the metric: DEL+ (proponents deleted) lower, DEL− (opponents
 deleted) and LDS higher (``HIGHER_IS_BETTER``).
 
+Where a sweep explains several trained models (one per seed, ``deletion``'s ``model_per_seed``),
+a per-point value is itself one draw of the model's randomness, and the CIs resample the models as
+well as the test points (``crossed_means``).
+
 LDS's own statistics live here too: ``spearman`` (row-wise rank correlation, constant rows
 ρ := 0) and ``two_way_means``, the bootstrap that resamples the retrained subsets as well as the
 test points, recomputing every ρ from the resampled subsets' multiset ranks without sorting
@@ -132,6 +136,29 @@ def _verdict(low: float, high: float) -> str:
     return "inconclusive"
 
 
+def crossed_means(cells: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> np.ndarray:
+    """Bootstrap replicates (n_bootstrap, m) of each method's grand mean over a crossed design:
+    ``cells`` (S, n, m) holds one value per (trained model, test point, method), every method on
+    the same cells. Replicate b draws the points ``bootstrap_index(n, B, seed)[b]`` and, on its
+    own, the models ``default_rng([seed, 2]).integers(0, S, (B, S))[b]``, and averages the S·n
+    cells they cross: the "pigeonhole" bootstrap (Owen 2007), whose variance covers the models',
+    the points' and their interaction's (its coverage: ``tests/test_stats.py``). With S = 1 it is
+    the one-way bootstrap over points, draw for draw."""
+    n_models, n_points, _ = cells.shape
+    points = bootstrap_index(n_points, n_bootstrap, seed)
+    if n_models == 1:
+        return cells[0][points].mean(1)
+    models = np.random.default_rng([seed, 2]).integers(0, n_models, (n_bootstrap, n_models))
+    model_counts = _counts(models, n_models)  # (B, S)
+    point_counts = _counts(points, n_points)  # (B, n)
+    return np.einsum("bs,bp,spm->bm", model_counts, point_counts, cells) / (n_models * n_points)
+
+
+def _counts(draws: np.ndarray, size: int) -> np.ndarray:
+    """(B, size) how often each index appears in each row of ``draws`` (B, k)."""
+    return np.stack([np.bincount(row, minlength=size) for row in draws]).astype(float)
+
+
 def deletion_differences(
     table: pd.DataFrame,
     references: Sequence[str] = REFERENCES,
@@ -140,43 +167,67 @@ def deletion_differences(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Paired differences of AUC-DEL± from case deletion's per-seed table
-    (``deletion.tidy_table``: columns ``point``, ``method``, ``direction``, ``k``, ``seed``,
-    ``DEL``).
+    (``deletion.tidy_table``: columns ``point``, ``method``, ``direction``, ``DEL`` and, where it
+    explains several trained models, ``model``).
 
-    A point's AUC-DEL under a method is its DEL averaged over (k, seed), as in
-    ``deletion.auc_del``; points are taken in ascending order and resampled with
-    ``bootstrap_index(n_points, n_bootstrap, seed)``, so with the sweep's ``n_bootstrap``,
-    ``ci`` and ``bootstrap_seed`` the means' CIs are those of ``auc_del``. One block of
-    ``paired_bootstrap``'s differences per direction, with a ``metric`` column (DEL+ or DEL−);
-    methods keep their order of first appearance in ``table``.
+    A point's AUC-DEL under a method and model is its DEL averaged over (k, retrain seed), as in
+    ``deletion.auc_del``; the replicates are ``crossed_means`` of those cells (models and points
+    ascending), so with one model they are the one-way bootstrap over points
+    ``bootstrap_index(n_points, n_bootstrap, seed)``, and with the sweep's ``n_bootstrap``,
+    ``ci`` and ``bootstrap_seed`` the means' CIs are those of ``auc_del``. The point estimates and
+    ``share_better`` read each point's mean over models. One block of ``compare``'s differences
+    per direction, with a ``metric`` column (DEL+ or DEL−); methods keep their order of first
+    appearance in ``table``.
     """
     blocks = []
-    for metric, values in deletion_per_point(table).items():
-        _, differences = paired_bootstrap(
-            values, HIGHER_IS_BETTER[metric], references, n_bootstrap, ci, seed
-        )
-        blocks.append(differences.assign(metric=metric))
+    for metric, cells in deletion_cells(table).items():
+        values = cells.groupby(level="point").mean()
+        resampled = crossed_means(cells_array(cells), n_bootstrap, seed)
+        _, differences = compare(values, resampled, HIGHER_IS_BETTER[metric], references, ci)
+        n_models = cells.index.get_level_values("model").nunique()
+        blocks.append(differences.assign(metric=metric, n_models=n_models))
     if not blocks:
         raise ValueError(f"table has no direction among {list(DELETION_METRICS)}")
     out = pd.concat(blocks, ignore_index=True)
     return out[["metric", *[c for c in out.columns if c != "metric"]]]
 
 
-def deletion_per_point(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per metric (DEL+, DEL−) that ``table`` has a direction for: a (point × method) table of
-    each point's AUC-DEL, its DEL averaged over (k, seed) as in ``deletion.auc_del``; points
-    ascending, methods in their order of first appearance."""
+def deletion_cells(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per metric (DEL+, DEL−) that ``table`` has a direction for: a ((model, point) × method)
+    table of each cell's AUC-DEL, its DEL averaged over (k, retrain seed) as in
+    ``deletion.auc_del``; models then points ascending, methods in their order of first
+    appearance. A table without a ``model`` column explains one model (model 0)."""
     needed = {"point", "method", "direction", "DEL"}
     if not needed <= set(table.columns):
         raise ValueError(f"table lacks columns {sorted(needed - set(table.columns))}")
+    if "model" not in table.columns:
+        table = table.assign(model=0)
     methods = list(dict.fromkeys(table["method"]))
-    means = table.groupby(["direction", "point", "method"])["DEL"].mean()
+    means = table.groupby(["direction", "model", "point", "method"])["DEL"].mean()
     directions = means.index.get_level_values("direction")
     return {
         metric: means.loc[direction].unstack("method")[methods].sort_index()
         for direction, metric in DELETION_METRICS.items()
         if direction in directions
     }
+
+
+def deletion_per_point(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per metric: a (point × method) table of each point's AUC-DEL, ``deletion_cells``
+    averaged over the trained models; points ascending."""
+    return {
+        metric: cells.groupby(level="point").mean()
+        for metric, cells in deletion_cells(table).items()
+    }
+
+
+def cells_array(cells: pd.DataFrame) -> np.ndarray:
+    """A ((model, point) × method) table as an array (S, n, m); every model has every point."""
+    models = cells.index.get_level_values("model").unique()
+    points = cells.index.get_level_values("point").unique()
+    if len(cells) != len(models) * len(points):
+        raise ValueError("every trained model must be evaluated on the same test points")
+    return cells.to_numpy(dtype=float).reshape(len(models), len(points), cells.shape[1])
 
 
 def spearman(f: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +295,7 @@ def two_way_means(
     n, m = f.shape
     points = bootstrap_index(n, n_bootstrap, seed)
     subsets = np.random.default_rng([seed, 1]).integers(0, m, size=(n_bootstrap, m))
-    counts = np.stack([np.bincount(row, minlength=m) for row in subsets]).astype(float)  # (B, M)
+    counts = _counts(subsets, m)  # (B, M)
     ties_f = _tie_groups(np.asarray(f))
     ties_g = [_tie_groups(np.asarray(v)) for v in g.values()]
     out = np.empty((n_bootstrap, len(ties_g)))

@@ -69,7 +69,10 @@ def _plan(stem: str, config: Any, params: Mapping[str, Any]) -> list[Work]:
             Work(stem, "MLM pretrainings", points, "bert-tiny", pretrain),
             _trainings(stem, "fine-tunings", points, config.train, share=0.5),
         ]
-    works = [_trainings(stem, "training", 1, config.train)]
+    models = len(config.seeds) if getattr(config, "model_per_seed", False) else 1
+    works = [
+        _trainings(stem, "training" if models == 1 else "trained models", models, config.train)
+    ]
     if study in ("cancellation", "layers_and_aggregation"):
         if study == "layers_and_aggregation":
             works.append(_trainings(stem, "training (noisy labels)", 1, config.train))

@@ -7,7 +7,12 @@ retrain with exactly the original recipe for each seed s, and read p_c(z') again
     DEL(z', k, I) = mean_s p_c(z'; θ_s without the k) − mean_s p_c(z'; θ_s)
 
 with the baseline θ_s trained by the same recipe and seed on the full set (common random
-numbers: a retrain and its baseline share init and batch order, ``loop.fit``). Scores follow
+numbers: a retrain and its baseline share init and batch order, ``loop.fit``). That is the paper's
+protocol: one trained model (the recipe's seed) is explained, and its deletion sets are retrained
+at every seed. With ``model_per_seed`` each seed s instead trains its own model θ_s, explains it,
+and retrains θ_s's recipe without θ_s's deletion sets, so DEL = p_c(θ_s without the k) −
+p_c(θ_s): the seeds are then replicates of the whole study, and the CIs resample the trained
+models as well as the test points (``stats.crossed_means``). Scores follow
 ``influence.scores``: positive = proponent. So DEL+ should be negative and DEL− positive for a
 good method. AUC-DEL± = mean over the k grid, then mean over test points, with a bootstrap CI
 over test points. ``random`` (random scores) is the deletion control.
@@ -16,21 +21,18 @@ Every retrain goes through ``retrain.retrain_cached``: a model is trained once p
 config, removed set, seed) and reused by reruns, other methods and other k; an interrupted sweep
 resumes.
 
-One module for one sweep, config to saved tables (about 400 lines): its plan, per-seed table,
-AUC-DEL±, the common-random-numbers variance and the result folder belong together; the paired
-statistics are ``stats``, the plots ``reporting``, the retrains ``retrain``.
+This module runs one sweep, from its config to its saved folder (plan, retrains, result); its
+tables are ``deletion_tables``, the paired statistics ``stats``, the plots ``reporting``, the
+retrains ``retrain``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from itertools import product
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from datasets import DatasetDict
@@ -44,8 +46,9 @@ from tracin_we.core.result_folders import (
     load_tables,
     save_tables,
 )
-from tracin_we.core.stats import DELETION_METRICS, bootstrap_index
+from tracin_we.core.stats import DELETION_METRICS
 from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
+from tracin_we.experiments.deletion_tables import auc_del, crn_variance, tidy_table
 from tracin_we.influence.options import parse_options
 from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.retrain import RetrainJob, check_backend, retrain_cached
@@ -62,6 +65,9 @@ class DeletionConfig:
     ks: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # paper: 10, 20, ..., 100
     n_test_points: int = 100  # balanced over classes; paper, AG News: 100 (25 per class)
     seeds: tuple[int, ...] = tuple(range(10))  # paper: 10 retrains per k
+    # True: each seed trains, explains and retrains its own model (CIs over models and points);
+    # False: the paper's protocol, one model (train.seed) explained, retrained at every seed.
+    model_per_seed: bool = False
     directions: tuple[str, ...] = DIRECTIONS
     point_seed: int = 0  # which test points are drawn
     # Options of influence.scores per method, e.g. {"tracin-we-topk": {"top_tokens": 10}}.
@@ -137,19 +143,22 @@ class DeletionResult:
     summary: pd.DataFrame
     crn: pd.DataFrame
     points: list[int]  # indices into the test split
-    plan: pd.DataFrame  # (position in points, method, direction, k) → removed training indices
+    plan: pd.DataFrame  # (position in points, method, direction, k, model) → removed indices
     out_dir: Path
     n_trained: int = 0  # retrains run by this call
     n_reused: int = 0  # retrains read from the cache (or shared with another row)
 
     def metrics(self, differences: pd.DataFrame | None = None) -> dict:
-        """What notebook 03 records: AUC-DEL± per method, the sweep's size, the median CRN
-        standard-error ratio (None with one seed) and, given ``stats.deletion_differences``,
-        TracIn-WE − TracIn-Last per metric (None when either was not run)."""
+        """What notebook 03 records: AUC-DEL± per method, the sweep's size (its points, retrain
+        seeds and the seeds of the models it explains), the median CRN standard-error ratio (None
+        with one seed) and, given ``stats.deletion_differences``, TracIn-WE − TracIn-Last per
+        metric (None when either was not run)."""
         summary = self.summary.set_index("method")
         several_seeds = self.table["seed"].nunique() > 1
         return {
             "n_points": int(summary["n_points"].iloc[0]),
+            "seeds": sorted(int(s) for s in self.table["seed"].unique()),
+            "models": sorted(int(s) for s in self.table["model"].unique()),
             "n_trained": self.n_trained,
             "auc_del_plus": {m: float(v) for m, v in summary["DEL+"].items()},
             "auc_del_minus": {m: float(v) for m, v in summary["DEL-"].items()},
@@ -188,19 +197,34 @@ def run_deletion(
 
     ``scores``: precomputed score matrices (n_test_split, n_train) by method, rows in test-split
     order; other methods are computed by ``influence.scores`` on ``train(config.train)``'s
-    checkpoints. Everything is validated before the first retrain.
+    checkpoints (with ``model_per_seed``, on each seed's model: then ``scores`` cannot be given).
+    Everything is validated before the first retrain.
     """
     check_out_dir(out_dir)  # a folder of foreign files: refused before any score or retrain
+    models = explained_models(config)
+    if scores and len(models) > 1:
+        raise ValueError(
+            "scores: precomputed scores are one model's; with model_per_seed=True each seed's "
+            "model is scored here: leave scores out, or set model_per_seed=False"
+        )
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     n_train = len(train_t["labels"])
     if max(config.ks) >= n_train:
         raise ValueError(f"ks={list(config.ks)}: each k must be < the {n_train} training examples")
-    rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
+    rows, plans = {}, []
+    for model in models:
+        seeded = replace(config, train=replace(config.train, seed=model))
+        model_rows = score_rows(
+            seeded, splits, train_t, test_t, points, scores or {}, cache, device
+        )
+        rows |= {_row_name(m, model, len(models)): r for m, r in model_rows.items()}
+        plans.append(deletion_plan(config, model_rows).assign(model=model))
     resolved = result_identity(config, splits, rows)
     out_dir = claim_result_folder(resolved, "deletion", "deletion sweep", cache, out_dir, overwrite)
-    plan = deletion_plan(config, rows)
+    plan = pd.concat(plans, ignore_index=True)
+    runs = retrain_runs(config, plan)
     jobs = [RetrainJob(s, ()) for s in config.seeds] + [
-        RetrainJob(s, removed) for removed in plan["removed"] for s in config.seeds
+        RetrainJob(s, removed) for s, removed in zip(runs["seed"], runs["removed"], strict=True)
     ]
     retrained = retrain_cached(
         config.train,
@@ -213,7 +237,7 @@ def run_deletion(
         device=device,
         progress=progress,
     )
-    table = tidy_table(config, plan, points, test_t["labels"], retrained.probabilities)
+    table = tidy_table(config, runs, points, test_t["labels"], retrained.probabilities)
     result = DeletionResult(
         table,
         auc_del(table, config),
@@ -226,6 +250,26 @@ def run_deletion(
     )
     _save(result)
     return result
+
+
+def explained_models(config: DeletionConfig) -> tuple[int, ...]:
+    """The seeds of the trained models whose scores pick the deletion sets: every seed with
+    ``model_per_seed``, else the recipe's own."""
+    return config.seeds if config.model_per_seed else (config.train.seed,)
+
+
+def _row_name(method: str, model: int, n_models: int) -> str:
+    """A score row's name in the result's identity: its method, and its model's seed if several."""
+    return method if n_models == 1 else f"{method}@seed{model}"
+
+
+def retrain_runs(config: DeletionConfig, plan: pd.DataFrame) -> pd.DataFrame:
+    """One row per retrain, in job order: each plan row at every seed (the paper's protocol), or
+    at its own model's seed (``model_per_seed``); a ``seed`` column is added."""
+    if config.model_per_seed:
+        return plan.assign(seed=plan["model"])
+    runs = plan.loc[plan.index.repeat(len(config.seeds))].reset_index(drop=True)
+    return runs.assign(seed=list(config.seeds) * len(plan))
 
 
 def deletion_plan(config: DeletionConfig, rows: Mapping[str, torch.Tensor]) -> pd.DataFrame:
@@ -247,101 +291,6 @@ def deletion_plan(config: DeletionConfig, rows: Mapping[str, torch.Tensor]) -> p
                     for i, idx in enumerate(top.indices)
                 ]
     return pd.DataFrame.from_records(records)
-
-
-def tidy_table(
-    config: DeletionConfig,
-    plan: pd.DataFrame,
-    points: list[int],
-    labels: torch.Tensor,
-    probabilities: torch.Tensor,
-) -> pd.DataFrame:
-    """The per-seed table from the retrained probabilities (n_jobs, n_test_split, C), whose
-    jobs are the baselines (one per seed) then every plan row × seed."""
-    seeds, n_seeds = list(config.seeds), len(config.seeds)
-    point_index = torch.tensor(points)
-    classes = labels[point_index]
-    base = probabilities[:n_seeds][:, point_index, classes].T  # (n_points, n_seeds)
-    deleted = probabilities[n_seeds:].view(len(plan), n_seeds, *probabilities.shape[1:])
-    position = torch.tensor(plan["position"].to_numpy())
-    p = deleted[torch.arange(len(plan)), :, point_index[position], classes[position]]
-    table = plan.drop(columns="removed").loc[plan.index.repeat(n_seeds)].reset_index(drop=True)
-    table.insert(0, "point", [points[i] for i in table.pop("position")])
-    table.insert(1, "label", classes[position].repeat_interleave(n_seeds).numpy())
-    table["seed"] = seeds * len(plan)
-    table["p"] = p.reshape(-1).numpy()
-    table["baseline"] = base.mean(1)[position].repeat_interleave(n_seeds).numpy()
-    table["baseline_seed"] = base[position].reshape(-1).numpy()
-    table["DEL"] = table["p"] - table["baseline"]
-    return table
-
-
-def auc_del(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
-    """AUC-DEL± per method: mean over (k, seed) per point, then mean over points, with a
-    percentile bootstrap CI over points (the same resamples for every method). Columns
-    ``DEL+``, ``DEL+ low``, ``DEL+ high``, ``DEL-``, ...; lower DEL+ and higher DEL− are better."""
-    per_point = table.groupby(["method", "direction", "point"])["DEL"].mean().unstack("point")
-    draws = bootstrap_index(per_point.shape[1], config.n_bootstrap, config.bootstrap_seed)
-    alpha = (1 - config.ci) / 2
-    columns = [
-        DELETION_METRICS[d] + end for d in config.directions for end in ("", " low", " high")
-    ]
-    summary = pd.DataFrame(
-        index=pd.Index(config.methods, name="method"), columns=columns, dtype=float
-    )
-    for (method, direction), values in per_point.iterrows():
-        means = values.to_numpy()[draws].mean(1)
-        name = DELETION_METRICS[direction]
-        summary.loc[method, name] = values.mean()
-        summary.loc[method, f"{name} low"] = np.quantile(means, alpha)
-        summary.loc[method, f"{name} high"] = np.quantile(means, 1 - alpha)
-    summary["n_points"] = per_point.shape[1]
-    return summary.reset_index()
-
-
-def crn_variance(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
-    """How much pairing each retrain with the baseline of its own seed narrows the CIs.
-
-    Per point, with q_s = mean_k p_c(θ_s without the k) and b_s = p_c(θ_s), the seed noise of
-    its AUC-DEL estimate mean_s (q_s − b_s) has variance ``var_s(q_s − b_s) / S`` (paired, the
-    design used) and ``(var_s(q_s) + var_s(b_s)) / S`` had retrains and baselines used
-    independent seeds. ``se_*`` are root-mean over points; ``ci_halfwidth`` is the bootstrap
-    one; ``ci_halfwidth_independent`` = sqrt(hw² + z² · mean(var_indep − var_paired) / n_points),
-    the half-width that the extra noise of independent seeds would give. NaN with one seed.
-    """
-    q = table.groupby(["method", "direction", "point", "seed"]).agg(
-        q=("p", "mean"), b=("baseline_seed", "first")
-    )
-    q["d"] = q["q"] - q["b"]
-    per_point = q.groupby(["method", "direction", "point"]).var(ddof=1) / len(config.seeds)
-    per_point["paired"] = per_point["d"]
-    per_point["independent"] = per_point["q"] + per_point["b"]
-    out = per_point.groupby(["method", "direction"])[["paired", "independent"]].mean()
-    summary = auc_del(table, config).set_index("method")
-    z = _normal_quantile(1 - (1 - config.ci) / 2)
-    records = []
-    for method, direction in product(config.methods, config.directions):
-        row, name = out.loc[(method, direction)], DELETION_METRICS[direction]
-        half = (summary.loc[method, f"{name} high"] - summary.loc[method, f"{name} low"]) / 2
-        extra = max(row["independent"] - row["paired"], 0.0) / summary.loc[method, "n_points"]
-        records.append(
-            {
-                "method": method,
-                "direction": direction,
-                "se_paired": math.sqrt(row["paired"]),
-                "se_independent": math.sqrt(row["independent"]),
-                "se_ratio": math.sqrt(row["paired"] / row["independent"])
-                if row["independent"] > 0
-                else float("nan"),
-                "ci_halfwidth": half,
-                "ci_halfwidth_independent": math.sqrt(half**2 + z**2 * extra),
-            }
-        )
-    return pd.DataFrame.from_records(records)
-
-
-def _normal_quantile(q: float) -> float:
-    return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(q, dtype=torch.float64)))
 
 
 DELETION_TABLES = ("deletion", "auc_del", "crn", "deletion_sets")  # what a sweep's folder holds

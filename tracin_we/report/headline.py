@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracin_we.report.pretrained_page import NAMES, REPO, interval, metrics, paired
+from tracin_we.report.pretrained_page import NAMES, REPO, interval, metrics, paired, sample
 
 START = "<!-- headline: written by python -m tracin_we.report.headline; edit that, not this -->"
 END = "<!-- /headline -->"
@@ -39,7 +39,7 @@ ACCURACY = (  # (notebook, what its test accuracy is of, in both runs)
 def cell(row: dict | None) -> str:
     if row is None:
         return "not run"
-    return f"{interval(row)}, {row['n_points']} points: **{row['reading']}**"
+    return f"{interval(row)}, {sample(row)}: **{row['reading']}**"
 
 
 def table(runs: Path) -> str:

@@ -40,6 +40,14 @@ def interval(row: pd.Series | dict) -> str:
     return f"{row['difference']:+.3f} ({row['low']:.3f}, {row['high']:.3f})"
 
 
+def sample(row: pd.Series | dict) -> str:
+    """What a paired CI resamples: ``32 points``, or ``3 models × 12 points``."""
+    models = row.get("n_models", 1)
+    models = 1 if pd.isna(models) else int(models)
+    points = f"{int(row['n_points'])} points"
+    return points if models == 1 else f"{models} models × {points}"
+
+
 def tables_of(run_dir: Path) -> dict[str, pd.DataFrame]:
     """``compare_runs.per_point``; {} for a folder without 03/08 tables (not run, or run by a
     version that did not save them)."""
@@ -50,17 +58,20 @@ def tables_of(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def paired(run_dir: Path, metric: str, first: str, second: str) -> dict | None:
-    """``first − second`` on ``metric``; None when either was not run. LDS: the row of 08's own
-    table (``08_lds_differences.csv``: its CI resamples the subsets as well as the points) where
-    it has the pair, else over the points alone (``points_only``). DEL±: over the points (03's
-    own resamples: 1000 bootstrap draws, seed 0)."""
+    """``first − second`` on ``metric``; None when either was not run. The row of the notebook's
+    own table where it has the pair: 03's ``03_paired_differences.csv`` for DEL± (its CI resamples
+    the trained models as well as the points), 08's ``08_lds_differences.csv`` for LDS (the
+    subsets as well as the points); else over the points alone (``points_only`` for LDS, whose
+    subsets such a CI ignores)."""
     tables = tables_of(run_dir)
     if metric not in tables or not {first, second} <= set(tables[metric].columns):
         return None
-    own = run_dir / "08_lds_differences.csv"
-    found = pd.read_csv(own) if metric == "LDS" and own.is_file() else pd.DataFrame()
+    own = run_dir / ("08_lds_differences.csv" if metric == "LDS" else "03_paired_differences.csv")
+    found = pd.read_csv(own) if own.is_file() else pd.DataFrame()
     if not found.empty:
         found = found[(found["reference"] == first) & (found["method"] == second)]
+        if "metric" in found.columns:
+            found = found[found["metric"] == metric]
     if not found.empty:
         row = found.iloc[0].to_dict() | {"points_only": False}
     else:
@@ -83,7 +94,7 @@ def question_rows(run_dirs: dict[str, Path], first: str, second: str) -> list[st
             if row is not None:
                 mark = " †" if row["points_only"] else ""
                 lines.append(
-                    f"| {label} | {metric} | {row['n_points']} | {interval(row)}{mark} | "
+                    f"| {label} | {metric} | {sample(row)} | {interval(row)}{mark} | "
                     f"**{row['reading']}** |"
                 )
     return lines
@@ -206,7 +217,10 @@ def questions_section(pre: Path, default: Path) -> list[str]:
     runs = {"MiniLM embeddings": pre}
     if tables_of(default):
         runs = {"random embeddings": default, **runs}
-    header = ["| CNN | metric | points | difference (95% CI) | reading |", "|---|---|---|---|---|"]
+    header = [
+        "| CNN | metric | models × points | difference (95% CI) | reading |",
+        "|---|---|---|---|---|",
+    ]
     out = [
         "## Pretrained word embeddings: the three questions (03, 08)",
         "",
