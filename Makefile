@@ -33,8 +33,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
 	touch $@
 
+# The default preset into runs/default/ and figures/, then docs/results.md and README's headline
+# from its metrics (results_page also reads runs/deletion-models, runs/lds-bert and
+# runs/variance where they exist).
 reproduce: $(VENV)/.installed
 	$(PY) -m tracin_we.reproduce --preset $(PRESET)
+	[ "$(PRESET)" != default ] || $(PY) -m tracin_we.report.results_page
 	$(PY) -m tracin_we.report.headline
 
 # The pretrained setting (fine-tuned MiniLM: 01/02/06/07; the CNN with MiniLM's word embeddings:

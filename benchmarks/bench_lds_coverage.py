@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tracin_we.experiments.lds import LDSConfig, draw_subsets, predictions, summarize
+from tracin_we.experiments.lds import LDSConfig, draw_subsets
+from tracin_we.experiments.lds_tables import predictions, summarize
 
 N_POINTS, N_TRAIN, M, REPEATS = 100, 200, 32, 100
 

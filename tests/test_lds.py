@@ -18,17 +18,13 @@ from tracin_we import influence
 from tracin_we.core.checkpoints import CheckpointError
 from tracin_we.core.inputs import model_inputs
 from tracin_we.core.stats import paired_bootstrap, spearman, two_way_means
-from tracin_we.experiments.lds import (
-    LDSConfig,
+from tracin_we.experiments.lds import LDSConfig, draw_subsets, load_lds, run_lds, subset_jobs
+from tracin_we.experiments.lds_tables import (
     convergence,
     convergence_grid,
-    draw_subsets,
     lds_table,
-    load_lds,
     margins,
     predictions,
-    run_lds,
-    subset_jobs,
     summarize,
     typical_point,
 )
@@ -345,3 +341,54 @@ def test_metrics_are_the_summary_as_plain_numbers(run):
     assert metrics["n_subsets"] == result.masks.shape[0]
     assert set(metrics["tracin_we_minus"]) == set(metrics["tracin_we_verdict"])
     assert json.loads(json.dumps(metrics)) == metrics
+
+
+def test_crossed_lds_bootstrap_resamples_models_points_and_subsets():
+    """Rows of (model, point), model-major: replicate b draws the models as
+    ``stats.crossed_means`` does, the points and the subsets as the one-model bootstrap does,
+    and averages the ρ of the crossed cells, each recomputed on the drawn subsets."""
+    w, masks, f = additive_case(n_points=6, n_subsets=12)
+    f3 = torch.stack([f + s * torch.randn(f.shape, dtype=f.dtype) for s in (1.0, 2.0, 3.0)])
+    g = {"tracin-we": torch.stack([predictions(w, masks)] * 3)}
+    flat = {m: v.reshape(-1, 12) for m, v in g.items()}
+    replicates = two_way_means(f3.reshape(-1, 12), flat, n_bootstrap=20, seed=5, n_models=3)
+    points = np.random.default_rng(5).integers(0, 6, size=(20, 6))[2]
+    models = np.random.default_rng([5, 2]).integers(0, 3, size=(20, 3))[2]
+    subsets = np.random.default_rng([5, 1]).integers(0, 12, size=(20, 12))[2]
+    rho = [
+        spearmanr(f3[s, j, subsets].numpy(), g["tracin-we"][s, j, subsets].numpy()).statistic
+        for s in models
+        for j in points
+    ]
+    assert replicates[2, 0] == pytest.approx(np.mean(rho))
+    # One model: the one-model bootstrap, draw for draw.
+    one = two_way_means(f3[0], {m: v[0] for m, v in g.items()}, 20, 5, n_models=1)
+    assert np.array_equal(one, two_way_means(f3[0], {m: v[0] for m, v in g.items()}, 20, 5))
+
+
+def test_a_model_per_seed_explains_and_retrains_its_own_model(run, splits):
+    """``model_per_seed``: seed s's g comes from the model trained with seed s and its f from
+    the subsets retrained at seed s; seed 0's half is the one-model run (read from its cache)."""
+    one_model, cache = run
+    config = lds_config(seeds=(0, 1), model_per_seed=True)
+    result = run_lds(config, splits, cache=cache, progress=False)
+    assert result.n_trained == 4 and result.n_reused == 4  # seed 1's subsets only
+    assert set(result.per_point["model"]) == {0, 1}
+    seed0 = result.per_point[result.per_point["model"] == 0].drop(columns="model")
+    pd.testing.assert_frame_equal(seed0.reset_index(drop=True), one_model.per_point)
+    seeded = train(replace(config.train, seed=1), splits, cache=cache, progress=False)
+    train_t, test_t = model_inputs(splits["train"]), model_inputs(splits["test"])
+    points = {k: v[result.points] for k, v in test_t.items()}
+    rows = influence.scores(
+        "tracin-we", seeded.load_model(), seeded.checkpoint_pairs(), train_t, points
+    )
+    mine = result.outputs.query("model == 1").pivot(
+        index="point", columns="subset", values="tracin-we"
+    )
+    assert np.allclose(mine.loc[result.points].to_numpy(), rows.double() @ result.masks.double().T)
+    assert result.metrics()["n_models"] == 2
+    means = result.per_point.groupby("method")["LDS"].mean()
+    summary = result.summary.set_index("method")
+    assert np.allclose(summary.loc[means.index, "mean"], means)
+    with pytest.raises(ValueError, match="scores: precomputed scores are one model's"):
+        run_lds(config, splits, scores={"random": torch.zeros(N_TEST, N_TRAIN)}, cache=cache)

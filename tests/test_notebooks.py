@@ -8,12 +8,14 @@ import re
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 
 from tests import browser
 from tests.reference_metrics import drift
 from tracin_we.preflight import NOTEBOOKS, notebook_defaults, select_notebooks
+from tracin_we.report import results_page
 from tracin_we.report.html import notebook_title
 from tracin_we.reproduce import load_preset, reproduce
 
@@ -222,6 +224,8 @@ def test_08_lds(ag_news_dir, tmp_path, runs):
         metrics["lds_low"][m] <= v <= metrics["lds_high"][m] for m, v in metrics["lds"].items()
     )
     assert set(metrics["tracin_we_minus"]) == {"tracin-last", "random"}
+    defaults = _defaults("08")
+    assert metrics["n_models"] == (len(defaults["seeds"]) if defaults["model_per_seed"] else 1)
     assert figures == ["08_lds.png", "08_lds_convergence.png", "08_lds_scatter.png"]
 
 
@@ -279,3 +283,26 @@ def test_report_of_the_smoke_run_renders_in_headless_chromium(runs, tmp_path):
     n_colours, not_background = browser.colours(shot)
     assert shot.stat().st_size > 20_000
     assert n_colours > 100 and not_background > 0.05, (n_colours, not_background)
+
+
+def test_results_page_of_the_smoke_run(runs):
+    """``docs/results.md``'s generator on the smoke run that the tests above left: every
+    notebook's section is filled from its own metrics, and each paired reading follows the
+    verdict of 03's table (the larger runs, absent here, say what to run)."""
+    if not (runs / "smoke" / "metrics" / "09_pretraining_influence.json").is_file():
+        pytest.skip("the smoke notebooks did not all run in this session")
+    text = results_page.page(runs, "smoke")
+    metrics = json.loads((runs / "smoke" / "metrics" / "01_train.json").read_text())
+    assert f"test accuracy **{metrics['test_accuracy']:.3f}**" in text
+    for heading in ("01 ·", "02 ·", "03 ·", "04 ·", "05 ·", "06 ·", "07 ·", "08 ·", "09 ·"):
+        section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+        assert "Not run yet" not in section, heading
+    assert "Not run yet: `python -m tracin_we.reproduce --preset deletion-models`" in text
+    paired = pd.read_csv(runs / "smoke" / "03_paired_differences.csv")
+    for row in paired.itertuples():
+        first, second = (results_page.name(m) for m in (row.reference, row.method))
+        expected = {"reference better": f"{first} better", "method better": f"{second} better"}
+        reading = expected.get(row.verdict, "not separated")
+        line = next(x for x in text.splitlines() if x.startswith(f"| {first} − {second} "))
+        cell = line.split("|")[2 if row.metric == "DEL+" else 3]  # | comparison | DEL+ | DEL- |
+        assert f"**{reading}**" in cell, (line, row.metric, row.verdict)

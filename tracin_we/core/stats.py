@@ -279,27 +279,36 @@ def _rank_correlation(rf: np.ndarray, rg: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def two_way_means(
-    f: np.ndarray, g: Mapping[str, np.ndarray], n_bootstrap: int, seed: int
+    f: np.ndarray, g: Mapping[str, np.ndarray], n_bootstrap: int, seed: int, n_models: int = 1
 ) -> np.ndarray:
     """Bootstrap replicates (n_bootstrap, n_methods) of each method's mean Spearman ρ between the
-    rows of f (n, M) and of each g[method] (n, M) — LDS's retrained outputs and predictions over
-    M subsets (``lds``; CPU torch tensors are accepted) — that resample
-    the test points *and* the subsets: replicate b takes points ``bootstrap_index(n, B, seed)[b]``
-    (the one-way bootstrap's) and subsets ``default_rng([seed, 1]).integers(0, M, (B, M))[b]``,
-    recomputes every ρ_j on those subsets and averages over those points.
+    rows of f (rows, M) and of each g[method] (rows, M) — LDS's retrained outputs and predictions
+    over M subsets (``lds``; CPU torch tensors are accepted) — that resample the test points
+    *and* the subsets: replicate b takes points ``bootstrap_index(n, B, seed)[b]`` (the one-way
+    bootstrap's) and subsets ``default_rng([seed, 1]).integers(0, M, (B, M))[b]``, recomputes
+    every ρ_j on those subsets and averages over those points.
+
+    With ``n_models`` > 1 the rows are (trained model, test point) pairs, model-major
+    (rows = n_models · n), every model on the same subsets and points; replicate b also draws
+    the models as ``crossed_means`` does and averages the ρ of the (model, point) cells that the
+    two draws cross.
 
     Every LDS_j is measured on the same M subsets, so their errors are correlated across test
     points; a bootstrap over test points alone treats the subsets as fixed and its CI misses
     that variance (measured in ``lds``'s module docstring). Resampling both ways
     ("pigeonhole" bootstrap, Owen 2007) is mildly conservative."""
-    n, m = f.shape
+    rows, m = f.shape
+    n = rows // n_models
     points = bootstrap_index(n, n_bootstrap, seed)
     subsets = np.random.default_rng([seed, 1]).integers(0, m, size=(n_bootstrap, m))
     counts = _counts(subsets, m)  # (B, M)
+    if n_models > 1:
+        models = np.random.default_rng([seed, 2]).integers(0, n_models, (n_bootstrap, n_models))
+        model_counts, point_counts = _counts(models, n_models), _counts(points, n)
     ties_f = _tie_groups(np.asarray(f))
     ties_g = [_tie_groups(np.asarray(v)) for v in g.values()]
     out = np.empty((n_bootstrap, len(ties_g)))
-    for start in range(0, n_bootstrap, 64):  # (64, n, M) arrays at a time
+    for start in range(0, n_bootstrap, 64):  # (64, rows, M) arrays at a time
         block = slice(start, start + 64)
         weights = counts[block, None, :]  # (c, 1, M)
         rf = _multiset_ranks(ties_f, counts[block])
@@ -309,5 +318,10 @@ def two_way_means(
             rho = np.where(
                 norm == 0, 0.0, (weights * rf * rg).sum(-1) / np.where(norm == 0, 1, norm)
             )
-            out[block, k] = np.take_along_axis(rho, points[block], axis=1).mean(1)
+            if n_models == 1:
+                out[block, k] = np.take_along_axis(rho, points[block], axis=1).mean(1)
+            else:
+                cube = rho.reshape(len(rho), n_models, n)
+                crossed = np.einsum("cs,cp,csp->c", model_counts[block], point_counts[block], cube)
+                out[block, k] = crossed / rows
     return out

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +48,14 @@ from tracin_we.core.result_folders import (
     load_tables,
     save_tables,
 )
-from tracin_we.core.stats import (
-    HIGHER_IS_BETTER,
-    REFERENCES,
-    compare,
-    paired_bootstrap,
-    spearman,
-    two_way_means,
-)
+from tracin_we.core.stats import REFERENCES
 from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
+from tracin_we.experiments.lds_tables import (
+    convergence,
+    predictions,
+    subset_outputs,
+    summarize,
+)
 from tracin_we.influence.options import parse_options
 from tracin_we.training.recipe import TrainConfig
 from tracin_we.training.retrain import RetrainJob, check_backend, retrain_cached
@@ -75,6 +74,9 @@ class LDSConfig:
     subset_seed: int = 0  # which subsets are drawn
     seeds: tuple[int, ...] = (0,)  # retrain seeds per subset, f averaged over them; one seed:
     # every subset shares init and batch order (common random numbers)
+    # True: each seed trains and explains its own model, whose f is its own seed's retrains;
+    # LDS per (model, point), CIs over models, points and subsets.
+    model_per_seed: bool = False
     n_test_points: int = 100  # balanced over classes
     point_seed: int = 0  # which test points are drawn
     backend: str = "joblib"  # retrain.BACKENDS
@@ -157,116 +159,6 @@ def subset_jobs(masks: torch.Tensor, seeds: Sequence[int]) -> list[RetrainJob]:
     return [RetrainJob(int(s), r) for r in removed for s in seeds]
 
 
-def margins(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The class margin log p_c − log(1 − p_c) in float64, (..., n), from probabilities
-    (..., n, C) and true classes (n,). 1 − p_c is summed over the other classes (accurate
-    where p_c rounds to 1); zeros are clamped to the smallest float64 so the margin stays finite."""
-    p = probabilities.double()
-    index = labels.expand(p.shape[:-1]).unsqueeze(-1)
-    tiny = torch.finfo(torch.float64).tiny
-    true = p.gather(-1, index).squeeze(-1)
-    others = p.scatter(-1, index, 0.0).sum(-1)
-    return true.clamp_min(tiny).log() - others.clamp_min(tiny).log()
-
-
-def subset_outputs(
-    probabilities: torch.Tensor, points: Sequence[int], labels: torch.Tensor, n_seeds: int
-) -> torch.Tensor:
-    """f (n_points, M): the margins at the test ``points`` (classes ``labels`` (n_test,)) of the
-    retrains (M · n_seeds, n_test, C) of ``subset_jobs``, averaged over seeds."""
-    index = torch.as_tensor(list(points))
-    f = margins(probabilities[:, index], labels[index])  # (M · S, n_points)
-    return f.view(-1, n_seeds, len(index)).mean(1).T
-
-
-def predictions(rows: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """g (n_points, M) = Σ_{i ∈ S_m} score[j, i]: score rows (n_points, n) summed over each keep
-    mask (M, n), in float64."""
-    return rows.double() @ masks.double().T
-
-
-def lds_table(
-    f: torch.Tensor, g: Mapping[str, torch.Tensor], points: Sequence[int]
-) -> pd.DataFrame:
-    """LDS_j per (test point, method): columns ``point``, ``method``, ``LDS``, ``constant``, from
-    f (n_points, M) and each method's g (n_points, M)."""
-    frames = []
-    for method, prediction in g.items():
-        rho, constant = spearman(f.numpy(), prediction.numpy())
-        frames.append(
-            pd.DataFrame(
-                {"point": list(points), "method": method, "LDS": rho, "constant": constant}
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-def summarize(
-    f: torch.Tensor, g: Mapping[str, torch.Tensor], points: Sequence[int], config: LDSConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(per_point, summary, differences): ``lds_table`` and its bootstrap tables
-    (``stats.compare``), resampling test points and, with ``config.resample_subsets``, subsets
-    (``stats.two_way_means``). The summary has per method ``mean``, ``low``, ``high``, ``n_points``
-    and ``constant`` (points with ρ := 0)."""
-    per_point = lds_table(f, g, points)
-    values = per_point.pivot(index="point", columns="method", values="LDS")
-    values = values.loc[list(points), list(config.methods)]
-    options = (config.references, config.ci)
-    if config.resample_subsets:
-        ordered = {m: g[m] for m in config.methods}
-        resampled = two_way_means(f, ordered, config.n_bootstrap, config.bootstrap_seed)
-        summary, differences = compare(values, resampled, HIGHER_IS_BETTER["LDS"], *options)
-    else:
-        summary, differences = paired_bootstrap(
-            values.sort_index(),
-            HIGHER_IS_BETTER["LDS"],
-            config.references,
-            config.n_bootstrap,
-            config.ci,
-            config.bootstrap_seed,
-        )
-    constant = per_point.groupby("method")["constant"].sum()
-    summary = summary.assign(constant=summary["method"].map(constant).astype(int))
-    return per_point, summary, differences
-
-
-def convergence_grid(n_subsets: int) -> list[int]:
-    """Prefix sizes for ``convergence``: 4, 8, 16, ... below M, then M."""
-    return [m for m in (2**k for k in range(2, 31)) if m < n_subsets] + [n_subsets]
-
-
-def convergence(
-    f: torch.Tensor,
-    g: Mapping[str, torch.Tensor],
-    points: Sequence[int],
-    config: LDSConfig,
-    sizes: Sequence[int] | None = None,
-) -> pd.DataFrame:
-    """LDS measured on the first M' subsets for each M' in ``sizes`` (default
-    ``convergence_grid(M)``): columns ``n_subsets``, ``method``, ``mean``, ``low``, ``high``,
-    ``width`` (= high − low). No retraining: f and g (n_points, M) are cut to M' columns."""
-    frames = []
-    for size in sizes or convergence_grid(f.shape[1]):
-        if not 3 <= size <= f.shape[1]:
-            raise ValueError(f"sizes has {size}; each must be in [3, {f.shape[1]}]")
-        cut = {m: v[:, :size] for m, v in g.items()}
-        summary = summarize(f[:, :size], cut, points, config)[1]
-        frames.append(summary.assign(n_subsets=size))
-    out = pd.concat(frames, ignore_index=True)
-    out["width"] = out["high"] - out["low"]
-    return out[["n_subsets", "method", "mean", "low", "high", "width"]]
-
-
-def typical_point(per_point: pd.DataFrame, method: str = "tracin-we") -> int:
-    """The test point whose LDS under ``method`` is closest to that method's median."""
-    rows = per_point[per_point["method"] == method]
-    if rows.empty:
-        raise ValueError(
-            f"method={method!r} is not in the table; allowed: {sorted(set(per_point['method']))}"
-        )
-    return int(rows.loc[(rows["LDS"] - rows["LDS"].median()).abs().idxmin(), "point"])
-
-
 @dataclass
 class LDSResult:
     """``per_point``: LDS per (point, method); ``summary``: mean LDS per method with CIs;
@@ -291,6 +183,7 @@ class LDSResult:
         versus = self.differences[self.differences["reference"] == "tracin-we"].set_index("method")
         return {
             "n_points": int(summary["n_points"].iloc[0]),
+            "n_models": int(self.per_point["model"].nunique()) if "model" in self.per_point else 1,
             "n_subsets": int(self.masks.shape[0]),
             "n_trained": self.n_trained,
             "lds": {m: float(v) for m, v in summary["mean"].items()},
@@ -315,14 +208,31 @@ def run_lds(
     ``out_dir`` (default ``<cache>/lds/<key>``).
 
     ``scores``: precomputed score matrices (n_test_split, n_train) by method, rows in test-split
-    order; the other methods are scored on ``train(config.train)``'s checkpoints. The retrains
+    order; the other methods are scored on ``train(config.train)``'s checkpoints (with
+    ``model_per_seed``, on each seed's model: then ``scores`` cannot be given). The retrains
     are ``config.n_subsets × len(config.seeds)`` jobs of ``retrain.retrain_cached``.
     """
     check_out_dir(out_dir)  # a folder of foreign files: refused before any score or retrain
+    models = config.seeds if config.model_per_seed else (config.train.seed,)
+    if scores and len(models) > 1:
+        raise ValueError(
+            "scores: precomputed scores are one model's; with model_per_seed=True each seed's "
+            "model is scored here: leave scores out, or set model_per_seed=False"
+        )
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     n_train = len(train_t["labels"])
     masks = draw_subsets(n_train, config.n_subsets, config.alpha, config.subset_seed)
-    rows = score_rows(config, splits, train_t, test_t, points, scores or {}, cache, device)
+    by_model = [
+        score_rows(
+            replace(config, train=replace(config.train, seed=model)),
+            *(splits, train_t, test_t, points, scores or {}, cache, device),
+        )
+        for model in models
+    ]
+    rows = by_model[0] if len(models) == 1 else {
+        f"{m}@seed{model}": r for model, found in zip(models, by_model, strict=True)
+        for m, r in found.items()
+    }  # fmt: skip
     resolved = result_identity(config, splits, rows)
     out_dir = claim_result_folder(resolved, "lds", "LDS evaluation", cache, out_dir, overwrite)
     retrained = retrain_cached(
@@ -336,18 +246,19 @@ def run_lds(
         device=device,
         progress=progress,
     )
-    f = subset_outputs(retrained.probabilities, points, test_t["labels"], len(config.seeds))
-    g = {method: predictions(rows[method], masks) for method in config.methods}
-    per_point, summary, differences = summarize(f, g, points, config)
-    per_point.insert(1, "label", test_t["labels"].numpy()[per_point["point"]])
-    outputs = pd.DataFrame(
-        {
-            "point": np.repeat(points, f.shape[1]),
-            "subset": np.tile(np.arange(f.shape[1]), len(points)),
-            "f": f.reshape(-1).numpy(),
-        }
-        | {method: v.reshape(-1).numpy() for method, v in g.items()}
+    labels = test_t["labels"]
+    f = subset_outputs(
+        retrained.probabilities, points, labels, len(config.seeds), config.model_per_seed
     )
+    g = {
+        method: torch.stack([predictions(found[method], masks) for found in by_model]).squeeze(0)
+        if len(models) > 1
+        else predictions(by_model[0][method], masks)
+        for method in config.methods
+    }
+    per_point, summary, differences = summarize(f, g, points, config)
+    per_point.insert(1, "label", labels.numpy()[per_point["point"]])
+    outputs = subset_table(f, g, points, models)
     result = LDSResult(
         per_point,
         summary,
@@ -362,6 +273,22 @@ def run_lds(
     )
     _save(result)
     return result
+
+
+def subset_table(
+    f: torch.Tensor, g: Mapping[str, torch.Tensor], points: Sequence[int], models: Sequence[int]
+) -> pd.DataFrame:
+    """One row per (model if several, point, subset): f and each method's g."""
+    n_subsets = f.shape[-1]
+    grid = {
+        "point": np.tile(np.repeat(points, n_subsets), len(models)),
+        "subset": np.tile(np.arange(n_subsets), len(points) * len(models)),
+    }
+    if len(models) > 1:
+        grid = {"model": np.repeat(models, len(points) * n_subsets)} | grid
+    return pd.DataFrame(
+        grid | {"f": f.reshape(-1).numpy()} | {m: v.reshape(-1).numpy() for m, v in g.items()}
+    )
 
 
 LDS_TABLES = (

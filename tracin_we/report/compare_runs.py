@@ -26,7 +26,8 @@ LDS_TABLE = "08_lds_per_point.csv"
 
 def per_point(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Per metric (DEL+, DEL-, LDS) found in ``run_dir``: a (point × method) table, points in
-    ascending order; a point's AUC-DEL is its DEL averaged over k and seeds (``deletion.auc_del``).
+    ascending order; a point's AUC-DEL is its DEL averaged over k and seeds (``deletion.auc_del``),
+    and its LDS and AUC-DEL are averaged over the trained models where a run has several.
     """
     run_dir, found = Path(run_dir), {}
     if (run_dir / DELETION_TABLE).is_file():
@@ -34,7 +35,8 @@ def per_point(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     if (run_dir / LDS_TABLE).is_file():
         table = pd.read_csv(run_dir / LDS_TABLE)
         methods = list(dict.fromkeys(table["method"]))
-        found["LDS"] = table.pivot(index="point", columns="method", values="LDS")[methods]
+        by_point = table.groupby(["point", "method"])["LDS"].mean()  # over models, if several
+        found["LDS"] = by_point.unstack("method")[methods]
     if not found:
         raise ValueError(f"{run_dir} holds neither {DELETION_TABLE} nor {LDS_TABLE}")
     return found

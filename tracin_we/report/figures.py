@@ -172,8 +172,11 @@ def lds_bars(summary: pd.DataFrame) -> plt.Figure:
 def lds_scatter(
     outputs: pd.DataFrame, point: int, methods: Sequence[str] = ("tracin-we", "tracin-last")
 ) -> plt.Figure:
-    """For one test point, f (retrained margin) against each method's g over the subsets."""
+    """For one test point, f (retrained margin) against each method's g over the subsets (the
+    first trained model's, where ``outputs`` has several)."""
     rows = outputs[outputs["point"] == point]
+    if "model" in rows.columns:
+        rows = rows[rows["model"] == rows["model"].iloc[0]]
     sns.set_theme(style="whitegrid")
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.4), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):

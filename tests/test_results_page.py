@@ -1,0 +1,62 @@
+"""``docs/results.md`` is written from run folders: sections of notebooks that did not run say
+what to run, and ``--check`` fails while the page differs from what its runs give."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tracin_we.report import results_page
+
+
+def _run(runs) -> None:
+    """A default run with only 01 and 03 (two trained models) done."""
+    folder = runs / "default"
+    (folder / "metrics").mkdir(parents=True)
+    (folder / "metrics" / "01_train.json").write_text(
+        json.dumps({"test_accuracy": 0.8123, "val_accuracy": 0.8, "epochs_run": 4})
+    )
+    (folder / "metrics" / "03_case_deletion.json").write_text(
+        json.dumps({"test_accuracy": 0.7, "models": [0, 1], "n_points": 8, "seeds": [0, 1]})
+    )
+    pd.DataFrame(
+        [{"method": "tracin-we", "DEL+": -0.2, "DEL+ low": -0.3, "DEL+ high": -0.1,
+          "DEL-": 0.05, "DEL- low": -0.01, "DEL- high": 0.1, "n_points": 8}]
+    ).to_csv(folder / "03_auc_del.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        [{"metric": "DEL+", "reference": "tracin-we", "method": "random", "difference": -0.2,
+          "low": -0.3, "high": -0.1, "share_better": 0.75, "verdict": "reference better",
+          "n_points": 8, "n_models": 2}]
+    ).to_csv(folder / "03_paired_differences.csv", index=False)  # fmt: skip
+    pd.DataFrame({"k": [5, 10]}).to_csv(folder / "03_deletion.csv", index=False)
+
+
+def test_page_reads_its_runs_and_names_what_is_missing(tmp_path):
+    _run(tmp_path)
+    text = results_page.page(tmp_path)
+    assert "test accuracy **0.812**" in text and "**0.700**" in text
+    assert "2 trained models (seeds 0, 1) × 8 test points, k = 5, 10" in text
+    assert "| TR-WE − random | -0.200 (-0.300, -0.100); better on 75%: **TR-WE better** |" in text
+    assert "-0.200 (-0.300, -0.100)" in text  # the AUC-DEL table
+    for stem in ("04", "05", "06", "07", "08", "09"):
+        command = f"python -m tracin_we.reproduce --preset default --only {stem}"
+        assert f"Not run yet: `{command}`" in text, stem
+
+
+def test_check_fails_until_the_page_is_written(tmp_path, capsys):
+    _run(tmp_path)
+    out = tmp_path / "results.md"
+    args = ["--runs", str(tmp_path), "--out", str(out)]
+    with pytest.raises(SystemExit, match="differs"):
+        results_page.main([*args, "--check"])
+    results_page.main(args)
+    results_page.main([*args, "--check"])
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_refuses_runs_without_the_default_run(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        results_page.main(["--runs", str(tmp_path), "--out", str(tmp_path / "r.md")])
+    assert "make reproduce" in capsys.readouterr().err
