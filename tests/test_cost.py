@@ -112,4 +112,5 @@ def test_every_notebook_has_a_plan_under_the_smoke_preset(tmp_path):
     plans = rp.check_notebooks(config, rp.notebook_paths(), run_dir, figures_dir, "smoke")
     assert sorted(plans) == [nb.stem for nb in rp.notebook_paths()]
     assert all(w.count >= 1 for works in plans.values() for w in works)
-    assert json.loads(json.dumps([w.__dict__ for w in plans["08_lds"]]))[1]["count"] == 6 * 2  # 6 subsets × 2 seeds
+    lds_works = json.loads(json.dumps([w.__dict__ for w in plans["08_lds"]]))
+    assert lds_works[1]["count"] == 6 * 2  # 6 subsets × 2 seeds

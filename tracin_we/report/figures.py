@@ -65,9 +65,11 @@ def training_curves(history: list[dict]) -> plt.Figure:
 
 def deletion_curves(table: pd.DataFrame) -> plt.Figure:
     """DEL against k for each method, proponents (DEL+, should fall) and opponents (DEL−, should
-    rise) side by side, with 95% bootstrap bands over test points (v1 Figures 1–3). With a single
-    k, a band has no width to show: each method is then a point with its interval bar. Methods
-    keep their order in ``table`` (the run's ``methods``)."""
+    rise) side by side, with 95% bootstrap bands over test points (v1 Figures 1–3); a point's DEL
+    is averaged over seeds and trained models, so with several models the bands leave out their
+    variance, which the sweep's tables (``auc_del``, ``stats.deletion_differences``) resample.
+    With a single k, a band has no width to show: each method is then a point with its interval
+    bar. Methods keep their order in ``table`` (the run's ``methods``)."""
     per_point = table.groupby(["method", "direction", "k", "point"], as_index=False)["DEL"].mean()
     methods = list(dict.fromkeys(table["method"]))
     directions = [d for d in ("proponents", "opponents") if d in set(per_point["direction"])]
