@@ -392,3 +392,7 @@ def test_a_model_per_seed_explains_and_retrains_its_own_model(run, splits):
     assert np.allclose(summary.loc[means.index, "mean"], means)
     with pytest.raises(ValueError, match="scores: precomputed scores are one model's"):
         run_lds(config, splits, scores={"random": torch.zeros(N_TEST, N_TRAIN)}, cache=cache)
+    # One seed: one trained model, whatever model_per_seed says.
+    single = run_lds(lds_config(model_per_seed=True), splits, cache=cache, progress=False)
+    pd.testing.assert_frame_equal(single.per_point, one_model.per_point)
+    pd.testing.assert_frame_equal(single.summary, one_model.summary)

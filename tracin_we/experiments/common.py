@@ -91,6 +91,8 @@ def result_identity(config: Any, splits: DatasetDict, rows: Mapping[str, torch.T
     (without where the data lives), the data's fingerprint and a hash of each method's rows."""
     resolved = json.loads(json.dumps(asdict(config), default=str))
     resolved.pop("dask_scheduler", None)  # where retrains run, not what they give
+    if not resolved.get("model_per_seed", True):
+        del resolved["model_per_seed"]  # one model: the key it had before the option existed
     resolved["train"] = json.loads(json.dumps(config_identity(config.train), default=str))
     resolved["data_fingerprint"] = fingerprint(splits)
     resolved["scores_sha256"] = {m: tensor_digest(r) for m, r in rows.items()}

@@ -90,6 +90,8 @@ def crn_variance(table: pd.DataFrame, config: DeletionConfig) -> pd.DataFrame:
     independent seeds. ``se_*`` are root-mean over points; ``ci_halfwidth`` is the bootstrap
     one; ``ci_halfwidth_independent`` = sqrt(hw² + z² · mean(var_indep − var_paired) / n_points),
     the half-width that the extra noise of independent seeds would give. NaN with one seed.
+    With ``model_per_seed`` each seed is its own model with its own deletion sets, so these
+    variances include the models' too: the comparison is still paired against unpaired.
     """
     q = table.groupby(["method", "direction", "point", "seed"]).agg(
         q=("p", "mean"), b=("baseline_seed", "first")

@@ -247,9 +247,8 @@ def run_lds(
         progress=progress,
     )
     labels = test_t["labels"]
-    f = subset_outputs(
-        retrained.probabilities, points, labels, len(config.seeds), config.model_per_seed
-    )
+    per_seed = len(models) > 1  # model_per_seed with one seed is the one-model evaluation
+    f = subset_outputs(retrained.probabilities, points, labels, len(config.seeds), per_seed)
     g = {
         method: torch.stack([predictions(found[method], masks) for found in by_model]).squeeze(0)
         if len(models) > 1

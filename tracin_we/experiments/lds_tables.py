@@ -106,6 +106,9 @@ def summarize(
     (``stats.two_way_means``), and with several trained models (f, g (n_models, n_points, M))
     the models too. The summary has per method ``mean``, ``low``, ``high``, ``n_points`` and
     ``constant`` ((model, point) cells with ρ := 0)."""
+    wrong = [m for m in config.methods if tuple(g[m].shape) != tuple(f.shape)]
+    if wrong:
+        raise ValueError(f"g of {wrong} has another shape than f {tuple(f.shape)}")
     n_models = f.shape[0] if f.dim() == 3 else 1
     per_point = lds_table(f, g, points, config.seeds if n_models > 1 else None)
     values = per_point.groupby(["point", "method"])["LDS"].mean().unstack("method")

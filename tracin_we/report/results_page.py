@@ -168,6 +168,12 @@ def lds_section(run: Path, title: str, command: str) -> list[str]:
     out = [f"## {title}", ""]
     if found is None or differences is None:
         return out + not_run(command)
+    n_models = found.get("n_models", 1)
+    explained = (
+        f"{n_models} trained models, each with its own retrains of the subsets"
+        if n_models > 1
+        else "one trained model"
+    )
     means = pd.DataFrame(
         {
             "method": [name(m) for m in found["lds"]],
@@ -178,13 +184,11 @@ def lds_section(run: Path, title: str, command: str) -> list[str]:
     )
     return [
         *out,
-        f"`{command}`: M = {found['n_subsets']} random subsets of the training texts, each "
-        "retrained once; "
-        f"{found['n_points']} test points × {found.get('n_models', 1)} trained model(s); LDS = "
-        "Spearman ρ between a method's summed scores "
-        "over the kept texts and the retrained model's margin, averaged over test points and "
-        "models; 95% bootstrap over the test points, the models *and* the subsets, which every "
-        "point shares "
+        f"`{command}`: M = {found['n_subsets']} random subsets of the training texts; "
+        f"{found['n_points']} test points; {explained}. LDS = Spearman ρ between a method's "
+        "summed scores over the kept texts and the retrained model's margin, averaged over the "
+        f"test points{' and models' if n_models > 1 else ''}; 95% bootstrap over the test points, "
+        f"{'the models ' if n_models > 1 else ''}and the subsets, which every point shares "
         f"(`{run.name}/08_lds_differences.csv`):",
         "",
         means.to_markdown(index=False),
@@ -301,7 +305,7 @@ def page(runs: Path, preset: str = "default") -> str:
         *lds_section(
             runs / "lds-bert",
             "08 on BERT-tiny",
-            "python -m tracin_we.reproduce --preset lds-bert",
+            "python -m tracin_we.reproduce --preset lds-bert --only 08",
         ),
         *pretraining_section(default),
         *figures_section(),
