@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from tracin_we.core.stats import deletion_differences
+from tracin_we.report import result_tables as results_page_tables
 from tracin_we.report import results_page
 
 
@@ -60,3 +63,23 @@ def test_refuses_runs_without_the_default_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         results_page.main(["--runs", str(tmp_path), "--out", str(tmp_path / "r.md")])
     assert "make reproduce" in capsys.readouterr().err
+
+
+def test_each_model_alone_reads_its_own_one_way_interval():
+    """Per trained model, TR-WE − TR-Last with the one-way CI that model's run would report."""
+    rng = np.random.default_rng(0)
+    records = [
+        {"model": s, "seed": s, "point": p, "k": 5, "method": m, "direction": d,
+         "DEL": rng.normal(0, 0.01) - (0.5 if (s == 0 and m == "tracin-we") else 0.0)}
+        for s in (0, 1) for p in range(8) for m in ("tracin-we", "tracin-last")
+        for d in ("proponents", "opponents")
+    ]  # fmt: skip
+    table = pd.DataFrame(records)
+    lines = results_page_tables.each_model_alone(table, "run")
+    text = "\n".join(lines).splitlines()
+    rows = [line for line in text if line.startswith("|") and "---" not in line][1:]
+    assert len(rows) == 2
+    assert "**TR-WE better**" in rows[0].split("|")[2]  # model 0: TR-WE's DEL+ far lower
+    one = deletion_differences(table[table["model"] == 1], ["tracin-we"])
+    plus = one[(one["metric"] == "DEL+") & (one["method"] == "tracin-last")].iloc[0]
+    assert f"{plus['difference']:+.3f} ({plus['low']:.3f}, {plus['high']:.3f})" in rows[1]

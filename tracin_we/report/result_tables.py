@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tracin_we.core.stats import deletion_differences
 from tracin_we.report.pretrained_page import NAMES, metrics
 
 READING = {"reference better": "{first} better", "method better": "{second} better"}
@@ -106,10 +107,37 @@ def deletion_section(run: Path, title: str, command: str) -> list[str]:
         paired_table(differences),
         "",
     ]
+    if table is not None and table.get("model", pd.Series([0])).nunique() > 1:
+        out += each_model_alone(table, run.name)
     components = read_csv(run, "03_variance_components")
     if components is not None:
         out += variance_table(components, f"`{run.name}/03_variance_components.csv`")
     return out
+
+
+def each_model_alone(table: pd.DataFrame, run_name: str) -> list[str]:
+    """TracIn-WE − TracIn-Last per trained model, with the one-way CI over points that a run of
+    that model alone would report: how far one model's verdict is from the pooled one."""
+    rows = []
+    for model, part in table.groupby("model"):
+        found = deletion_differences(part, ["tracin-we"])
+        pair = found[found["method"] == "tracin-last"]
+        if pair.empty:
+            return []
+        row = {"trained model (seed)": model}
+        for r in pair.to_dict("records"):
+            row[r["metric"]] = f"{ci(r['difference'], r['low'], r['high'], signed=True)}: " + (
+                f"**{reading(pd.Series(r))}**"
+            )
+        rows.append(row)
+    return [
+        "TR-WE − TR-Last in each trained model alone, with the interval over its points that a "
+        f"single-model run reports (`{run_name}/03_deletion.csv`): where these readings "
+        "disagree, one model's verdict was a draw of the seed.",
+        "",
+        pd.DataFrame(rows).to_markdown(index=False),
+        "",
+    ]
 
 
 def variance_table(components: pd.DataFrame, source: str) -> list[str]:
