@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -84,6 +84,51 @@ def score_rows(
                 **config.method_options.get(method, {}),
             ).float()
     return rows
+
+
+def explained_models(
+    config: Any, given: Mapping[str, torch.Tensor] | None = None
+) -> tuple[int, ...]:
+    """The seeds of the trained models an evaluation explains: every seed's own model with
+    ``config.model_per_seed``, else the recipe's (``config.train.seed``). Precomputed ``given``
+    scores are one model's: refused where there are several."""
+    models = tuple(config.seeds) if config.model_per_seed else (config.train.seed,)
+    if given and len(models) > 1:
+        raise ValueError(
+            "scores: precomputed scores are one model's; with model_per_seed=True each seed's "
+            "model is scored here: leave scores out, or set model_per_seed=False"
+        )
+    return models
+
+
+def model_score_rows(
+    config: Any,
+    models: tuple[int, ...],
+    splits: DatasetDict,
+    train_t: dict,
+    test_t: dict,
+    points: list[int],
+    given: Mapping[str, torch.Tensor],
+    cache: str | os.PathLike | None,
+    device: str,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """``score_rows`` of each of ``models`` (``explained_models``), its recipe's seed replaced,
+    by seed."""
+    return {
+        model: score_rows(
+            replace(config, train=replace(config.train, seed=model)),
+            *(splits, train_t, test_t, points, given, cache, device),
+        )
+        for model in models
+    }
+
+
+def identity_rows(by_model: Mapping[int, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The score rows that name a result (``result_identity``): one model's by method, as they
+    always were; several models' as ``method@seed<s>``."""
+    if len(by_model) == 1:
+        return dict(next(iter(by_model.values())))
+    return {f"{m}@seed{s}": row for s, rows in by_model.items() for m, row in rows.items()}
 
 
 def result_identity(config: Any, splits: DatasetDict, rows: Mapping[str, torch.Tensor]) -> dict:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -47,7 +47,13 @@ from tracin_we.core.result_folders import (
     save_tables,
 )
 from tracin_we.core.stats import DELETION_METRICS
-from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
+from tracin_we.experiments.common import (
+    evaluation_inputs,
+    explained_models,
+    identity_rows,
+    model_score_rows,
+    result_identity,
+)
 from tracin_we.experiments.deletion_tables import auc_del, crn_variance, tidy_table
 from tracin_we.influence.options import parse_options
 from tracin_we.training.recipe import TrainConfig
@@ -201,25 +207,15 @@ def run_deletion(
     Everything is validated before the first retrain.
     """
     check_out_dir(out_dir)  # a folder of foreign files: refused before any score or retrain
-    models = explained_models(config)
-    if scores and len(models) > 1:
-        raise ValueError(
-            "scores: precomputed scores are one model's; with model_per_seed=True each seed's "
-            "model is scored here: leave scores out, or set model_per_seed=False"
-        )
+    models = explained_models(config, scores)
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     n_train = len(train_t["labels"])
     if max(config.ks) >= n_train:
         raise ValueError(f"ks={list(config.ks)}: each k must be < the {n_train} training examples")
-    rows, plans = {}, []
-    for model in models:
-        seeded = replace(config, train=replace(config.train, seed=model))
-        model_rows = score_rows(
-            seeded, splits, train_t, test_t, points, scores or {}, cache, device
-        )
-        rows |= {_row_name(m, model, len(models)): r for m, r in model_rows.items()}
-        plans.append(deletion_plan(config, model_rows).assign(model=model))
-    resolved = result_identity(config, splits, rows)
+    inputs = (splits, train_t, test_t, points, scores or {}, cache, device)
+    by_model = model_score_rows(config, models, *inputs)
+    plans = [deletion_plan(config, rows).assign(model=m) for m, rows in by_model.items()]
+    resolved = result_identity(config, splits, identity_rows(by_model))
     out_dir = claim_result_folder(resolved, "deletion", "deletion sweep", cache, out_dir, overwrite)
     plan = pd.concat(plans, ignore_index=True)
     runs = retrain_runs(config, plan)
@@ -250,17 +246,6 @@ def run_deletion(
     )
     _save(result)
     return result
-
-
-def explained_models(config: DeletionConfig) -> tuple[int, ...]:
-    """The seeds of the trained models whose scores pick the deletion sets: every seed with
-    ``model_per_seed``, else the recipe's own."""
-    return config.seeds if config.model_per_seed else (config.train.seed,)
-
-
-def _row_name(method: str, model: int, n_models: int) -> str:
-    """A score row's name in the result's identity: its method, and its model's seed if several."""
-    return method if n_models == 1 else f"{method}@seed{model}"
 
 
 def retrain_runs(config: DeletionConfig, plan: pd.DataFrame) -> pd.DataFrame:

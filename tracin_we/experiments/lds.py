@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,13 @@ from tracin_we.core.result_folders import (
     save_tables,
 )
 from tracin_we.core.stats import REFERENCES
-from tracin_we.experiments.common import evaluation_inputs, result_identity, score_rows
+from tracin_we.experiments.common import (
+    evaluation_inputs,
+    explained_models,
+    identity_rows,
+    model_score_rows,
+    result_identity,
+)
 from tracin_we.experiments.lds_tables import (
     convergence,
     predictions,
@@ -213,27 +219,14 @@ def run_lds(
     are ``config.n_subsets × len(config.seeds)`` jobs of ``retrain.retrain_cached``.
     """
     check_out_dir(out_dir)  # a folder of foreign files: refused before any score or retrain
-    models = config.seeds if config.model_per_seed else (config.train.seed,)
-    if scores and len(models) > 1:
-        raise ValueError(
-            "scores: precomputed scores are one model's; with model_per_seed=True each seed's "
-            "model is scored here: leave scores out, or set model_per_seed=False"
-        )
+    models = explained_models(config, scores)
     splits, train_t, test_t, points = evaluation_inputs(config, splits)
     n_train = len(train_t["labels"])
     masks = draw_subsets(n_train, config.n_subsets, config.alpha, config.subset_seed)
-    by_model = [
-        score_rows(
-            replace(config, train=replace(config.train, seed=model)),
-            *(splits, train_t, test_t, points, scores or {}, cache, device),
-        )
-        for model in models
-    ]
-    rows = by_model[0] if len(models) == 1 else {
-        f"{m}@seed{model}": r for model, found in zip(models, by_model, strict=True)
-        for m, r in found.items()
-    }  # fmt: skip
-    resolved = result_identity(config, splits, rows)
+    inputs = (splits, train_t, test_t, points, scores or {}, cache, device)
+    scored = model_score_rows(config, models, *inputs)
+    by_model = list(scored.values())
+    resolved = result_identity(config, splits, identity_rows(scored))
     out_dir = claim_result_folder(resolved, "lds", "LDS evaluation", cache, out_dir, overwrite)
     retrained = retrain_cached(
         config.train,
