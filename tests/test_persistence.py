@@ -431,7 +431,7 @@ def test_a_named_out_dir_is_checked_before_any_score(tmp_path, tiny_deletion, mo
     out_dir = tmp_path / "mine"
     out_dir.mkdir()
     (out_dir / "notes.txt").write_text("mine")
-    monkeypatch.setattr(deletion_module, "score_rows", lambda *a, **k: pytest.fail("scored"))
+    monkeypatch.setattr(deletion_module, "model_score_rows", lambda *a, **k: pytest.fail("scored"))
     with pytest.raises(CheckpointError, match="did not write"):
         tiny_deletion(out_dir=out_dir)
 
