@@ -4,9 +4,9 @@
     python -m tracin_we.report.results_page --check    # exit 1 when docs/results.md differs
 
 Reads ``runs/default/`` (``make reproduce``: each notebook's ``metrics/*.json`` and the tables it
-saved) and, where they exist, the larger evaluations ``runs/deletion-models/`` and
-``runs/lds-bert/`` and the variance study ``runs/variance/`` (each section names the command that
-fills it). A paired comparison is read from its confidence interval: a method is called better
+saved) and, where they exist, the larger evaluations ``runs/deletion-models/``, ``runs/layers/``
+and ``runs/lds-bert/`` and the variance study ``runs/variance/`` (each section names the command
+that fills it). A paired comparison is read from its confidence interval: a method is called better
 only where the interval excludes zero.
 """
 
@@ -114,31 +114,44 @@ def fixing_section(run: Path) -> list[str]:
     ]
 
 
-def cancellation_section(run: Path) -> list[str]:
-    found, layers = metrics(run, "06_cancellation"), read_csv(run, "06_layer_deletion")
+def cancellation_section(run: Path, layers: Path) -> list[str]:
+    """C per layer group from ``run``'s 06; beside it, TracIn's AUC-DEL per layer group from the
+    ``layers`` preset's run where it exists."""
+    found = metrics(run, "06_cancellation")
     out = ["## 06 · Cancellation per layer", ""]
-    if found is None or layers is None:
+    if found is None:
         return out + not_run(f"{REPRODUCE} --only 06")
     variant = found["variant"]
-    table = layers.rename(columns={"group": "layer"})
-    for metric in ("DEL+", "DEL-"):
-        table[f"{metric} (95% CI)"] = [
-            ci(v, lo, hi) for v, lo, hi in table[[metric, f"{metric} low", f"{metric} high"]].values
-        ]
+    table = pd.Series(found["ratio_by_layer"], name=variant).rename_axis("layer").reset_index()
+    swept, source = read_csv(layers, "06_layer_deletion"), f"`{run.name}/metrics`"
+    if swept is not None:
+        swept = swept.rename(columns={"group": "layer"})
+        for metric in ("DEL+", "DEL-"):
+            swept[f"{metric} (95% CI)"] = [
+                ci(v, lo, hi)
+                for v, lo, hi in swept[[metric, f"{metric} low", f"{metric} high"]].values
+            ]
+        table = table.merge(swept[["layer", "DEL+ (95% CI)", "DEL- (95% CI)"]], on="layer")
+        source += (
+            f" and `{layers.name}/06_layer_deletion.csv` (`python -m tracin_we.reproduce --preset "
+            f"{layers.name}`; {int(swept['n_points'].iloc[0])} test points)"
+        )
     median = ", ".join(f"{name(m)} {v:.2f}" for m, v in found["median_cancellation"].items())
+    rho = metrics(layers, "06_cancellation") or {}
+    deletion = (
+        f"Spearman ρ of C with per-layer AUC-DEL+: {rho['spearman_c_vs_del_plus']:.2f} (a handful "
+        "of layers: no evidence either way). "
+        if rho.get("spearman_c_vs_del_plus") is not None
+        else "The deletion sweep per layer: `python -m tracin_we.reproduce --preset layers`. "
+    )
     return [
         *out,
         f"The cancellation ratio {variant} of each layer's training gradients at the last "
-        "checkpoint beside the AUC-DEL of TracIn restricted to that layer "
-        f"(`{run.name}/06_layer_deletion.csv`; {int(layers['n_points'].iloc[0])} test points):",
+        f"checkpoint, with the AUC-DEL of TracIn restricted to that layer where run ({source}):",
         "",
-        table[["layer", variant, "DEL+ (95% CI)", "DEL- (95% CI)"]].to_markdown(
-            index=False, floatfmt=".3f"
-        ),
+        table.to_markdown(index=False, floatfmt=".3f"),
         "",
-        f"Spearman ρ of C with per-layer AUC-DEL+: {found['spearman_c_vs_del_plus']:.2f} (a "
-        "handful of layers: no evidence either way). Per test point, the median Σ|s| / |Σs| of "
-        f"the influences: {median}.",
+        f"{deletion}Per test point, the median Σ|s| / |Σs| of the influences: {median}.",
         "",
         "![cancellation by layer](../figures/06_cancellation_by_layer.png)",
         "",
@@ -297,7 +310,7 @@ def page(runs: Path, preset: str = "default") -> str:
         *study_section(runs),
         *no_overlap_section(default),
         *fixing_section(default),
-        *cancellation_section(default),
+        *cancellation_section(default, runs / "layers"),
         *noise_section(default),
         *lds_section(default, "08 · Linear datamodeling score", f"{REPRODUCE} --only 08"),
         "![LDS per method](../figures/08_lds.png)",
