@@ -1,7 +1,9 @@
 """The package's shape: folders by role on import floors, no cycles, small modules.
 
 Floors, lowest first: ``core`` (data, models, persistence, parameters) < ``influence`` (the
-engine) < ``training`` < ``experiments`` < ``report`` < the top (``reproduce``, ``preflight``).
+engine) < ``training`` < ``experiments`` < ``report`` < the top (``reproduce``, ``preflight``) <
+``explore`` (the explorer page, which reads presets as ``reproduce`` does; nothing below imports
+it or its widgets).
 A module may import from its own floor and the floors below, never from above, and no chain of
 imports (late ones inside functions included) leads back to where it started."""
 
@@ -19,6 +21,7 @@ from tracin_we.core.shared_parameters import outputs, shared, sync
 PACKAGE = Path(__file__).resolve().parents[1] / "tracin_we"
 FLOORS = ["core", "influence", "training", "experiments", "report"]
 TOP = len(FLOORS)
+ABOVE_TOP = ("explore",)
 MAX_LINES = 400
 
 
@@ -32,6 +35,8 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 def floor(module: str) -> int:
     parts = module.split(".")
+    if parts[1:] and parts[1] in ABOVE_TOP:
+        return TOP + 1
     return FLOORS.index(parts[1]) if len(parts) > 2 or (parts[1:] and parts[1] in FLOORS) else TOP
 
 

@@ -14,7 +14,7 @@ from tracin_we.core.inputs import model_inputs
 from tracin_we.core.models import CNNClassifier, build_model, classifier_layer, word_embeddings
 from tracin_we.training import train as train_module
 from tracin_we.training.loop import fit, predict_proba
-from tracin_we.training.train import train
+from tracin_we.training.train import train, trained
 
 
 def state(path) -> dict[str, torch.Tensor]:
@@ -67,6 +67,24 @@ def test_rerun_reuses_the_saved_result(tiny_data_dir, monkeypatch):
     monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("trained again"))
     second = train(config, progress=False)
     assert second.run_dir == first.run_dir and second.metrics == first.metrics
+
+
+def test_trained_finds_a_finished_run_without_training(tiny_data_dir, tmp_path, monkeypatch):
+    config = tiny_train_config(tiny_data_dir)
+    assert trained(config, cache=tmp_path) is None
+    first = train(config, cache=tmp_path, progress=False)
+    monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("trained"))
+    found = trained(config, cache=tmp_path)
+    assert found.run_dir == first.run_dir and found.metrics == first.metrics
+    assert trained(tiny_train_config(tiny_data_dir, lr=0.04), cache=tmp_path) is None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # another thread count: another run (its cache key)
+    try:
+        assert trained(config, cache=tmp_path) is None
+    finally:
+        torch.set_num_threads(threads)
+    (first.run_dir / "result.json").unlink()  # as an interrupted run leaves it
+    assert trained(config, cache=tmp_path) is None
 
 
 def test_another_config_never_reuses(tiny_data_dir):

@@ -40,7 +40,7 @@ from tracin_we.training.recipe import RECIPE_VERSION, TrainConfig, config_identi
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Checkpoint", "TrainResult", "resolved_config", "train"]
+__all__ = ["Checkpoint", "TrainResult", "resolved_config", "train", "trained"]
 
 
 @dataclass
@@ -114,9 +114,7 @@ def train(
     model, init = new_model(config)
     check_length(model, config.data.max_length, name=config.model)
     resolved = resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
-    key = config_key(resolved)
-    name = f"{config.model.replace('/', '_')}-{config.data.name}-{key}"
-    folder = Folder(Path(run_dir) if run_dir else cache_dir(cache) / "train" / name)
+    folder = Folder(Path(run_dir) if run_dir else _cached_path(config, resolved, cache))
     result = open_run(folder, resolved, overwrite, named=run_dir is not None)
     if result is None:
         tensors = {k: model_inputs(splits[k]) for k in splits}
@@ -151,15 +149,33 @@ def train(
             final_metrics,
             {"init": init},
         )
-    checkpoints, final = load_checkpoints(folder.path, result)
+    return _result(folder.path, config, result)
+
+
+def trained(
+    config: TrainConfig, splits: DatasetDict | None = None, cache: str | Path | None = None
+) -> TrainResult | None:
+    """``train(config, splits, cache=cache)``'s result when the cache holds it finished, else
+    None; never trains (builds the model once, for its init's name, as ``train`` does)."""
+    splits = splits if splits is not None else make_splits(config.data)
+    init = new_model(config)[1]
+    resolved = resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
+    folder = Folder(_cached_path(config, resolved, cache))
+    if folder.read_json("config.json", recompute=False) != resolved:
+        return None
+    result = folder.read_json("result.json", recompute=False)
+    return None if result is None else _result(folder.path, config, result)
+
+
+def _cached_path(config: TrainConfig, resolved: dict, cache: str | Path | None) -> Path:
+    name = f"{config.model.replace('/', '_')}-{config.data.name}-{config_key(resolved)}"
+    return cache_dir(cache) / "train" / name
+
+
+def _result(path: Path, config: TrainConfig, result: dict) -> TrainResult:
+    checkpoints, final = load_checkpoints(path, result)
     return TrainResult(
-        folder.path,
-        config,
-        result["init"],
-        checkpoints,
-        final,
-        result["metrics"],
-        result["history"],
+        path, config, result["init"], checkpoints, final, result["metrics"], result["history"]
     )
 
 
