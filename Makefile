@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 # torch is pinned here (a CPU wheel for Python 3.11 is cached on the dev machines; a looser
 # spec pulls a multi-GB CUDA build). pyproject.toml keeps a range for library users.
 TORCH_SPEC ?= torch==2.13.0
+KRONFLUENCE_SPEC ?= kronfluence==1.0.1
 PRESET ?= default
 
 # Offline real data: use ../shared/data when it exists and the user has not chosen a folder.
@@ -24,13 +25,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 # JupyterLab refuses to run as root (containers) unless told.
 LAB_ARGS ?= $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: reproduce pretrained test lab browser lint benchmark clean
+.PHONY: reproduce pretrained test lab explore browser lint benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	# EK-FAC's library without the torchvision it declares and never imports (pyproject.toml: peers)
+	$(PY) -m pip install --quiet --no-deps "$(KRONFLUENCE_SPEC)"
 	touch $@
 
 # The default preset into runs/default/ and figures/, then docs/results.md and README's headline
@@ -57,6 +60,10 @@ test: $(VENV)/.installed
 
 lab: $(VENV)/.installed
 	$(PY) -m jupyterlab $(LAB_ARGS) notebooks
+
+# The explorer page (Voila) on http://127.0.0.1:8866/: the default and pretrained presets' runs.
+explore: $(VENV)/.installed
+	$(PY) -m tracin_we.explore
 
 browser:
 	@command -v chromium || command -v chromium-browser || command -v google-chrome || \

@@ -29,6 +29,7 @@ from tracin_we.core.inputs import model_inputs
 from tracin_we.core.models import CNNClassifier, classifier_layer, word_embeddings
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.influence import attribution, embedding
+from tracin_we.influence.options import PEER_METHODS
 from tracin_we.influence.words import WordScheme, word_scheme, word_spans, word_text
 
 VOCAB, LENGTH, CLASSES = 120, 12, 3
@@ -684,7 +685,9 @@ def test_no_shared_token_scores_exactly_zero(setup) -> None:
 SELF_OPTIONS = {"tracin-layer": {"params": "classifier"}, "grad-cos": {"layer": "embedding"}}
 
 
-@pytest.mark.parametrize("method", [m for m in influence.METHODS if m != "random"])
+@pytest.mark.parametrize(
+    "method", [m for m in influence.METHODS if m not in ("random", *PEER_METHODS)]
+)
 def test_self_influence_is_the_diagonal(method: str) -> None:
     model = cnn()
     ckpts, data = checkpoints(model), texts(5, seed=2)

@@ -15,7 +15,10 @@ Methods (``METHODS``; formulas in docs/paper.md, arXiv 2202.11844 v1 eq. 2–4 a
 - ``tracin-last``, ``tracin-layer`` (``params``: a regex or parameter names), ``grad-cos``
   (``layer``: "last", "embedding" or a parameter regex);
 - ``influence-last`` (``damping``) and ``representer`` (``l2``): at the last checkpoint only;
-- ``tracin-tfidf`` (``special_token_ids``): TF-IDF cosine × the last layer's δ · δ'; ``random``.
+- ``tracin-tfidf`` (``special_token_ids``): TF-IDF cosine × the last layer's δ · δ'; ``random``;
+- ``trak`` (``proj_dim``, ``params``, ``seed``: MadryLab's traker) and ``ekfac``
+  (``ekfac_damping``: kronfluence's EK-FAC influence function), through their own libraries
+  (``influence.peers``): scores only, no self-influence.
 
 Every method takes ``batch_size``, ``device``, ``dtype``, ``cache_dir`` (the cache root of
 ``tracin_we.core.persistence``: training-set gradient rows are cached per checkpoint in
@@ -65,6 +68,7 @@ from tracin_we.influence.layers import CosineKernel, ParamKernel
 from tracin_we.influence.memory import check_memory
 from tracin_we.influence.options import (
     METHOD_OPTIONS,
+    PEER_METHODS,
     Options,
     check_checkpoint_keys,
     model_sizes,
@@ -72,6 +76,7 @@ from tracin_we.influence.options import (
     prepare_data,
     select_params,
 )
+from tracin_we.influence.peers import ekfac_scores, trak_scores
 from tracin_we.influence.progress import shown
 
 METHODS: tuple[str, ...] = tuple(METHOD_OPTIONS)
@@ -102,7 +107,10 @@ def scores(
             len(test_t["labels"]), len(train_t["labels"]), generator=generator, dtype=options_.dtype
         )
     with prepared(model, options_, probe=test_t), shown(options_.progress):
-        out = _influence(method, Run(model, checkpoints_, options_), train_t, test_t)
+        if method in PEER_METHODS:
+            out = _peer(method, model, checkpoints_, train_t, test_t, options_)
+        else:
+            out = _influence(method, Run(model, checkpoints_, options_), train_t, test_t)
     return _finite(out.to(device="cpu", dtype=options_.dtype), method)
 
 
@@ -111,10 +119,10 @@ def self_influence(
 ) -> torch.Tensor:
     """(len(data),) the influence of each example on itself: the diagonal of
     ``scores(method, model, checkpoints, data, data, **options)``, computed directly."""
-    if method == "random":
+    if method in ("random", *PEER_METHODS):
         raise ValueError(
             f"method={method!r} has no self-influence; allowed: "
-            f"{[m for m in METHODS if m != 'random']}"
+            f"{[m for m in METHODS if m not in ('random', *PEER_METHODS)]}"
         )
     options_, model, data_t, _, checkpoints_ = _validated(
         method, model, checkpoints, options, data=data
@@ -207,7 +215,7 @@ def _validated(
     checkpoints_ = resolve_checkpoints(checkpoints)
     check_checkpoint_keys(model, checkpoints_)
     n = [len(t["labels"]) for t in tensors]
-    if memory and method != "random":
+    if memory and method not in ("random", *PEER_METHODS):
         check_memory(method, model, options_, n[0], n[1] if len(n) > 1 else 0, len(checkpoints_))
     return options_, model, tensors[0], tensors[1] if len(tensors) > 1 else None, checkpoints_
 
@@ -221,6 +229,25 @@ def _finite(out: torch.Tensor, method: str) -> torch.Tensor:
             "checkpoints overflow on this data (for influence-last/representer: raise damping/l2)"
         )
     return out
+
+
+def _peer(
+    method: str,
+    model: nn.Module,
+    checkpoints: list,
+    train: Tensors,
+    test: Tensors,
+    options: Options,
+) -> torch.Tensor:
+    """TRAK over the checkpoints, or EK-FAC at the last one, through their libraries."""
+    device, batch = options.device, options.batch_size
+    if method == "ekfac":
+        state = checkpoints[-1][0]
+        return ekfac_scores(model, state, train, test, options.ekfac_damping, batch, device)
+    names = None if options.params is None else select_params(model, options.params, "params")
+    return trak_scores(
+        model, checkpoints, train, test, options.proj_dim, names, options.seed, batch, device
+    )
 
 
 def _influence(method: str, run: Run, train: Tensors, test: Tensors | None) -> torch.Tensor:

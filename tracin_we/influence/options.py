@@ -38,7 +38,10 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "tracin-tfidf": ("special_token_ids",),
     "grad-cos": ("layer",),
     "random": ("seed",),
+    "trak": ("proj_dim", "params", "seed"),  # through traker (influence.peers)
+    "ekfac": ("ekfac_damping",),  # through kronfluence (influence.peers)
 }
+PEER_METHODS = ("trak", "ekfac")  # another library computes them: no self-influence, no streaming
 EMBEDDING_METHODS = ("tracin-we", "tracin-we-topk", "tracin-we-syn", "tracin-we-noc")
 LAST_LAYER_METHODS = ("tracin-last", "influence-last", "representer", "tracin-tfidf")
 # The TracIn-style methods: a sum over checkpoints of a kernel between per-example features.
@@ -74,7 +77,10 @@ class Options:
     layer: str = "last"  # grad-cos: "last", "embedding" or a parameter-name regex
     damping: float = 1e-3  # Influence-Last: H + damping * I
     l2: float = 1e-2  # representer points: λ of the ℓ2-regularised last layer
-    seed: int = 0  # random: generator seed
+    seed: int = 0  # random: generator seed; trak: the projection's seed
+    proj_dim: int = 1024  # trak: dimension of the projected gradients
+    # ekfac: λ of (G + λI); None: kronfluence's heuristic, 0.1 × the mean eigenvalue of G
+    ekfac_damping: float | None = None
 
     def __post_init__(self) -> None:
         """Types and the shared value rules (``params.check_types``: finite floats, the seed's
@@ -93,6 +99,8 @@ class Options:
             # H is singular without it: softmax ignores a shift of all logits (linalg.solve fails).
             "damping": (self.damping > 0, "> 0"),
             "l2": (self.l2 > 0, "> 0"),
+            "proj_dim": (self.proj_dim >= 1, "a positive integer"),
+            "ekfac_damping": (self.ekfac_damping is None or self.ekfac_damping > 0, "None or > 0"),
             "dtype": (self.dtype.is_floating_point, "a floating torch.dtype"),
         }
         for name, (ok, allowed) in checks.items():
