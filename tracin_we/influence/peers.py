@@ -6,7 +6,8 @@ their scores as (n_test, n_train) with positive = proponent, as every method of 
 
 - ``trak_scores``: ``TRAKer`` with its ``text_classification`` model output (the margin
   f = log p(y|x) / (1 − p(y|x))), float32, a Gaussian random projection of the gradients to
-  ``proj_dim`` (traker's ``BasicProjector`` on a CPU; its CUDA projector needs ``fast_jl``), and
+  ``proj_dim`` (traker's ``BasicProjector``, its matrix held whole rather than regenerated per
+  batch in blocks; traker's CUDA projector needs ``fast_jl``), and
   one TRAK "model" per checkpoint (the ensemble is the checkpoints of one training run). For
   checkpoints m = 1..M with projected gradients Φ_m (n_train × proj_dim) and φ_m(z) of one
   example, and Q_m(z) = 1 − p(y|x):
@@ -102,6 +103,15 @@ def trak_scores(
 
     wrapped = _Logits(model).to(device)
     names = list(params) if params is not None else default_trak_params(model)
+    if (
+        projector is None
+    ):  # one block: traker's default regenerates 100 columns at a time, per batch
+        projectors = _library("trak.projectors", "traker")
+        projector = projectors.BasicProjector(
+            grad_dim=sum(model.get_parameter(n).numel() for n in names), proj_dim=proj_dim,
+            seed=seed, proj_type=projectors.ProjectionType.normal, device=str(device),
+            block_size=proj_dim,
+        )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="trak-") as folder:
         traker = TRAKer(
             model=wrapped, task="text_classification", train_set_size=len(train["labels"]),
