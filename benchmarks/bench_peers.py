@@ -2,7 +2,10 @@
 one run: each method's seconds and peak memory, in its own spawned process, and the ratios to
 TracIn-WE.
 
-    python benchmarks/bench_peers.py [--n-train 2000] [--n-test 20] [--threads 2]
+    python benchmarks/bench_peers.py [--n-train 2000] [--n-test 20] [--threads 2] [--out CSV]
+
+The table also goes to ``--out`` (default ``runs/benchmarks/bench_peers.csv``), where
+``python -m tracin_we.report.results_page`` reads it for the TRAK/EK-FAC section.
 
 The model is the authors' CNN of the default preset (random init, vocabulary 30,522 × 128, three
 convolutions, a classifier) with 3 checkpoints perturbed from it
@@ -19,7 +22,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import time
+from pathlib import Path
 
+import pandas as pd
 import torch
 from measure import peak_since_reset, perturbed_checkpoints, reset_peak
 
@@ -74,17 +79,26 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/bench_peers.csv"))
     args = parser.parse_args()
     found = {method: run(method, args) for method in METHODS}
     base_s, base_mib = found["tracin-we"]
     sizes = f"{args.n_train:,} training × {args.n_test} test texts"
     print(f"{sizes}, 3 checkpoints, {args.threads} threads")
     print(f"{'method':<11} {'seconds':>8} {'peak MiB':>9} {'× time':>7} {'× memory':>9}")
+    rows = []
     for method, (seconds, mib) in found.items():
         print(
             f"{method:<11} {seconds:>8.2f} {mib:>9.0f} {seconds / base_s:>6.1f}× "
             f"{mib / max(base_mib, 1):>8.1f}×"
         )
+        rows.append(
+            {"method": method, "seconds": seconds, "peak_mib": mib, "n_train": args.n_train,
+             "n_test": args.n_test, "checkpoints": 3, "threads": args.threads}
+        )  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(args.out, index=False)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

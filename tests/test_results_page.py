@@ -4,6 +4,7 @@ what to run, and ``--check`` fails while the page differs from what its runs giv
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -83,3 +84,40 @@ def test_each_model_alone_reads_its_own_one_way_interval():
     one = deletion_differences(table[table["model"] == 1], ["tracin-we"])
     plus = one[(one["metric"] == "DEL+") & (one["method"] == "tracin-last")].iloc[0]
     assert f"{plus['difference']:+.3f} ({plus['low']:.3f}, {plus['high']:.3f})" in rows[1]
+
+
+def test_cancellation_reads_c_from_the_default_and_deletions_from_the_layers_run(tmp_path):
+    _run(tmp_path)
+    metrics = {"variant": "C_l1", "ratio_by_layer": {"word_embeddings": 2.5, "classifier": 9.0},
+               "median_cancellation": {"tracin-we": 3.0, "tracin-last": 7.0}}  # fmt: skip
+    (tmp_path / "default" / "metrics" / "06_cancellation.json").write_text(json.dumps(metrics))
+    alone = "\n".join(results_page.cancellation_section(tmp_path / "default", tmp_path / "layers"))
+    assert re.search(r"\| word_embeddings \| +2\.500 \|", alone)
+    assert "`python -m tracin_we.reproduce --preset layers`" in alone
+    layers = tmp_path / "layers"
+    (layers / "metrics").mkdir(parents=True)
+    (layers / "metrics" / "06_cancellation.json").write_text(
+        json.dumps(metrics | {"spearman_c_vs_del_plus": -0.5})
+    )
+    pd.DataFrame(
+        [{"group": g, "DEL+": v, "DEL+ low": v - 0.1, "DEL+ high": v + 0.1, "DEL-": 0.0,
+          "DEL- low": -0.1, "DEL- high": 0.1, "n_points": 4}
+         for g, v in (("word_embeddings", -0.2), ("classifier", -0.05))]
+    ).to_csv(layers / "06_layer_deletion.csv", index=False)  # fmt: skip
+    both = "\n".join(results_page.cancellation_section(tmp_path / "default", layers))
+    assert (
+        "-0.200 (-0.300, -0.100)" in both
+        and "Spearman ρ of C with per-layer AUC-DEL+: -0.50" in both
+    )
+
+
+def test_the_cost_of_trak_and_ekfac_comes_from_the_benchmark_csv(tmp_path):
+    assert results_page.cost_section(tmp_path) == []
+    pd.DataFrame(
+        [{"method": m, "seconds": s, "peak_mib": p, "n_train": 2000, "n_test": 20,
+          "checkpoints": 3, "threads": 2}
+         for m, s, p in (("tracin-we", 5.0, 100.0), ("trak", 50.0, 400.0), ("ekfac", 10.0, 300.0))]
+    ).to_csv(tmp_path / "bench_peers.csv", index=False)  # fmt: skip
+    text = "\n".join(results_page.cost_section(tmp_path))
+    assert "2,000 training × 20 test texts, 3 checkpoints, 2 threads" in text
+    assert re.search(r"\| TRAK +\| +50 \| +400 \| +10 \| +4 \|", text)  # s, MiB, × time, × memory

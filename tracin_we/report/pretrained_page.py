@@ -27,7 +27,7 @@ FORMULAS |= {"C_l2": "Σ‖g_i‖₂ / ‖Σ g_i‖₂"}
 NAMES = {"tracin-we": "TR-WE", "tracin-last": "TR-Last", "tracin-tfidf": "TR-TFIDF"}
 NAMES |= {"tracin-we-syn": "TR-WE-Syn", "tracin-we-topk": "TR-WE-Topk", "random": "random"}
 NAMES |= {"tracin-we-noc": "TR-WE-NoC", "tracin-layer": "TR-Layer", "influence-last": "IF-Last"}
-NAMES |= {"representer": "Representer", "grad-cos": "GradCos"}
+NAMES |= {"representer": "Representer", "grad-cos": "GradCos", "trak": "TRAK", "ekfac": "EK-FAC"}
 
 
 def metrics(run_dir: Path, stem: str) -> dict | None:

@@ -4,10 +4,10 @@
     python -m tracin_we.report.results_page --check    # exit 1 when docs/results.md differs
 
 Reads ``runs/default/`` (``make reproduce``: each notebook's ``metrics/*.json`` and the tables it
-saved) and, where they exist, the larger evaluations ``runs/deletion-models/``, ``runs/layers/``
-and ``runs/lds-bert/`` and the variance study ``runs/variance/`` (each section names the command
-that fills it). A paired comparison is read from its confidence interval: a method is called better
-only where the interval excludes zero.
+saved) and, where they exist, the larger evaluations ``runs/deletion-models/``, ``runs/layers/``,
+``runs/lds-peers/`` and ``runs/lds-bert/`` and the variance study ``runs/variance/`` (each section
+names the command that fills it). A paired comparison is read from its confidence interval: a
+method is called better only where the interval excludes zero.
 """
 
 from __future__ import annotations
@@ -213,6 +213,32 @@ def lds_section(run: Path, title: str, command: str) -> list[str]:
     ]
 
 
+def cost_section(folder: Path) -> list[str]:
+    """TracIn-WE, TRAK and EK-FAC timed on one model and data by ``benchmarks/bench_peers.py``."""
+    table = read_csv(folder, "bench_peers")
+    if table is None:
+        return []
+    base = table.set_index("method").loc["tracin-we"]
+    shown = pd.DataFrame({
+        "method": [name(m) for m in table["method"]],
+        "seconds": table["seconds"].round(1),
+        "peak MiB": table["peak_mib"].round(0).astype(int),
+        "× TR-WE's time": (table["seconds"] / base["seconds"]).round(1),
+        "× TR-WE's memory": (table["peak_mib"] / max(base["peak_mib"], 1.0)).round(1),
+    })  # fmt: skip
+    size = (
+        f"{int(base['n_train']):,} training × {int(base['n_test'])} test texts, "
+        f"{int(base['checkpoints'])} checkpoints, {int(base['threads'])} threads"
+    )
+    return [
+        f"Their cost on the same CNN and texts ({size}; `python benchmarks/bench_peers.py`, each "
+        "method in its own process, `runs/benchmarks/bench_peers.csv`):",
+        "",
+        shown.to_markdown(index=False),
+        "",
+    ]
+
+
 def pretraining_section(run: Path) -> list[str]:
     found = metrics(run, "09_pretraining_influence")
     out = ["## 09 · Influence back to pretraining data (beyond the paper)", ""]
@@ -315,6 +341,12 @@ def page(runs: Path, preset: str = "default") -> str:
         *lds_section(default, "08 · Linear datamodeling score", f"{REPRODUCE} --only 08"),
         "![LDS per method](../figures/08_lds.png)",
         "",
+        *lds_section(
+            runs / "lds-peers",
+            "08 with TRAK and EK-FAC (the methods people pick in 2026)",
+            "python -m tracin_we.reproduce --preset lds-peers",
+        ),
+        *cost_section(runs / "benchmarks"),
         *lds_section(
             runs / "lds-bert",
             "08 on BERT-tiny",
