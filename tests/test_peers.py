@@ -89,7 +89,9 @@ def test_trak_equals_its_formula_by_autograd():
     train, test = tokens(24, 1), tokens(5, 2)
     names = default_trak_params(model)
     assert names == ["classifier.weight", "classifier.bias"]  # the word embedding left out
-    got = trak_scores(model, states, train, test, params=names, projector=NoOpProjector(device="cpu"))
+    got = trak_scores(
+        model, states, train, test, params=names, projector=NoOpProjector(device="cpu")
+    )
     n_params = sum(model.get_parameter(n).numel() for n in names)
     total, q_total = 0, 0
     for state, _ in states:
@@ -202,5 +204,5 @@ def test_scores_api_runs_both_and_refuses_what_they_lack():
         self_influence("trak", model, states, train)
     with pytest.raises(ValueError, match="proj_dim=0 must be a positive integer"):
         scores("trak", model, states, train, test, proj_dim=0)
-    with pytest.raises(ValueError, match="ekfac_damping=-1.0 must be None or > 0"):
+    with pytest.raises(ValueError, match=r"ekfac_damping=-1\.0 must be None or > 0"):
         scores("ekfac", model, states, train, test, ekfac_damping=-1.0)
