@@ -52,7 +52,10 @@ def sweep(splits, tmp_path_factory, deletion_config, count_retrains) -> tuple[De
         ({"ks": (3, 3)}, r"ks=\[3, 3\]: each k must be a distinct integer"),
         ({"ks": (32,)}, "0 < k < n_train=32"),
         ({"ks": ()}, "ks="),
-        ({"methods": ("tracin-we", "tracin-foo")}, r"methods=.*among \['tracin-we'.*'random'\]"),
+        (
+            {"methods": ("tracin-we", "tracin-foo")},
+            r"methods=.*among \['tracin-we'.*'random', 'trak', 'ekfac'\]",
+        ),
         ({"n_test_points": 0}, r"n_test_points=0 must be in \[1, n_test=16\]"),
         ({"n_test_points": 17}, "n_test_points=17"),
         ({"seeds": ()}, "seeds="),
