@@ -27,12 +27,13 @@ LAB_ARGS ?= $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
 .PHONY: reproduce pretrained test lab explore browser lint benchmark clean
 
+# kronfluence (method "ekfac") goes in without the torchvision it declares and never imports
+# (pyproject.toml: peers): PyPI's torchvision is built for CUDA torch and breaks transformers.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]" "$(TORCH_SPEC)"
-	# EK-FAC's library without the torchvision it declares and never imports (pyproject.toml: peers)
 	$(PY) -m pip install --quiet --no-deps "$(KRONFLUENCE_SPEC)"
 	touch $@
 

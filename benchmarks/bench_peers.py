@@ -34,6 +34,9 @@ MiB = 2**20
 
 
 def setup(n_train: int, n_test: int):
+    import kronfluence.analyzer  # noqa: F401  the libraries imported before the measurement
+    import trak  # noqa: F401
+
     from tracin_we.core.data import make_splits
     from tracin_we.core.inputs import model_inputs
     from tracin_we.training.model_init import new_model
@@ -69,7 +72,13 @@ def run(method: str, args: argparse.Namespace) -> tuple[float, float]:
         target=measure, args=(method, args.n_train, args.n_test, args.threads, send)
     )
     child.start()
-    result = receive.recv()
+    send.close()  # the child's end only: recv() then fails rather than waits if it dies
+    try:
+        result = receive.recv()
+    except EOFError as error:
+        child.join()
+        message = f"{method}: the measuring process died (exit code {child.exitcode})"
+        raise RuntimeError(message) from error
     child.join()
     return result
 

@@ -12,6 +12,7 @@ from tests.conftest import texts
 from tracin_we import influence
 from tracin_we.core.models import CNNClassifier
 from tracin_we.influence import embedding
+from tracin_we.influence.options import PEER_METHODS
 
 VOCAB, LENGTH, CLASSES = 120, 12, 3
 
@@ -45,7 +46,9 @@ def test_accepts_datasets_and_lists_alike(case) -> None:
 @pytest.mark.parametrize("method", influence.METHODS)
 def test_same_call_twice_is_identical(case, method: str) -> None:
     m, ckpts, train, test = case
-    options = {"params": r"convs\.0"} if method == "tracin-layer" else {}
+    if method in PEER_METHODS:
+        pytest.importorskip({"trak": "trak", "ekfac": "kronfluence"}[method])
+    options = {"tracin-layer": {"params": r"convs\.0"}, "trak": {"proj_dim": 4}}.get(method, {})
     first = influence.scores(method, m, ckpts, train, test, **options)
     assert first.shape == (len(test), len(train)) and first.dtype == torch.float32
     assert torch.equal(first, influence.scores(method, m, ckpts, train, test, **options))

@@ -54,13 +54,15 @@ def tokens(
 
 
 def checkpoints(model: nn.Module, n: int) -> list[tuple[dict, float]]:
-    out = []
+    """``n`` state dicts, each a random step further; the model is left as it was."""
+    start, out = {k: v.clone() for k, v in model.state_dict().items()}, []
     for seed in range(n):
         torch.manual_seed(seed)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.3 * torch.randn_like(p))
         out.append(({k: v.clone() for k, v in model.state_dict().items()}, 0.1))
+    model.load_state_dict(start)
     return out
 
 
@@ -103,6 +105,13 @@ def test_trak_equals_its_formula_by_autograd():
     expected = total / len(states) * (q_total / len(states))[None, :]
     assert got.shape == (5, 24)
     torch.testing.assert_close(got, expected, rtol=2e-3, atol=1e-6)
+    from trak.gradient_computers import FunctionalGradientComputer  # every parameter's gradient
+
+    full = trak_scores(
+        model, states, train, test, params=names, projector=NoOpProjector(device="cpu"),
+        gradient_computer=FunctionalGradientComputer,
+    )  # fmt: skip
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-7)  # the shortcut changes nothing
 
 
 class Regression(nn.Module):
@@ -194,12 +203,18 @@ def test_scores_api_runs_both_and_refuses_what_they_lack():
     model = BagOfWords()
     states = checkpoints(model, 2)
     train, test = tokens(24, 1), tokens(5, 2)
-    trak = scores("trak", model, states, train, test, proj_dim=16, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}  # not a checkpoint's
+    trak = scores("trak", model, states, train, test, proj_dim=8, progress=False)
     ekfac = scores("ekfac", model, states, train, test, ekfac_damping=0.01, progress=False)
     assert trak.shape == ekfac.shape == (5, 24)
-    direct = ekfac_scores(model, states[-1][0], train, test, damping=0.01)
-    torch.testing.assert_close(ekfac, direct)
-    assert torch.equal(model.state_dict()["classifier.weight"], states[-1][0]["classifier.weight"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored
+    torch.testing.assert_close(ekfac, ekfac_scores(model, states[-1][0], train, test, 0.01))
+    one = scores("trak", model, states[:1], train, test, proj_dim=8, progress=False)
+    assert one.shape == (5, 24) and torch.isfinite(one).all()  # one checkpoint: one model
+    with pytest.raises(
+        ValueError, match=r"proj_dim=16 must be <= the 24 training texts and the 15"
+    ):
+        scores("trak", model, states, train, test, proj_dim=16)
     with pytest.raises(ValueError, match="has no self-influence"):
         self_influence("trak", model, states, train)
     with pytest.raises(ValueError, match="proj_dim=0 must be a positive integer"):

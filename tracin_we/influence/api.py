@@ -18,7 +18,8 @@ Methods (``METHODS``; formulas in docs/paper.md, arXiv 2202.11844 v1 eq. 2–4 a
 - ``tracin-tfidf`` (``special_token_ids``): TF-IDF cosine × the last layer's δ · δ'; ``random``;
 - ``trak`` (``proj_dim``, ``params``, ``seed``: MadryLab's traker) and ``ekfac``
   (``ekfac_damping``: kronfluence's EK-FAC influence function), through their own libraries
-  (``influence.peers``): scores only, no self-influence.
+  (``influence.peers``): scores only, no self-influence, no memory estimate; TRAK differentiates
+  the margin log[p/(1 − p)] rather than the cross-entropy, and neither uses ``cache_dir``.
 
 Every method takes ``batch_size``, ``device``, ``dtype``, ``cache_dir`` (the cache root of
 ``tracin_we.core.persistence``: training-set gradient rows are cached per checkpoint in

@@ -79,7 +79,7 @@ class Options:
     l2: float = 1e-2  # representer points: λ of the ℓ2-regularised last layer
     seed: int = 0  # random: generator seed; trak: the projection's seed
     proj_dim: int = 1024  # trak: dimension of the projected gradients
-    # ekfac: λ of (G + λI); None: kronfluence's heuristic, 0.1 × the mean eigenvalue of G
+    # ekfac: λ of (G + λI); None: kronfluence's heuristic, 0.1 × each module's mean eigenvalue
     ekfac_damping: float | None = None
 
     def __post_init__(self) -> None:

@@ -5,7 +5,7 @@ here: these functions hand the libraries the model, the tensors and the checkpoi
 their scores as (n_test, n_train) with positive = proponent, as every method of ``scores``.
 
 - ``trak_scores``: ``TRAKer`` with its ``text_classification`` model output (the margin
-  f = log p(y|x) / (1 − p(y|x))), float32, a Gaussian random projection of the gradients to
+  f = log[p(y|x) / (1 − p(y|x))]), float32, a Gaussian random projection of the gradients to
   ``proj_dim`` (traker's ``BasicProjector``, its matrix held whole rather than regenerated per
   batch in blocks; traker's CUDA projector needs ``fast_jl``), and
   one TRAK "model" per checkpoint (the ensemble is the checkpoints of one training run). For
@@ -23,7 +23,7 @@ their scores as (n_test, n_train) with positive = proponent, as every method of 
   positive = proponent. kronfluence tracks ``nn.Linear`` and ``nn.Conv2d``; each ``nn.Conv1d``
   (the CNN's) runs as the equivalent ``nn.Conv2d`` of height 1 (``conv1d_as_conv2d``: the same
   weights, the same outputs); embeddings are not tracked. λ: kronfluence's heuristic (0.1 × the
-  mean eigenvalue) unless ``damping`` is given.
+  mean eigenvalue of each module's factors) unless ``damping`` is given.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tracin_we.core.checkpoints import StateDict
 from tracin_we.core.inputs import Tensors, forward
 from tracin_we.core.models import word_embeddings
 
-StateDict = dict[str, torch.Tensor]
 KRONFLUENCE = "--no-deps kronfluence==1.0.1"  # without the torchvision it declares (pyproject)
 
 
@@ -94,45 +94,83 @@ def trak_scores(
     batch_size: int = 32,
     device: str | torch.device = "cpu",
     projector=None,
+    gradient_computer=None,
 ) -> torch.Tensor:
     """TRAK (module docstring) of ``train`` on ``test``: (n_test, n_train). ``model``: from
-    ``models.as_classifier``; ``checkpoints``: resolved state dicts (their learning rates are not
-    used); ``params``: parameter names of ``model``; ``projector``: a traker projector instead of
-    the default (tests use ``NoOpProjector``)."""
-    TRAKer = _library("trak", "traker").TRAKer
-
-    wrapped = _Logits(model).to(device)
+    ``models.as_classifier`` (left at the last checkpoint, in eval mode); ``checkpoints``:
+    resolved state dicts (their learning rates are not used); ``params``: parameter names of
+    ``model``; ``projector``, ``gradient_computer``: traker's instead of the defaults (tests use
+    ``NoOpProjector`` and traker's own gradient computer). ``proj_dim`` must not exceed the
+    training texts or the gradient's size: Φᵀ Φ (proj_dim × proj_dim) would be singular."""
     names = list(params) if params is not None else default_trak_params(model)
-    if (
-        projector is None
-    ):  # one block: traker's default regenerates 100 columns at a time, per batch
-        projectors = _library("trak.projectors", "traker")
-        projector = projectors.BasicProjector(
-            grad_dim=sum(model.get_parameter(n).numel() for n in names), proj_dim=proj_dim,
-            seed=seed, proj_type=projectors.ProjectionType.normal, device=str(device),
-            block_size=proj_dim,
-        )  # fmt: skip
+    n_params = sum(model.get_parameter(n).numel() for n in names)
+    if projector is None and proj_dim > min(len(train["labels"]), n_params):
+        raise ValueError(
+            f"proj_dim={proj_dim} must be <= the {len(train['labels'])} training texts and the "
+            f"{n_params} gradient parameters (TRAK inverts a proj_dim × proj_dim Gram matrix)"
+        )
+    wrapped = _Logits(model).to(device)
     with tempfile.TemporaryDirectory(prefix="trak-") as folder:
-        traker = TRAKer(
+        traker = _library("trak", "traker").TRAKer(
             model=wrapped, task="text_classification", train_set_size=len(train["labels"]),
             save_dir=folder, device=str(device), proj_dim=proj_dim, use_half_precision=False,
-            projector_seed=seed, grad_wrt=[f"model.{n}" for n in names], projector=projector,
+            projector_seed=seed, grad_wrt=[f"model.{n}" for n in names],
+            projector=projector or _held_projector(n_params, proj_dim, seed, device),
+            gradient_computer=gradient_computer or _selected_gradients(),
             logging_level=logging.WARNING,
         )  # fmt: skip
-        states = []
-        for model_id, (state, _) in enumerate(checkpoints):
-            model.load_state_dict(state)
-            states.append({k: v.clone() for k, v in wrapped.state_dict().items()})
-            traker.load_checkpoint(states[-1], model_id=model_id)
-            for batch in _batches(train, batch_size):
-                traker.featurize(batch=_ordered(batch, device), num_samples=len(batch["labels"]))
-        traker.finalize_features()
+        states = _featurize(traker, model, wrapped, checkpoints, train, batch_size, device)
         for model_id, state in enumerate(states):
             traker.start_scoring_checkpoint("test", state, model_id, len(test["labels"]))
             for batch in _batches(test, batch_size):
                 traker.score(batch=_ordered(batch, device), num_samples=len(batch["labels"]))
-        out = torch.as_tensor(traker.finalize_scores(exp_name="test")).T.float().clone()
-    return out
+        return torch.as_tensor(traker.finalize_scores(exp_name="test")).T.float().clone()
+
+
+def _featurize(traker, model, wrapped, checkpoints, train, batch_size, device) -> list[StateDict]:
+    """Each checkpoint's projected training gradients, then traker's Φ (Φᵀ Φ)⁻¹; returns the
+    wrapped model's state dict per checkpoint (the scoring pass loads them again)."""
+    states = []
+    for model_id, (state, _) in enumerate(checkpoints):
+        model.load_state_dict(state)
+        states.append({k: v.clone() for k, v in wrapped.state_dict().items()})
+        traker.load_checkpoint(states[-1], model_id=model_id)
+        for batch in _batches(train, batch_size):
+            traker.featurize(batch=_ordered(batch, device), num_samples=len(batch["labels"]))
+    traker.finalize_features()
+    return states
+
+
+def _held_projector(n_params: int, proj_dim: int, seed: int, device):
+    """traker's Gaussian ``BasicProjector`` with its matrix (n_params × proj_dim) built once and
+    kept: traker's default regenerates it 100 columns at a time for every batch, and frees it
+    after featurizing, which one checkpoint would then need again."""
+    projectors = _library("trak.projectors", "traker")
+
+    class Held(projectors.BasicProjector):
+        def free_memory(self) -> None:
+            pass
+
+    return Held(
+        grad_dim=n_params, proj_dim=proj_dim, seed=seed, device=str(device),
+        proj_type=projectors.ProjectionType.normal, block_size=proj_dim,
+    )  # fmt: skip
+
+
+def _selected_gradients():
+    """traker's ``FunctionalGradientComputer`` differentiating only the ``grad_wrt`` parameters:
+    the others enter ``functional_call`` as the module's own, so no per-example gradient of the
+    word embedding (vocabulary × d per example) is formed and then dropped."""
+    base = _library("trak.gradient_computers", "traker").FunctionalGradientComputer
+
+    class Selected(base):
+        def load_model_params(self, model: nn.Module) -> None:
+            super().load_model_params(model)
+            keep = getattr(self, "grad_wrt", None)  # None during traker's own __init__
+            if keep is not None:
+                self.func_weights = {k: v for k, v in self.func_weights.items() if k in keep}
+
+    return Selected
 
 
 def _ordered(batch: dict[str, torch.Tensor], device) -> list[torch.Tensor]:
@@ -150,6 +188,7 @@ class _Conv1dAs2d(nn.Module):
             conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]),
             stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
             dilation=(1, conv.dilation[0]), groups=conv.groups, bias=conv.bias is not None,
+            device=conv.weight.device, dtype=conv.weight.dtype,
         )  # fmt: skip
         with torch.no_grad():
             self.conv.weight.copy_(conv.weight.unsqueeze(2))
@@ -161,14 +200,17 @@ class _Conv1dAs2d(nn.Module):
 
 
 def conv1d_as_conv2d(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose every ``nn.Conv1d`` (with string padding resolved to numbers:
-    only integer padding is supported) is a ``_Conv1dAs2d`` holding the same weights."""
+    """A copy of ``model`` whose every ``nn.Conv1d`` is a ``_Conv1dAs2d`` holding the same
+    weights; a Conv1d with string padding ("same") or non-zero padding mode is refused."""
     model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Conv1d):
-                if isinstance(child.padding, str):
-                    raise ValueError(f"{name}.{child_name}: padding={child.padding!r} unsupported")
+                if isinstance(child.padding, str) or child.padding_mode != "zeros":
+                    raise ValueError(
+                        f"{name}.{child_name}: padding={child.padding!r}, padding_mode="
+                        f"{child.padding_mode!r}; ekfac converts integer zero padding only"
+                    )
                 setattr(module, child_name, _Conv1dAs2d(child))
     return model
 
@@ -251,6 +293,8 @@ def kronfluence_scores(
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
 
+    # kronfluence's State is a process-wide singleton: else the first call's device would stick
+    _library("kronfluence.utils.state", KRONFLUENCE).State._reset_state()
     prepared = prepare_model(model, task)
     factor_args = FactorArguments(strategy="ekfac", use_empirical_fisher=empirical_fisher)
     with tempfile.TemporaryDirectory(prefix="ekfac-") as folder:

@@ -131,7 +131,8 @@ def cancellation_section(run: Path, layers: Path) -> list[str]:
                 ci(v, lo, hi)
                 for v, lo, hi in swept[[metric, f"{metric} low", f"{metric} high"]].values
             ]
-        table = table.merge(swept[["layer", "DEL+ (95% CI)", "DEL- (95% CI)"]], on="layer")
+        columns = ["layer", "DEL+ (95% CI)", "DEL- (95% CI)"]
+        table = table.merge(swept[columns], on="layer", how="left")
         source += (
             f" and `{layers.name}/06_layer_deletion.csv` (`python -m tracin_we.reproduce --preset "
             f"{layers.name}`; {int(swept['n_points'].iloc[0])} test points)"
@@ -216,12 +217,12 @@ def lds_section(run: Path, title: str, command: str) -> list[str]:
 def cost_section(folder: Path) -> list[str]:
     """TracIn-WE, TRAK and EK-FAC timed on one model and data by ``benchmarks/bench_peers.py``."""
     table = read_csv(folder, "bench_peers")
-    if table is None:
-        return []
+    if table is None or (table["method"] == "tracin-we").sum() != 1:
+        return []  # not run, or not a table this page can read (one tracin-we row)
     base = table.set_index("method").loc["tracin-we"]
     shown = pd.DataFrame({
         "method": [name(m) for m in table["method"]],
-        "seconds": table["seconds"].round(1),
+        "seconds": table["seconds"].round(2),
         "peak MiB": table["peak_mib"].round(0).astype(int),
         "× TR-WE's time": (table["seconds"] / base["seconds"]).round(1),
         "× TR-WE's memory": (table["peak_mib"] / max(base["peak_mib"], 1.0)).round(1),
