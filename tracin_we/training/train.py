@@ -111,9 +111,8 @@ def train(
     (``tracin_we.training.cached_run``).
     """
     splits = splits if splits is not None else make_splits(config.data)
-    model, init = new_model(config)
-    check_length(model, config.data.max_length, name=config.model)
-    resolved = resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
+    model, resolved = _built(config, splits)
+    init = resolved["init"]
     folder = Folder(Path(run_dir) if run_dir else _cached_path(config, resolved, cache))
     result = open_run(folder, resolved, overwrite, named=run_dir is not None)
     if result is None:
@@ -157,14 +156,20 @@ def trained(
 ) -> TrainResult | None:
     """``train(config, splits, cache=cache)``'s result when the cache holds it finished, else
     None; never trains (builds the model once, for its init's name, as ``train`` does)."""
-    splits = splits if splits is not None else make_splits(config.data)
-    init = new_model(config)[1]
-    resolved = resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
+    resolved = _built(config, splits if splits is not None else make_splits(config.data))[1]
     folder = Folder(_cached_path(config, resolved, cache))
     if folder.read_json("config.json", recompute=False) != resolved:
         return None
     result = folder.read_json("result.json", recompute=False)
     return None if result is None else _result(folder.path, config, result)
+
+
+def _built(config: TrainConfig, splits: DatasetDict) -> tuple[nn.Module, dict]:
+    """The model ``config`` starts from and the resolved config naming its run (its cache key
+    comes from it): what ``train`` and ``trained`` both start from."""
+    model, init = new_model(config)
+    check_length(model, config.data.max_length, name=config.model)
+    return model, resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
 
 
 def _cached_path(config: TrainConfig, resolved: dict, cache: str | Path | None) -> Path:
