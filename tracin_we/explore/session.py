@@ -30,7 +30,7 @@ from tracin_we.core.persistence import cache_dir
 from tracin_we.core.tokenizer import load_tokenizer
 from tracin_we.influence import scores, top_k, word_scores
 from tracin_we.preflight import check_notebook
-from tracin_we.report.explain import highlight_words
+from tracin_we.report.explain import highlight_words, influential_table
 from tracin_we.reproduce import (
     PRESETS,
     load_preset,
@@ -188,20 +188,19 @@ class Explorer:
         return Explanation(example, self.probabilities(example), found, top, k)
 
     def _top(self, method: str, row: torch.Tensor, example: dict, k: int) -> pd.DataFrame:
-        train, lines = self.splits["train"], []
-        for direction, proponents in (("proponent", True), ("opponent", False)):
-            best = top_k(row[None], k, proponents=proponents)
-            for rank, (i, s) in enumerate(
-                zip(best.indices[0].tolist(), best.influence_scores[0].tolist(), strict=True)
-            ):
-                text = train[i]
-                lines.append({
-                    "direction": direction, "rank": rank + 1, "train_index": i, "score": s,
-                    "label": self.label_names[text["label"]], "text": text["text"],
-                    "html": self._highlight(text, example) if method == "tracin-we"
-                    else f"<p>{html.escape(text['text'])}</p>",
-                })  # fmt: skip
-        return pd.DataFrame(lines)
+        """``report.explain.influential_table`` of one method, each training text whole and with
+        its HTML (TracIn-WE: words highlighted by their share of the score)."""
+        train = self.splits["train"]
+        table = influential_table({method: row[None]}, 0, train, k, self.label_names)
+        texts = [train[i] for i in table["train_index"]]
+        return table.drop(columns="method").assign(
+            text=[t["text"] for t in texts],
+            html=[
+                self._highlight(t, example) if method == "tracin-we"
+                else f"<p>{html.escape(t['text'])}</p>"
+                for t in texts
+            ],
+        )  # fmt: skip
 
     def _highlight(self, train_example: dict, example: dict) -> str:
         words = word_scores(
