@@ -43,6 +43,8 @@ from tracin_we.core.inputs import Tensors, forward
 from tracin_we.core.models import word_embeddings
 
 KRONFLUENCE = "--no-deps kronfluence==1.0.1"  # without the torchvision it declares (pyproject)
+# The inputs both libraries get, in the order of traker's text_classification batch.
+KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels")
 
 
 def _library(module: str, install: str):
@@ -73,8 +75,7 @@ def _batches(data: Tensors, size: int) -> list[dict[str, torch.Tensor]]:
     n = len(data["labels"])
     full = {**data}
     full.setdefault("token_type_ids", torch.zeros_like(data["input_ids"]))
-    keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
-    return [{k: full[k][i : i + size] for k in keys} for i in range(0, n, size)]
+    return [{k: full[k][i : i + size] for k in KEYS} for i in range(0, n, size)]
 
 
 def default_trak_params(model: nn.Module) -> list[str]:
@@ -174,9 +175,8 @@ def _selected_gradients():
 
 
 def _ordered(batch: dict[str, torch.Tensor], device) -> list[torch.Tensor]:
-    """traker's text_classification batch: input_ids, token_type_ids, attention_mask, labels."""
-    keys = ("input_ids", "token_type_ids", "attention_mask", "labels")
-    return [batch[k].to(device) for k in keys]
+    """traker's text_classification batch: the ``KEYS`` in order, on ``device``."""
+    return [batch[k].to(device) for k in KEYS]
 
 
 class _Conv1dAs2d(nn.Module):
