@@ -29,6 +29,9 @@ Measured per size, in one process, sizes in turn:
   ``/proc/self/clear_refs``), absolute and above the resident set just before; on CUDA also
   ``torch.cuda.max_memory_allocated`` above the memory allocated before.
 
+Shared tokens are scored by ``embedding.sparse_dot``'s fast path (the default), or with
+``--exact`` by its exact path.
+
     .venv/bin/python benchmarks/bench_scale.py    # ~10 minutes on 2 quiet CPU cores
 """
 
@@ -128,6 +131,7 @@ def run_size(
             progress=args.progress,
             batch_size=args.batch_size,
             device=args.device,
+            exact=args.exact,
         )
         synchronize(args.device)
         seconds = time.perf_counter() - start
@@ -170,6 +174,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--progress", action="store_true", help="a progress bar over chunks")
+    parser.add_argument(
+        "--exact", action="store_true", help="the exact shared-token scoring (sparse_dot)"
+    )
     args = parser.parse_args()
     for name in ("n_test", "checkpoints", "seq_len", "batch_size", "chunk_size", "k", "threads"):
         if getattr(args, name) < 1:
@@ -194,7 +201,8 @@ def main() -> int:
         f"TracIn-WE streamed top-{args.k} proponents + opponents: BERT-tiny architecture, random "
         f"init ({n_params / 1e6:.1f}M parameters), {args.checkpoints} checkpoints; AG News, "
         f"{args.n_test:,} test texts, training texts = {len(pool['labels']):,} distinct repeated "
-        f"to each size; seq len {args.seq_len} (mean {mean_len:.0f} unpadded)"
+        f"to each size; seq len {args.seq_len} (mean {mean_len:.0f} unpadded); "
+        f"{'exact' if args.exact else 'fast'} shared-token scoring"
     )
     print(
         f"device {args.device}, {args.threads} torch threads on {os.cpu_count()} cores, batch "

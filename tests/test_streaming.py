@@ -1,6 +1,7 @@
-"""Streaming top-k (``influence.top_k_streaming``): at the same batch size, exactly
-``top_k(scores(...))``, ties included, for any chunk size (both run the same computation); no
-(n_test, n_train) tensor; the chunk cache; bad input."""
+"""Streaming top-k (``influence.top_k_streaming``): at the same batch size and with TracIn-WE's
+exact shared-token scoring (``exact=True``), exactly ``top_k(scores(...))``, ties included, for
+any chunk size (both run the same computation); no (n_test, n_train) tensor; the chunk cache;
+bad input. The fast default streams within its tolerance: tests/test_fast_scoring.py."""
 
 from __future__ import annotations
 
@@ -45,10 +46,13 @@ def assert_same(actual: influence.InfluentialResults, expected: influence.Influe
     assert actual.influence_scores.device.type == "cpu"
 
 
-@pytest.mark.parametrize("method", ["tracin-we", "tracin-we-noc", "tracin-we-syn"])
-def test_streaming_equals_top_k_of_scores(case, method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "exact"),
+    [("tracin-we", {"exact": True}), ("tracin-we-noc", {"exact": True}), ("tracin-we-syn", {})],
+)
+def test_streaming_equals_top_k_of_scores(case, method: str, exact: dict) -> None:
     model, ckpts, train, test = case
-    full = influence.scores(method, model, ckpts, train, test, batch_size=BATCH)
+    full = influence.scores(method, model, ckpts, train, test, batch_size=BATCH, **exact)
     for chunk_size in CHUNK_SIZES:
         for k in (1, 5, N_TRAIN):
             both = influence.top_k_streaming_both(
@@ -61,12 +65,13 @@ def test_streaming_equals_top_k_of_scores(case, method: str) -> None:
                 chunk_size=chunk_size,
                 progress=False,
                 batch_size=BATCH,
+                **exact,
             )
             assert_same(both.proponents, influence.top_k(full, k))
             assert_same(both.opponents, influence.top_k(full, k, proponents=False))
     one_side = influence.top_k_streaming(
         method, model, ckpts, train, test, k=4, proponents=False, chunk_size=7, progress=False,
-        batch_size=BATCH,
+        batch_size=BATCH, **exact,
     )  # fmt: skip
     assert_same(one_side, influence.top_k(full, 4, proponents=False))
 
@@ -79,12 +84,13 @@ def test_ties_keep_training_index_order(case) -> None:
     scores round differently on some CPUs and may swap)."""
     model, ckpts, train, test = case
     full = influence.scores(
-        "tracin-we-noc", model, ckpts, train, test, special_token_ids=[101, 102], batch_size=BATCH
-    )
+        "tracin-we-noc", model, ckpts, train, test, special_token_ids=[101, 102], batch_size=BATCH,
+        exact=True,
+    )  # fmt: skip
     assert (full == 0).any() and torch.equal(full[:, :BATCH], full[:, 4 * BATCH : 5 * BATCH])
     top = influence.top_k_streaming(
         "tracin-we-noc", model, ckpts, train, test, N_TRAIN, chunk_size=4, progress=False,
-        special_token_ids=[101, 102], batch_size=BATCH,
+        special_token_ids=[101, 102], batch_size=BATCH, exact=True,
     )  # fmt: skip
     for row_values, row_indices in zip(top.influence_scores, top.indices, strict=True):
         for value in row_values.unique():
@@ -102,14 +108,14 @@ def test_topk_positions_and_other_kernels(case) -> None:
     train_t, test_t = model_inputs(train), model_inputs(test)
     with prepared(model, options):
         run = Run(model, ckpts, options)
-        kernel = WordEmbeddingKernel(top_tokens=3)
+        kernel = WordEmbeddingKernel(top_tokens=3, exact=True)
         full = tracin(run, kernel, train_t, test_t)
         for chunk_size in (1, 9, 40):
             prop, opp = stream_top_k(run, kernel, train_t, test_t, 6, (True, False), chunk_size)
             assert_same_values(prop, influence.top_k(full, 6))
             assert_same_values(opp, influence.top_k(full, 6, proponents=False))
     for method, options in [
-        ("grad-cos", {"layer": "embedding"}),
+        ("grad-cos", {"layer": "embedding", "exact": True}),
         ("tracin-last", {}),
         ("grad-cos", {}),
         ("tracin-layer", {"params": "classifier"}),
@@ -187,21 +193,25 @@ class ShapeLog(TorchDispatchMode):
 def test_never_builds_an_n_test_by_n_train_tensor() -> None:
     """1,200 training texts in chunks of 8: no tensor the streaming call creates has even half of
     n_test × n_train elements (the largest are the inputs, 1,200 × 12, and a chunk's gathered
-    gradient rows), and its score blocks are (n_test, ≤ k + chunk); the same probe on ``scores``
+    gradient rows), and on the exact path its score blocks are (n_test, ≤ k + chunk) (the fast
+    path also lays out the test texts' dense tokens, (n_test, m·d)); the same probe on ``scores``
     sees the full matrix, so this test can fail."""
     model = cnn().float()
     ckpts, train, test = checkpoints(model), texts(1200, 0), texts(30, 1)
     full_size = len(train) * len(test)
-    streamed, whole = ShapeLog(), ShapeLog()
-    with streamed:
-        influence.top_k_streaming_both(
-            "tracin-we", model, ckpts, train, test, 3, chunk_size=8, progress=False, batch_size=8
-        )
+    whole = ShapeLog()
     with whole:
         influence.scores("tracin-we", model, ckpts, train, test, batch_size=8)
     assert (len(test), len(train)) in whole.shapes
-    largest = max(torch.Size(s).numel() for s in streamed.shapes)
-    assert largest < full_size / 2, f"largest tensor {largest} elements"
+    for exact in (False, True):
+        streamed = ShapeLog()
+        with streamed:
+            influence.top_k_streaming_both(
+                "tracin-we", model, ckpts, train, test, 3, chunk_size=8, progress=False,
+                batch_size=8, exact=exact,
+            )  # fmt: skip
+        largest = max(torch.Size(s).numel() for s in streamed.shapes)
+        assert largest < full_size / 2, f"largest tensor {largest} elements"
     blocks = [s for s in streamed.floating if len(s) == 2 and s[0] == len(test)]
     assert (len(test), 8) in blocks and max(s[1] for s in blocks) <= 3 + 8
 

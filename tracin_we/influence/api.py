@@ -276,14 +276,14 @@ def _kernel(method: str, run: Run, datasets: list[Tensors]) -> Kernel:
     """The per-checkpoint kernel of a TracIn-style method."""
     options = run.options
     if method == "tracin-we":
-        return WordEmbeddingKernel()
+        return WordEmbeddingKernel(exact=options.exact)
     if method == "tracin-we-topk":
-        return WordEmbeddingKernel(top_tokens=options.top_tokens)
+        return WordEmbeddingKernel(top_tokens=options.top_tokens, exact=options.exact)
     if method == "tracin-we-noc":
         exclude = options.special_token_ids
         if exclude is None:
             exclude = framing_ids(datasets)
-        return WordEmbeddingKernel(exclude=tuple(sorted(set(exclude))))
+        return WordEmbeddingKernel(exclude=tuple(sorted(set(exclude))), exact=options.exact)
     if method == "tracin-we-syn":
         return SynonymKernel(options.top_tokens, options.threshold)
     if method == "tracin-last":
@@ -293,5 +293,5 @@ def _kernel(method: str, run: Run, datasets: list[Tensors]) -> Kernel:
     if options.layer == "last":
         return CosineKernel(last_layer_kernel(run))
     if options.layer == "embedding":
-        return CosineKernel(WordEmbeddingKernel())
+        return CosineKernel(WordEmbeddingKernel(exact=options.exact))
     return CosineKernel(ParamKernel(tuple(select_params(run.model, options.layer, "layer"))))

@@ -27,16 +27,16 @@ from tracin_we.core.params import check_types
 
 COMMON_OPTIONS = ("batch_size", "device", "dtype", "cache_dir", "progress")
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "tracin-we": (),
-    "tracin-we-topk": ("top_tokens",),
+    "tracin-we": ("exact",),
+    "tracin-we-topk": ("top_tokens", "exact"),
     "tracin-we-syn": ("top_tokens", "threshold"),
-    "tracin-we-noc": ("special_token_ids",),
+    "tracin-we-noc": ("special_token_ids", "exact"),
     "tracin-last": (),
     "tracin-layer": ("params",),
     "influence-last": ("damping",),
     "representer": ("l2",),
     "tracin-tfidf": ("special_token_ids",),
-    "grad-cos": ("layer",),
+    "grad-cos": ("layer", "exact"),
     "random": ("seed",),
     "trak": ("proj_dim", "params", "seed"),  # through traker (influence.peers)
     "ekfac": ("ekfac_damping",),  # through kronfluence (influence.peers)
@@ -81,6 +81,10 @@ class Options:
     proj_dim: int = 1024  # trak: dimension of the projected gradients
     # ekfac: λ of (G + λI); None: kronfluence's heuristic, 0.1 × each module's mean eigenvalue
     ekfac_damping: float | None = None
+    # TracIn-WE, -Topk, -NoC and grad-cos on the embedding: shared-token scoring without the
+    # dense product of the most shared tokens (embedding.sparse_dot), equal to the fast default
+    # within embedding.FAST_RTOL and independent of the other texts scored with it
+    exact: bool = False
 
     def __post_init__(self) -> None:
         """Types and the shared value rules (``params.check_types``: finite floats, the seed's
@@ -149,7 +153,12 @@ def parse_options(method: str, options: dict[str, Any]) -> Options:
             f"options {unknown} do not apply to method={method!r}; allowed: {list(allowed)}"
         )
     known = {f.name for f in fields(Options)}
-    return Options(**{k: v for k, v in options.items() if k in known})
+    parsed = Options(**{k: v for k, v in options.items() if k in known})
+    if method == "grad-cos" and parsed.exact and parsed.layer != "embedding":
+        raise ValueError(
+            f"exact=True applies to grad-cos on layer='embedding' only (layer={parsed.layer!r})"
+        )
+    return parsed
 
 
 DATA_FORMATS = (

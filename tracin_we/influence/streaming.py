@@ -10,10 +10,10 @@ features of c, which are computed once up front; the block Σ_c η_c kernel(test
 test features of every checkpoint, one chunk's features and a (n_test, k + chunk) block —
 bounded by the chunk size, not by n_train × n_test.
 
-For the word-embedding methods (TracIn-WE, -Topk, -NoC, -Syn, grad-cos on the embedding) the
-results equal ``top_k(scores(...), k)`` exactly, ties included, when both run at the same
-``batch_size``, dtype, device and torch thread count (a per-example gradient rounds with its batch:
-at another batch size, equal to rounding, and near-ties may swap):
+For the word-embedding methods with ``exact=True`` (TracIn-WE, -Topk, -NoC, grad-cos on the
+embedding) and TracIn-WE-Syn, the results equal ``top_k(scores(...), k)`` exactly, ties included,
+when both run at the same ``batch_size``, dtype, device and torch thread count (a per-example
+gradient rounds with its batch: at another batch size, equal to rounding, and near-ties may swap):
 
 - chunks start at multiples of ``batch_size`` (``chunk_size`` is rounded up to a multiple of it),
   so every backward pass sees exactly the batch it sees in ``scores``: a per-example gradient
@@ -21,6 +21,12 @@ at another batch size, equal to rounding, and near-ties may swap):
 - a block is computed with the same kernel and the same checkpoint sum as ``scores``' columns,
   and a sparse row dot product does not depend on the other columns;
 - the merge is a stable sort of (kept so far, new block), so ties keep training-index order.
+
+By default those methods score through ``embedding.sparse_dot``'s fast path, whose dense product
+covers the tokens shared by most pairs *of the texts scored together*: a chunk may pick other
+tokens than the whole set. Streamed and whole scores then each lie within ``embedding.FAST_RTOL``
+· Σ_c |η_c| Σ_w ‖g_w(z′)‖ ‖g_w(z)‖ of the exact path (tests/test_fast_scoring.py), so near-ties
+may swap.
 
 Kernels that are matrix products (TracIn-Last, TracIn-Layer, grad-cos on them) agree to rounding
 only, since a product's entries can round differently with the width of the matrix: near-ties
