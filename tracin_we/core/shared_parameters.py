@@ -29,6 +29,8 @@ SHARED: tuple[Line, ...] = (
      "answers)"),
     ("embedding_init", "None", 'cnn/bert-tiny: "minilm-l6" starts the word embeddings from '
      "MiniLM's, PCA-projected; None: random"),
+    ("init_from", "None", 'bert-tiny: "distilled:minilm-l6" (MiniLM distilled, cached), or a '
+     "pretraining run folder"),
     ("n_train", "120", "training examples (stratified sample)"),
     ("n_val", "40", "validation examples"),
     ("n_test", "40", "test examples"),

@@ -11,9 +11,10 @@ from torch import nn
 from tracin_we.core.inputs import PAD_ID
 from tracin_we.core.models import build_model
 from tracin_we.core.tokenizer import VOCAB_SIZE
+from tracin_we.training.distill import distilled_run
 from tracin_we.training.embedding_init import init_embeddings
 from tracin_we.training.pretrain import load_encoder
-from tracin_we.training.recipe import TrainConfig
+from tracin_we.training.recipe import DISTILLED, TrainConfig
 
 
 def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
@@ -33,7 +34,10 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
         label_names=config.data.class_names,
     )
     if config.init_from is not None:
-        init = load_encoder(model, config.init_from)
+        source = config.init_from
+        if source.startswith(DISTILLED):
+            source = distilled_run(source, config.data)
+        init = load_encoder(model, source)
     if config.embedding_init is not None:
         pad = PAD_ID if config.data.pad_token_id is None else config.data.pad_token_id
         init += "+" + init_embeddings(model, config.embedding_init, pad)

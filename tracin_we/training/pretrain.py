@@ -386,5 +386,5 @@ def load_encoder(model: nn.Module, source: str | Path | dict[str, torch.Tensor])
             f"missing {[k for k in missing if not k.startswith('pooler.')][:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    log.info("bert-tiny: word embeddings and encoder from the MLM run %s", source)
+    log.info("bert-tiny: word embeddings and encoder from the run %s", source)
     return f"mlm:{sha[:16]}"

@@ -1,0 +1,217 @@
+"""A pretrained BERT-tiny offline: MiniLM distilled into the BERT-tiny architecture.
+
+The paper's BERT-tiny (Google's pretrained ``bert_uncased_L-2_H-128_A-2``) needs the hub. The
+pretrained encoder this project has offline is MiniLM (``core.pretrained``: all-MiniLM-L6-v2, 6
+layers, hidden 384, 12 heads, BERT's uncased WordPiece ids), whose training step costs ~14× a
+BERT-tiny one: too slow for hundreds of retrains. Distillation gives a BERT-tiny that starts
+where MiniLM's representations are, once, cached.
+
+**Corpus** (``pretrain.pretraining_corpus``): the texts that fine-tuning on ``data`` leaves
+unused; no fine-tuning text and no test point is distilled on.
+
+**Student**: BERT-tiny's encoder (2 layers, hidden 128, 2 heads). Its word embeddings start
+from MiniLM's, PCA-projected to 128 dimensions (``embedding_init``); the rest is seeded random.
+
+**Loss**: TinyBERT's embedding and hidden-state terms (Jiao et al. 2020, arXiv 1909.10351, §3.1,
+with its uniform layer map), per text z and averaged over a mini-batch:
+
+    ℓ(z) = (1/3) Σ_{(s, t) ∈ LAYER_MAP} mean over z's real tokens i of ‖W_s h_s,i − h^T_t,i‖² / 384
+
+h_s: the student's hidden states after s layers (0: the embedding output), h^T_t the teacher's
+after t, W_s a learned 128 → 384 map. TinyBERT's attention term matches attention maps head by
+head and needs equal head counts (2 here, 12 in MiniLM), so it is left out; so is its
+prediction-layer term (the teacher has no task head). The teacher's states are computed once per
+run and held in float16 (3 × 384 numbers per token: ~2 GB for 14,000 texts of 64 tokens).
+
+**Run** (``distill``): ``loop.fit`` inside ``cached_run``'s cached, resumable, verified run under
+``<cache>/distill/bert-tiny-from-<teacher>-<key>``. Its ``final.pt`` holds ``model.bert.*`` as a
+pretraining run's does, so fine-tuning starts from it with ``TrainConfig(init_from=...)``: the run
+folder, or ``"distilled:minilm-l6"`` (``recipe.DISTILLED``), which distils for the fine-tuning data
+config when no cached run exists (``model_init.new_model``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import BertModel
+
+from tracin_we.core.data import DataConfig
+from tracin_we.core.inputs import PAD_ID, Tensors, model_inputs
+from tracin_we.core.models import bert_tiny_config, build_model
+from tracin_we.core.params import check_types
+from tracin_we.core.persistence import Folder, cache_dir, config_key, tensor_digest
+from tracin_we.core.pretrained import PRETRAINED
+from tracin_we.core.tokenizer import VOCAB_SIZE
+from tracin_we.training.cached_run import OnEpoch, Schedule, open_run, run_epochs
+from tracin_we.training.embedding_init import init_embeddings
+from tracin_we.training.loop import fit
+from tracin_we.training.pretrain import PretrainConfig, pretraining_corpus
+from tracin_we.training.recipe import DISTILLED, RECIPE_VERSION, check_recipe
+
+LAYER_MAP = ((0, 0), (1, 3), (2, 6))  # (student layer, teacher layer); 0: embedding output
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation of ``teacher`` into BERT-tiny on the texts that fine-tuning on ``data``
+    leaves unused (module docstring). Frozen: it keys the cache."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: str = "minilm-l6"  # a key of core.pretrained.PRETRAINED
+    n_corpus: int | None = None  # texts distilled on (domain-stratified sample); None: all unused
+    epochs: int = 6
+    lr: float = 1e-3
+    momentum: float = 0.9  # Adam's beta1
+    optimizer: str = "adam"
+    batch_size: int = 32
+    checkpoint_epochs: tuple[int, ...] = (6,)
+    seed: int = 0  # student init, corpus sample and batch order
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        object.__setattr__(self, "checkpoint_epochs", tuple(self.checkpoint_epochs))
+        if self.teacher not in PRETRAINED:
+            raise ValueError(f"teacher={self.teacher!r} is unknown; allowed: {list(PRETRAINED)}")
+        if self.data.vocab_size is not None:
+            raise ValueError(
+                f"tokenizer={self.data.tokenizer!r}: distillation reads the teacher's ids "
+                "(bert-base-uncased); leave tokenizer as None"
+            )
+        check_recipe(self)
+
+    @property
+    def freeze_embeddings(self) -> bool:
+        return False
+
+
+class Student(nn.Module):
+    """BERT-tiny's encoder (``model.bert``, keys as ``pretrain.MaskedLM``'s) and the maps W_s
+    (``project``) of the distillation loss."""
+
+    def __init__(self, seed: int, teacher_width: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        config = bert_tiny_config(VOCAB_SIZE, pad_token_id=PAD_ID)
+        self.model = nn.Module()
+        self.model.bert = BertModel(config, add_pooling_layer=False)
+        self.model.bert.set_attn_implementation("eager")
+        width = config.hidden_size
+        self.project = nn.ModuleList(nn.Linear(width, teacher_width) for _ in LAYER_MAP)
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.model.bert.get_input_embeddings()
+
+    def hidden_states(self, batch: Tensors) -> tuple[torch.Tensor, ...]:
+        """The student's hidden states after 0, 1 and 2 layers, each (B, T, 128)."""
+        out = self.model.bert(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch.get("token_type_ids"),
+            output_hidden_states=True,
+        )
+        return out.hidden_states
+
+
+def distillation_loss(student: Student, batch: Tensors) -> torch.Tensor:
+    """The mini-batch mean of ℓ(z) (module docstring); ``batch["teacher"]``: (B, 3, T, D)."""
+    states = student.hidden_states(batch)
+    real = batch["attention_mask"].bool()
+    counts = real.sum(1).clamp(min=1)
+    total = 0.0
+    for k, ((s, _), project) in enumerate(zip(LAYER_MAP, student.project, strict=True)):
+        target = batch["teacher"][:, k].float()
+        error = (project(states[s]) - target).pow(2).mean(-1)  # (B, T): ‖·‖² / D
+        total = total + (error * real).sum(1) / counts
+    return (total / len(LAYER_MAP)).mean()
+
+
+@torch.no_grad()
+def teacher_states(
+    teacher: str, tensors: Tensors, batch_size: int, device: str, progress: bool
+) -> torch.Tensor:
+    """(N, 3, T, D) float16: the teacher's hidden states at ``LAYER_MAP``'s layers."""
+    model, _ = build_model(teacher, num_labels=2, seed=0, pretrained=True)
+    bert = model.model.bert.to(device).eval()
+    layers = [t for _, t in LAYER_MAP]
+    parts = []
+    n = len(tensors["input_ids"])
+    for start in tqdm(range(0, n, batch_size), desc="teacher states", disable=not progress):
+        batch = {k: v[start : start + batch_size].to(device) for k, v in tensors.items()}
+        out = bert(**batch, output_hidden_states=True).hidden_states
+        parts.append(torch.stack([out[t] for t in layers], 1).half().cpu())
+    return torch.cat(parts)
+
+
+def distill(
+    config: DistillConfig,
+    cache: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Distil ``config`` (or reuse its cached run); returns the run folder
+    (``<cache>/distill/bert-tiny-from-<teacher>-<key>``, the key hashing the resolved config,
+    the corpus, the teacher's weights and the recipe version). Unlike a training run's, the key
+    leaves out the torch thread count, so that processes of any count (retrain workers run one
+    thread) share one distilled model; ``result.json`` records the count it was made with."""
+    corpus = pretraining_corpus(
+        PretrainConfig(data=config.data, n_corpus=config.n_corpus, seed=config.seed)
+    )
+    tensors = model_inputs(corpus)
+    resolved = asdict(config)
+    resolved["data"].pop("data_dir")
+    resolved |= {
+        "teacher_weights": dict(PRETRAINED[config.teacher].sha256)["model.safetensors"],
+        "corpus_fingerprint": tensor_digest(tensors),
+        "recipe": RECIPE_VERSION,
+    }
+    resolved = json.loads(json.dumps(resolved))
+    name = f"bert-tiny-from-{config.teacher}-{config_key(resolved)}"
+    folder = Folder(cache_dir(cache) / "distill" / name)
+    if open_run(folder, resolved, overwrite=False, named=False) is not None:
+        return folder.path
+    inputs = {k: tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    targets = teacher_states(config.teacher, inputs, config.batch_size, device, progress)
+    student = Student(config.seed, targets.shape[-1])
+    init = init_embeddings(student, config.teacher, PAD_ID)
+    train = inputs | {"teacher": targets, "labels": torch.arange(len(targets))}
+
+    def run_fit(start_epoch: int, optimizer_state: dict | None, on_epoch: OnEpoch) -> None:
+        fit(
+            student,
+            train,
+            config,
+            device=device,
+            start_epoch=start_epoch,
+            optimizer_state=optimizer_state,
+            progress=progress,
+            on_epoch=on_epoch,
+            loss_fn=distillation_loss,
+        )
+
+    run_epochs(
+        folder,
+        resolved,
+        student,
+        run_fit,
+        Schedule(config.epochs, config.lr, config.checkpoint_epochs),
+        lambda model: {},
+        lambda model, history: {"n_corpus": len(corpus)},
+        {"init": init, "threads": torch.get_num_threads()},
+    )
+    return folder.path
+
+
+@lru_cache(maxsize=8)
+def distilled_run(init_from: str, data: DataConfig) -> Path:
+    """The run folder of ``init_from="distilled:<teacher>"`` for fine-tuning on ``data``: the
+    default ``DistillConfig`` of that teacher, distilled on the texts ``data`` leaves unused."""
+    teacher = init_from.removeprefix(DISTILLED)
+    return distill(DistillConfig(data=data, teacher=teacher))
