@@ -69,6 +69,16 @@ def _compact(test: SparseRows, train: SparseRows) -> tuple[torch.Tensor, torch.T
     return compact[: len(test.ids)], compact[len(test.ids) :], len(vocab)
 
 
+def test_half_precision_rows_take_the_exact_path() -> None:
+    test, train = zipf_rows(10, 200, 8, 7), zipf_rows(60, 200, 8, 8)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = [
+            SparseRows(r.ids, (r.rows / r.rows.abs().max()).to(dtype), r.offsets)
+            for r in (test, train)
+        ]
+        assert torch.equal(sparse_dot(*half), sparse_dot(*half, exact=True))
+
+
 def test_without_dense_tokens_the_join_is_the_exact_sum_bitwise(monkeypatch) -> None:
     """The join adds each score's tokens in the exact path's order: no dense token, same bits."""
     test, train = zipf_rows(30, 400, 16, 3), zipf_rows(200, 400, 16, 4)

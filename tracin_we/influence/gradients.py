@@ -124,7 +124,7 @@ class SparseRows:
     def sq_norms(self) -> torch.Tensor:
         """(n,): Σ_w ‖g_w‖², each example's squared gradient norm."""
         out = torch.zeros(self.n, dtype=self.rows.dtype, device=self.rows.device)
-        return out.index_put_((self.example_index(),), self.rows.pow(2).sum(-1), accumulate=True)
+        return add_at(out, self.example_index(), self.rows.pow(2).sum(-1))
 
     def as_dict(self) -> Tensors:
         return {"ids": self.ids, "rows": self.rows, "offsets": self.offsets}
@@ -136,6 +136,16 @@ class SparseRows:
         return cls(torch.cat([p.ids for p in parts]), torch.cat([p.rows for p in parts]), offsets)
 
 
+def add_at(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``out[index[p]] += values[p]`` along dim 0, in place, the same bits in every run: on CPU
+    ``index_add_`` adds serially (``index_put_(accumulate=True)`` splits large float inputs
+    across threads, which add in another order each run); on CUDA ``index_put_`` sorts first
+    (``index_add_`` adds with atomics)."""
+    if out.device.type == "cuda":
+        return out.index_put_((index,), values, accumulate=True)
+    return out.index_add_(0, index, values)
+
+
 def sparse_rows(
     input_ids: torch.Tensor, grads: torch.Tensor, keep: torch.Tensor, vocab_size: int
 ) -> SparseRows:
@@ -145,10 +155,7 @@ def sparse_rows(
     """
     b, t = keep.nonzero(as_tuple=True)
     keys, inverse = torch.unique(b * vocab_size + input_ids[b, t], return_inverse=True)
-    # index_put_ rather than index_add_: its accumulation order is fixed on CUDA too.
-    rows = grads.new_zeros(len(keys), grads.shape[-1]).index_put_(
-        (inverse,), grads[b, t], accumulate=True
-    )
+    rows = add_at(grads.new_zeros(len(keys), grads.shape[-1]), inverse, grads[b, t])
     counts = torch.bincount(keys // vocab_size, minlength=len(input_ids))
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     return SparseRows(keys % vocab_size, rows, offsets)

@@ -138,7 +138,8 @@ def multistage_tracin_we(
     ``pretrain_checkpoints`` in turn; ``corpus``: MLM inputs (masked ``input_ids``,
     ``attention_mask``, ``labels`` (N, T)); ``classifier`` takes each of ``test_states`` (g_w(z′)
     is summed over them); ``test``: classifier inputs with ``labels`` (n_test,). Both models are
-    put back as they were (weights, train/eval mode) afterwards.
+    put back as they were (weights, train/eval mode) afterwards. Shared tokens are scored by
+    ``embedding.sparse_dot``'s fast default (within ``embedding.FAST_RTOL`` of the exact sum).
     """
     if not pretrain_checkpoints or not test_states:
         raise ValueError("pretrain_checkpoints and test_states must each hold at least one entry")

@@ -82,8 +82,9 @@ class Options:
     # ekfac: λ of (G + λI); None: kronfluence's heuristic, 0.1 × each module's mean eigenvalue
     ekfac_damping: float | None = None
     # TracIn-WE, -Topk, -NoC and grad-cos on the embedding: shared-token scoring without the
-    # dense product of the most shared tokens (embedding.sparse_dot), equal to the fast default
-    # within embedding.FAST_RTOL and independent of the other texts scored with it
+    # dense product of the most shared tokens (embedding.sparse_dot); it and the fast default are
+    # each within embedding.FAST_RTOL of the exact sum, and it does not depend on the other texts
+    # scored with it
     exact: bool = False
 
     def __post_init__(self) -> None:
