@@ -5,6 +5,7 @@ folder, or ``init_from="distilled:minilm-l6"``), and bad input."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,20 +13,23 @@ import torch.nn.functional as F
 
 from tests.conftest import TINY_FINE_TUNING
 from tracin_we.core.data import DataConfig
-from tracin_we.core.inputs import model_inputs
+from tracin_we.core.inputs import PAD_ID, model_inputs
 from tracin_we.training import distill as distill_module
 from tracin_we.training.distill import (
     LAYER_MAP,
     DistillConfig,
     Student,
     distill,
+    distill_identity,
     distillation_loss,
     distilled_run,
     teacher_states,
 )
+from tracin_we.training.embedding_init import init_embeddings
 from tracin_we.training.model_init import new_model
 from tracin_we.training.pretrain import PretrainConfig, pretraining_corpus
 from tracin_we.training.recipe import TrainConfig
+from tracin_we.training.train import trained
 
 
 def tiny_config(data_dir, **changes) -> DistillConfig:
@@ -66,6 +70,8 @@ def test_loss_is_the_mean_squared_error_of_the_mapped_layers() -> None:
 
 def test_distilled_run_is_cached_and_starts_fine_tuning(tiny_data_dir, tmp_path, monkeypatch):
     config = tiny_config(tiny_data_dir)
+    with pytest.raises(FileNotFoundError, match="no finished distillation"):
+        distill(config, cache=tmp_path, create=False)  # a worker never distils
     run = distill(config, cache=tmp_path, progress=False)
     result = json.loads((run / "result.json").read_text())
     assert result["metrics"]["n_corpus"] == 32 and result["init"].startswith("emb:minilm-l6-pca@")
@@ -75,9 +81,10 @@ def test_distilled_run_is_cached_and_starts_fine_tuning(tiny_data_dir, tmp_path,
     targets = teacher_states("minilm-l6", inputs, 16, "cpu", progress=False)
     assert targets.shape == (32, len(LAYER_MAP), 16, 384)
 
-    # distilling moved the student towards the teacher: its loss is below the fresh student's
+    # distilling moved the student towards the teacher: its loss is below its starting point's
     batch = inputs | {"teacher": targets}
     fresh = Student(config.seed, 384).eval()
+    init_embeddings(fresh, "minilm-l6", PAD_ID)
     trained = Student(config.seed, 384).eval()
     state = torch.load(run / "final.pt", weights_only=True)["state_dict"]
     trained.load_state_dict(state)
@@ -87,6 +94,7 @@ def test_distilled_run_is_cached_and_starts_fine_tuning(tiny_data_dir, tmp_path,
     # a second call reads the run back and computes no teacher state
     monkeypatch.setattr(distill_module, "teacher_states", _refuse)
     assert distill(config, cache=tmp_path, progress=False) == run
+    assert distill(config, cache=tmp_path, create=False) == run
 
     # fine-tuning starts from the folder; "distilled:minilm-l6" resolves to the same run
     common = TINY_FINE_TUNING | dict(data_dir=str(tiny_data_dir))
@@ -96,7 +104,7 @@ def test_distilled_run_is_cached_and_starts_fine_tuning(tiny_data_dir, tmp_path,
             assert torch.equal(value, state[f"model.bert.{name}"]), name
     asked = []
 
-    def run_of(init_from: str, data: DataConfig):
+    def run_of(init_from: str, data: DataConfig, create: bool):
         asked.append((init_from, data))
         return run
 
@@ -109,12 +117,36 @@ def _refuse(*args, **kwargs):
     raise AssertionError("the cached run should have been reused")
 
 
+def test_key_follows_the_corpus_not_the_labels(tiny_data_dir) -> None:
+    """Label noise leaves the distillation's texts, hence its run, unchanged; max_length and the
+    teacher's recipe do not."""
+    config = tiny_config(tiny_data_dir)
+    noisy = tiny_config(tiny_data_dir, data=replace(config.data, label_noise=0.2))
+
+    def identity(c: DistillConfig) -> dict:
+        corpus = pretraining_corpus(PretrainConfig(data=c.data, n_corpus=c.n_corpus))
+        return distill_identity(c, model_inputs(corpus))
+
+    assert identity(noisy) == identity(config)
+    shorter = tiny_config(tiny_data_dir, data=replace(config.data, max_length=12))
+    assert identity(shorter) != identity(config)
+    assert identity(tiny_config(tiny_data_dir, lr=3e-4)) != identity(config)
+
+
+def test_trained_never_distils(tiny_data_dir, monkeypatch) -> None:
+    monkeypatch.setattr(distill_module, "teacher_states", _refuse)
+    common = TINY_FINE_TUNING | dict(data_dir=str(tiny_data_dir))
+    assert trained(TrainConfig.from_params(**common, init_from="distilled:minilm-l6")) is None
+
+
 def test_distilled_run_uses_the_default_recipe_on_the_unused_texts(monkeypatch) -> None:
     seen = []
-    monkeypatch.setattr(distill_module, "distill", lambda config: seen.append(config) or "run")
+    monkeypatch.setattr(
+        distill_module, "distill", lambda config, create: seen.append((config, create)) or "run"
+    )
     data = DataConfig(n_train=40, n_val=8, n_test=20)
-    assert distilled_run.__wrapped__("distilled:minilm-l6", data) == "run"
-    assert seen == [DistillConfig(data=data, teacher="minilm-l6")]
+    assert distilled_run.__wrapped__("distilled:minilm-l6", data, False) == "run"
+    assert seen == [(DistillConfig(data=data, teacher="minilm-l6"), False)]
 
 
 @pytest.mark.parametrize(

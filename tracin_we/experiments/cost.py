@@ -77,7 +77,8 @@ def _plan(stem: str, config: Any, params: Mapping[str, Any]) -> list[Work]:
         if study == "layers_and_aggregation":
             works.append(_trainings(stem, "training (noisy labels)", 1, config.train))
         if params.get("retrain", True):
-            groups = len(set(layer_groups(new_model(config.train)[0]).values()))
+            architecture = replace(config.train, init_from=None)  # no distillation to count
+            groups = len(set(layer_groups(new_model(architecture)[0]).values()))
             one_method = replace(config, methods=config.methods[:1]).n_retrains
             what, count = f"retrains, {groups} layers", groups * one_method
             sweeps = _trainings(stem, what, count, config.train)

@@ -21,13 +21,15 @@ h_s: the student's hidden states after s layers (0: the embedding output), h^T_t
 after t, W_s a learned 128 → 384 map. TinyBERT's attention term matches attention maps head by
 head and needs equal head counts (2 here, 12 in MiniLM), so it is left out; so is its
 prediction-layer term (the teacher has no task head). The teacher's states are computed once per
-run and held in float16 (3 × 384 numbers per token: ~2 GB for 14,000 texts of 64 tokens).
+run and held in memory in float16: 3 × 384 numbers per token, ~2 GB for the ~14,000 offline texts
+of 64 tokens (``n_corpus`` draws fewer; a hub-sized corpus needs it).
 
 **Run** (``distill``): ``loop.fit`` inside ``cached_run``'s cached, resumable, verified run under
 ``<cache>/distill/bert-tiny-from-<teacher>-<key>``. Its ``final.pt`` holds ``model.bert.*`` as a
 pretraining run's does, so fine-tuning starts from it with ``TrainConfig(init_from=...)``: the run
-folder, or ``"distilled:minilm-l6"`` (``recipe.DISTILLED``), which distils for the fine-tuning data
-config when no cached run exists (``model_init.new_model``).
+folder, or ``"distilled:minilm-l6"`` (``recipe.DISTILLED``), which distils for the fine-tuning
+data config when no cached run exists, once, in the process that trains the model
+(``model_init.new_model``; ``train.trained`` and retrain workers only read it back).
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ from tracin_we.core.persistence import Folder, cache_dir, config_key, tensor_dig
 from tracin_we.core.pretrained import PRETRAINED
 from tracin_we.core.tokenizer import VOCAB_SIZE
 from tracin_we.training.cached_run import OnEpoch, Schedule, open_run, run_epochs
-from tracin_we.training.embedding_init import init_embeddings
+from tracin_we.training.embedding_init import init_embeddings, projected_embeddings
 from tracin_we.training.loop import fit
 from tracin_we.training.pretrain import PretrainConfig, pretraining_corpus
 from tracin_we.training.recipe import DISTILLED, RECIPE_VERSION, check_recipe
 
 LAYER_MAP = ((0, 0), (1, 3), (2, 6))  # (student layer, teacher layer); 0: embedding output
+WIDTH = 128  # BERT-tiny's hidden size
+# In the cache key: raise it when the loss, the student or LAYER_MAP change what a run computes.
+DISTILL_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -141,13 +146,29 @@ def teacher_states(
     model, _ = build_model(teacher, num_labels=2, seed=0, pretrained=True)
     bert = model.model.bert.to(device).eval()
     layers = [t for _, t in LAYER_MAP]
-    parts = []
-    n = len(tensors["input_ids"])
+    n, length = tensors["input_ids"].shape
+    states = torch.empty(n, len(layers), length, bert.config.hidden_size, dtype=torch.float16)
     for start in tqdm(range(0, n, batch_size), desc="teacher states", disable=not progress):
         batch = {k: v[start : start + batch_size].to(device) for k, v in tensors.items()}
         out = bert(**batch, output_hidden_states=True).hidden_states
-        parts.append(torch.stack([out[t] for t in layers], 1).half().cpu())
-    return torch.cat(parts)
+        states[start : start + batch_size] = torch.stack([out[t] for t in layers], 1).half().cpu()
+    return states
+
+
+def distill_identity(config: DistillConfig, tensors: Tensors) -> dict:
+    """What names a distillation run (its cache key): ``config`` but its data config, whose effect
+    is the corpus ``tensors`` (fingerprinted; label noise changes nothing here), with the
+    teacher's weights, the projected word embeddings, the recipe and ``DISTILL_VERSION``."""
+    resolved = asdict(config)
+    del resolved["data"]
+    resolved |= {
+        "teacher_weights": dict(PRETRAINED[config.teacher].sha256)["model.safetensors"],
+        "corpus_fingerprint": tensor_digest(tensors),
+        "embedding_init": tensor_digest(projected_embeddings(config.teacher, WIDTH, PAD_ID)),
+        "recipe": RECIPE_VERSION,
+        "distill": DISTILL_VERSION,
+    }
+    return json.loads(json.dumps(resolved))
 
 
 def distill(
@@ -155,26 +176,27 @@ def distill(
     cache: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    create: bool = True,
 ) -> Path:
     """Distil ``config`` (or reuse its cached run); returns the run folder
-    (``<cache>/distill/bert-tiny-from-<teacher>-<key>``, the key hashing the resolved config,
-    the corpus, the teacher's weights and the recipe version). Unlike a training run's, the key
-    leaves out the torch thread count, so that processes of any count (retrain workers run one
-    thread) share one distilled model; ``result.json`` records the count it was made with."""
+    (``<cache>/distill/bert-tiny-from-<teacher>-<key>``, the key hashing ``distill_identity``).
+    Unlike a training run's, the key leaves out the torch thread count, so
+    that processes of any count (retrain workers run one thread) share one distilled model;
+    ``result.json`` records the count it was made with. ``create=False``: a missing run is a
+    ``FileNotFoundError``, never a distillation."""
     corpus = pretraining_corpus(
         PretrainConfig(data=config.data, n_corpus=config.n_corpus, seed=config.seed)
     )
     tensors = model_inputs(corpus)
-    resolved = asdict(config)
-    resolved["data"].pop("data_dir")
-    resolved |= {
-        "teacher_weights": dict(PRETRAINED[config.teacher].sha256)["model.safetensors"],
-        "corpus_fingerprint": tensor_digest(tensors),
-        "recipe": RECIPE_VERSION,
-    }
-    resolved = json.loads(json.dumps(resolved))
+    resolved = distill_identity(config, tensors)
     name = f"bert-tiny-from-{config.teacher}-{config_key(resolved)}"
     folder = Folder(cache_dir(cache) / "distill" / name)
+    done = folder.read_json("result.json", recompute=False) is not None
+    if not (done and folder.read_json("config.json", recompute=False) == resolved) and not create:
+        raise FileNotFoundError(
+            f"init_from='{DISTILLED}{config.teacher}': no finished distillation in {folder} "
+            "(training the model distils it, once; a retrain worker or trained() never does)"
+        )
     if open_run(folder, resolved, overwrite=False, named=False) is not None:
         return folder.path
     inputs = {k: tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -210,8 +232,9 @@ def distill(
 
 
 @lru_cache(maxsize=8)
-def distilled_run(init_from: str, data: DataConfig) -> Path:
+def distilled_run(init_from: str, data: DataConfig, create: bool = True) -> Path:
     """The run folder of ``init_from="distilled:<teacher>"`` for fine-tuning on ``data``: the
-    default ``DistillConfig`` of that teacher, distilled on the texts ``data`` leaves unused."""
+    default ``DistillConfig`` of that teacher, distilled on the texts ``data`` leaves unused, in
+    the default cache (``$TRACIN_WE_CACHE``, else ``runs/cache``); ``create``: as ``distill``'s."""
     teacher = init_from.removeprefix(DISTILLED)
-    return distill(DistillConfig(data=data, teacher=teacher))
+    return distill(DistillConfig(data=data, teacher=teacher), create=create)

@@ -17,11 +17,13 @@ from tracin_we.training.pretrain import load_encoder
 from tracin_we.training.recipe import DISTILLED, TrainConfig
 
 
-def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
+def new_model(config: TrainConfig, distil: bool = True) -> tuple[nn.Module, str]:
     """A fresh model for ``config`` and a description of its init (part of every cache key):
     ``build_model``'s, or ``mlm:<sha256 of the weights>`` with ``init_from``, whose word
     embeddings and encoder then replace the random ones (the classifier head stays seeded); with
-    ``embedding_init``, ``+emb:<encoder>-pca@<digest>`` names the word-embedding rows."""
+    ``embedding_init``, ``+emb:<encoder>-pca@<digest>`` names the word-embedding rows.
+    ``init_from="distilled:<teacher>"`` distils the teacher when no run is cached, unless
+    ``distil`` is False (then ``FileNotFoundError``)."""
     # The hub's BERT-tiny reads bert-base-uncased ids: with another tokenizer's, a random init.
     other_ids = config.model == "bert-tiny" and config.data.vocab_size is not None
     model, init = build_model(
@@ -36,7 +38,7 @@ def new_model(config: TrainConfig) -> tuple[nn.Module, str]:
     if config.init_from is not None:
         source = config.init_from
         if source.startswith(DISTILLED):
-            source = distilled_run(source, config.data)
+            source = distilled_run(source, config.data, create=distil)
         init = load_encoder(model, source)
     if config.embedding_init is not None:
         pad = PAD_ID if config.data.pad_token_id is None else config.data.pad_token_id

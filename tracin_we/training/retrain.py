@@ -275,7 +275,7 @@ def train_job(
     names; a model built otherwise here (a worker that reached the hub, or lacks a pretrained
     file the caller has) is an error, never a result filed under the wrong key."""
     seeded = replace(config, seed=job.seed)
-    model, init = new_model(seeded)
+    model, init = new_model(seeded, distil=False)  # the caller built (distilled) it first
     if expected_init is not None and init_kind(init) != expected_init:
         raise RuntimeError(
             f"this retrain built its model as {init!r}, where the caller expects "

@@ -155,8 +155,13 @@ def trained(
     config: TrainConfig, splits: DatasetDict | None = None, cache: str | Path | None = None
 ) -> TrainResult | None:
     """``train(config, splits, cache=cache)``'s result when the cache holds it finished, else
-    None; never trains (builds the model once, for its init's name, as ``train`` does)."""
-    resolved = _built(config, splits if splits is not None else make_splits(config.data))[1]
+    None; never trains (builds the model once, for its init's name, as ``train`` does; a
+    distilled init not yet distilled means nothing trained)."""
+    try:
+        splits = splits if splits is not None else make_splits(config.data)
+        resolved = _built(config, splits, distil=False)[1]
+    except FileNotFoundError:  # init_from="distilled:...", not distilled yet
+        return None
     folder = Folder(_cached_path(config, resolved, cache))
     if folder.read_json("config.json", recompute=False) != resolved:
         return None
@@ -164,10 +169,10 @@ def trained(
     return None if result is None else _result(folder.path, config, result)
 
 
-def _built(config: TrainConfig, splits: DatasetDict) -> tuple[nn.Module, dict]:
+def _built(config: TrainConfig, splits: DatasetDict, distil: bool = True) -> tuple[nn.Module, dict]:
     """The model ``config`` starts from and the resolved config naming its run (its cache key
-    comes from it): what ``train`` and ``trained`` both start from."""
-    model, init = new_model(config)
+    comes from it): what ``train`` and ``trained`` both start from (``distil``: ``new_model``'s)."""
+    model, init = new_model(config, distil)
     check_length(model, config.data.max_length, name=config.model)
     return model, resolved_config(config, init, fingerprint(splits), torch.get_num_threads())
 
