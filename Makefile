@@ -38,8 +38,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The default preset into runs/default/ and figures/, then docs/results.md and README's headline
-# from its metrics (results_page also reads runs/deletion-models, runs/lds-bert and
-# runs/variance where they exist).
+# from its metrics (results_page also reads runs/deletion-models, runs/deletion-peers,
+# runs/layers, runs/lds-peers, runs/lds-bert and runs/variance where they exist).
 reproduce: $(VENV)/.installed
 	$(PY) -m tracin_we.reproduce --preset $(PRESET)
 	[ "$(PRESET)" != default ] || $(PY) -m tracin_we.report.results_page

@@ -4,6 +4,7 @@ number on the page is checked against the one it came from."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from tracin_we.report.pretrained_page import main, page
 
 METHODS = ["tracin-last", "tracin-we", "tracin-tfidf", "random"]
 LDS_METHODS = ["tracin-we", "tracin-we-topk", "tracin-we-syn", "tracin-last", "tracin-tfidf"]
+NOT_RUN = (Path("/no/distilled/run"), Path("/no/lds-bert/run"))
 
 
 def _run(
@@ -71,7 +73,7 @@ def _run(
 def test_the_page_reports_what_the_runs_hold(tmp_path):
     _run(tmp_path / "default", 0.0, 0.785, 0.800, noise=0.0, init="random(seed=0)")
     _run(tmp_path / "pretrained", we_shift=-0.5, accuracy=0.878, cnn_accuracy=0.856)
-    text = page(tmp_path / "pretrained", tmp_path / "default")
+    text = page(tmp_path / "pretrained", tmp_path / "default", *NOT_RUN)
     assert "test accuracy **0.878**" in text and "BERT-tiny (init `random(seed=0)`): 0.785" in text
     assert "of 40 test points: TR-Last 29, TR-WE 35 (the paper" in text
     assert "48% of the other points under TracIn-WE and 30% under" in text
@@ -107,7 +109,32 @@ def test_without_the_default_run_the_page_says_what_to_run(tmp_path, capsys):
     assert "run `make reproduce` to pair" in text and "random embeddings" not in text
     # a default run without 03/08's tables (an older version's, or --only 01) is not paired
     (tmp_path / "old" / "metrics").mkdir(parents=True)
-    assert "run `make reproduce` to pair" in page(tmp_path / "pretrained", tmp_path / "old")
+    assert "run `make reproduce` to pair" in page(
+        tmp_path / "pretrained", tmp_path / "old", *NOT_RUN
+    )
     with pytest.raises(SystemExit):
         main(["--pretrained", str(tmp_path / "nothing"), "--out", str(out)])
     assert "run `make pretrained` first" in capsys.readouterr().err
+
+
+def test_the_distilled_section_pairs_the_two_inits(tmp_path):
+    """BERT-tiny distilled (TracIn-WE's DEL+ 0.5 better) against the random init (equal):
+    accuracies from 01 and 03, each run's own verdicts, and the per-method change."""
+    _run(tmp_path / "pretrained", we_shift=0.0, accuracy=0.878, cnn_accuracy=0.856)
+    _run(tmp_path / "distilled", we_shift=-0.5, accuracy=0.861, cnn_accuracy=0.861)
+    _run(tmp_path / "bert", 0.0, 0.5, 0.785, noise=0.0, init="random(seed=0)")
+    distilled, bert = tmp_path / "distilled", tmp_path / "bert"
+    text = page(tmp_path / "pretrained", tmp_path / "no", distilled, bert)
+    assert "test accuracy **0.861** (01); from a random init: 0.785." in text
+    lines = text.splitlines()
+    assert any(
+        line.startswith("| distilled | DEL+ |") and "**TR-WE better**" in line for line in lines
+    )
+    assert any(
+        line.startswith("| random init | DEL+ |") and "**not separated**" in line for line in lines
+    )
+    assert "What distillation changed" in text and "distilled better" in text
+    alone = page(tmp_path / "pretrained", tmp_path / "no", distilled, tmp_path / "none")
+    assert "(Random init not run: `python -m tracin_we.reproduce --preset lds-bert`.)" in alone
+    missing = page(tmp_path / "pretrained", tmp_path / "no", tmp_path / "none", bert)
+    assert "Not run yet: `python -m tracin_we.reproduce --preset distilled`" in missing

@@ -13,6 +13,7 @@ import pytest
 from tracin_we.core.stats import deletion_differences
 from tracin_we.report import result_tables as results_page_tables
 from tracin_we.report import results_page
+from tracin_we.report.result_tables import peers_paragraph
 
 
 def _run(runs) -> None:
@@ -121,3 +122,30 @@ def test_the_cost_of_trak_and_ekfac_comes_from_the_benchmark_csv(tmp_path):
     text = "\n".join(results_page.cost_section(tmp_path))
     assert "2,000 training × 20 test texts, 3 checkpoints, 2 threads" in text
     assert re.search(r"\| TRAK +\| +50 \| +400 \| +10 \| +4 \|", text)  # s, MiB, × time, × memory
+
+
+def test_peers_paragraph_pairs_accuracy_with_cost(tmp_path):
+    """Each peer's time ratio and its paired differences from both evaluations; the closing
+    sentence only where no interval separates anything."""
+    lds, deletion, bench = (tmp_path / n for n in ("lds-peers", "deletion-peers", "benchmarks"))
+    for folder in (lds, deletion, bench):
+        folder.mkdir()
+    pd.DataFrame({"method": ["tracin-we", "trak", "ekfac"], "seconds": [1.0, 9.0, 4.0]}).to_csv(
+        bench / "bench_peers.csv", index=False
+    )
+    row = {"reference": "tracin-we", "difference": 0.02, "low": -0.05, "high": 0.09}
+    lds_rows = [row | {"method": m, "verdict": "inconclusive"} for m in ("trak", "ekfac")]
+    pd.DataFrame(lds_rows).to_csv(lds / "08_lds_differences.csv", index=False)
+    del_rows = [
+        row | {"metric": "DEL+", "method": "trak", "verdict": "reference better"},
+        row | {"metric": "DEL+", "method": "tracin-last", "verdict": "method better"},
+    ]
+    pd.DataFrame(del_rows).to_csv(deletion / "03_paired_differences.csv", index=False)
+    text = "\n".join(peers_paragraph(lds, deletion, bench))
+    assert "- TRAK, 9.0× TracIn-WE's time: LDS (lds-peers) +0.020 (-0.050, 0.090): **not " in text
+    assert "DEL+ (deletion-peers) +0.020 (-0.050, 0.090): **TR-WE better**." in text
+    assert "- EK-FAC, 4.0× TracIn-WE's time: LDS (lds-peers)" in text
+    assert "No interval separates" not in text  # TRAK's DEL+ was separated
+    (deletion / "03_paired_differences.csv").unlink()
+    assert "No interval separates" in "\n".join(peers_paragraph(lds, deletion, bench))
+    assert peers_paragraph(lds, deletion, tmp_path / "none") == []

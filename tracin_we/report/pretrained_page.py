@@ -4,7 +4,9 @@
 
 Reads ``runs/pretrained/`` (``presets/pretrained.yaml``: 01/02/06/07 on fine-tuned MiniLM, 03/08
 on the CNN with MiniLM's projected word embeddings) and, to pair 03/08 with the random-init CNN
-on the same test points, ``runs/default/`` (``make reproduce``; its section says so when absent).
+on the same test points, ``runs/default/`` (``make reproduce``; its section says so when absent);
+``runs/distilled/`` (BERT-tiny distilled from MiniLM) against ``runs/lds-bert/`` (BERT-tiny from
+a random init), where they exist.
 Every verdict is computed here from a paired confidence interval: "better" only where the
 interval excludes zero.
 """
@@ -213,49 +215,94 @@ def noise_section(pre: Path) -> list[str]:
     ]
 
 
-def questions_section(pre: Path, default: Path) -> list[str]:
-    runs = {"MiniLM embeddings": pre}
-    if tables_of(default):
-        runs = {"random embeddings": default, **runs}
+QUESTIONS = (
+    ("Does TF-IDF's lead survive?", "tracin-we", "tracin-tfidf"),
+    ("Does TracIn-WE-Syn now differ from Topk?", "tracin-we-syn", "tracin-we-topk"),
+    ("Does TracIn-WE separate from TracIn-Last?", "tracin-we", "tracin-last"),
+)
+READING_NOTE = (
+    "A reading names a method only where the interval excludes zero; † marks a pair 08 does not "
+    "compare, whose CI resamples the points alone and so is narrower."
+)
+
+
+def question_blocks(runs: dict[str, Path], model: str) -> list[str]:
+    """Each of ``QUESTIONS`` as a table over ``runs`` (label → run folder) and metrics."""
     header = [
-        "| CNN | metric | models × points | difference (95% CI) | reading |",
+        f"| {model} | metric | models × points | difference (95% CI) | reading |",
         "|---|---|---|---|---|",
     ]
-    out = [
-        "## Pretrained word embeddings: the three questions (03, 08)",
-        "",
-        "Paired over each run's test points (DEL+: lower is better; DEL− and LDS: higher), one "
-        "trained model per run (seed 0). DEL±: CIs from 1,000 resamples of the points. LDS: "
-        "08's own CIs, which resample its retrained subsets as well; † marks a pair 08 does not "
-        "compare, whose CI resamples the points alone and so is narrower. A reading names a "
-        "method only where the interval excludes zero.",
-        "",
-    ]
-    for title, first, second in (
-        ("Does TF-IDF's lead survive?", "tracin-we", "tracin-tfidf"),
-        ("Does TracIn-WE-Syn now differ from Topk?", "tracin-we-syn", "tracin-we-topk"),
-        ("Does TracIn-WE separate from TracIn-Last?", "tracin-we", "tracin-last"),
-    ):
+    out = []
+    for title, first, second in QUESTIONS:
         rows = question_rows(runs, first, second)
         label = f"{NAMES[first]} − {NAMES[second]}"
         out += [f"**{title}** ({label})", "", *header, *rows, ""] if rows else []
-    if not tables_of(default):
-        out += [f"(No 03/08 tables in `{default}`: run `make reproduce` to pair with the "
-                "random-init CNN.)", ""]  # fmt: skip
-        return out
+    return out
+
+
+def changed_table(base: Path, other: Path, names: tuple[str, str], what: str) -> list[str]:
+    """Per method, ``other − base`` on the same points (``compare_runs``), or why not."""
     try:
-        table = compare_runs(default, pre, ("random-emb", "minilm-emb"))
+        table = compare_runs(base, other, names)
     except ValueError as error:  # other test points, or no metric in common
-        return [*out, f"(Not paired with `{default}`: {error}.)", ""]
+        return [f"(Not paired with `{base}`: {error}.)", ""]
     table["method"] = table["method"].map(lambda m: NAMES.get(m, m))
-    out += [
-        "**What the embeddings changed**, per method (MiniLM − random embeddings, same points; "
-        "CIs resample the points alone):",
+    return [
+        f"**What {what} changed**, per method ({names[1]} − {names[0]}, same points; CIs "
+        "resample the points alone):",
         "",
         table.round(3).to_markdown(index=False),
         "",
     ]
-    return out
+
+
+def questions_section(pre: Path, default: Path) -> list[str]:
+    runs = {"MiniLM embeddings": pre}
+    if tables_of(default):
+        runs = {"random embeddings": default, **runs}
+    out = [
+        "## Pretrained word embeddings: the three questions (03, 08)",
+        "",
+        "Paired over each run's test points (DEL+: lower is better; DEL− and LDS: higher), with "
+        "each notebook's own CIs: 03's resample the trained models and the points, 08's the "
+        f"points and the retrained subsets. {READING_NOTE}",
+        "",
+        *question_blocks(runs, "CNN"),
+    ]
+    if not tables_of(default):
+        out += [f"(No 03/08 tables in `{default}`: run `make reproduce` to pair with the "
+                "random-init CNN.)", ""]  # fmt: skip
+        return out
+    return out + changed_table(default, pre, ("random-emb", "minilm-emb"), "the embeddings")
+
+
+def distilled_section(distilled: Path, bert: Path) -> list[str]:
+    """BERT-tiny distilled from MiniLM (``presets/distilled.yaml``) against the random-init
+    BERT-tiny of ``presets/lds-bert.yaml``: the same recipe, test points, subsets and seed."""
+    out = ["## A pretrained BERT-tiny: MiniLM distilled into it (01, 03, 08)", ""]
+    tuned, base = metrics(distilled, "01_train"), metrics(bert, "03_case_deletion")
+    if tuned is None:
+        command = "python -m tracin_we.reproduce --preset distilled"
+        return [*out, f"Not run yet: `{command}`, then `--preset lds-bert` (random init).", ""]
+    out.append(
+        "BERT-tiny distilled from MiniLM (`init_from: distilled:minilm-l6`, "
+        "`tracin_we.training.distill`: TinyBERT's embedding and hidden-state loss on the offline "
+        "texts this fine-tuning leaves unused), then fine-tuned with the default preset's "
+        f"BERT-tiny recipe: test accuracy **{tuned['test_accuracy']:.3f}** (01)"
+        + (f"; from a random init: {base['test_accuracy']:.3f}." if base else ".")
+    )
+    out += ["", READING_NOTE, ""]
+    runs = {"distilled": distilled}
+    if tables_of(bert):
+        runs = {"random init": bert, **runs}
+    out += question_blocks(runs, "BERT-tiny")
+    if not tables_of(bert):
+        return [
+            *out,
+            "(Random init not run: `python -m tracin_we.reproduce --preset lds-bert`.)",
+            "",
+        ]
+    return out + changed_table(bert, distilled, ("random-init", "distilled"), "distillation")
 
 
 STILL_NEEDED = """## What still needs the hub or a GPU
@@ -264,12 +311,12 @@ STILL_NEEDED = """## What still needs the hub or a GPU
   loads it when the hub answers), and so `presets/paper.yaml`'s protocol on it.
 - Case deletion and LDS on the fine-tuned transformer itself: each retrain is a fine-tune
   (minutes here), so 03/08 above retrain the CNN and take only its word embeddings from MiniLM.
-- A pretrained BERT-tiny distilled from MiniLM is not built yet: the retrained models above
-  start only their word embeddings from MiniLM.
+- Google's pretraining of BERT-tiny itself: the distilled BERT-tiny above learned from MiniLM's
+  hidden states on ~14,000 AG News texts, not from BERT's corpus and objective.
 """
 
 
-def page(pre: Path, default: Path) -> str:
+def page(pre: Path, default: Path, distilled: Path, bert: Path) -> str:
     lines = [
         "# The pretrained setting",
         "",
@@ -282,6 +329,7 @@ def page(pre: Path, default: Path) -> str:
         *cancellation_section(pre),
         *noise_section(pre),
         *questions_section(pre, default),
+        *distilled_section(distilled, bert),
         STILL_NEEDED,
     ]
     return "\n".join(lines).rstrip() + "\n"
@@ -293,11 +341,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--pretrained", type=Path, default=REPO / "runs" / "pretrained")
     parser.add_argument("--default", type=Path, default=REPO / "runs" / "default")
+    parser.add_argument("--distilled", type=Path, default=REPO / "runs" / "distilled")
+    parser.add_argument("--bert", type=Path, default=REPO / "runs" / "lds-bert")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "pretrained.md")
     args = parser.parse_args(argv)
     if not (args.pretrained / "metrics").is_dir():
         parser.error(f"{args.pretrained} holds no metrics: run `make pretrained` first")
-    args.out.write_text(page(args.pretrained, args.default))
+    args.out.write_text(page(args.pretrained, args.default, args.distilled, args.bert))
     print(f"wrote {args.out}")
 
 

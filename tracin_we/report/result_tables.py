@@ -153,3 +153,38 @@ def variance_table(components: pd.DataFrame, source: str) -> list[str]:
         shown[columns].to_markdown(index=False, floatfmt=".4g"),
         "",
     ]
+
+
+def peers_paragraph(lds: Path, deletion: Path, benchmarks: Path) -> list[str]:
+    """TracIn-WE among TRAK and EK-FAC, accuracy for cost: per peer, its time beside TracIn-WE's
+    (``bench_peers``) and each paired difference against it (LDS from ``lds``'s 08, DEL± from
+    ``deletion``'s 03, where they ran); [] without the benchmark or either evaluation."""
+    cost, rows = read_csv(benchmarks, "bench_peers"), []
+    for run, stem in ((lds, "08_lds_differences"), (deletion, "03_paired_differences")):
+        table = read_csv(run, stem)
+        if table is not None:
+            table = table.assign(metric=table.get("metric", "LDS"), run=run.name)
+            rows.append(table[table["reference"] == "tracin-we"])
+    if cost is None or not rows or "tracin-we" not in set(cost["method"]):
+        return []
+    seconds = cost.set_index("method")["seconds"]
+    found = pd.concat(rows)
+    out, separated = ["**Accuracy for cost.** TracIn-WE against each, paired:", ""], 0
+    for peer in [m for m in ("trak", "ekfac") if m in seconds.index]:
+        pairs = found[found["method"] == peer]
+        separated += int((pairs["verdict"] != "inconclusive").sum())
+        readings = "; ".join(
+            f"{r['metric']} ({r['run']}) {ci(r['difference'], r['low'], r['high'], signed=True)}: "
+            f"**{reading(r)}**"
+            for _, r in pairs.iterrows()
+        )
+        ratio = seconds[peer] / seconds["tracin-we"]
+        out.append(f"- {name(peer)}, {ratio:.1f}× TracIn-WE's time: {readings or 'not run'}.")
+    out.append("")
+    if separated == 0:
+        out += [
+            "No interval separates TracIn-WE from TRAK or EK-FAC here: these samples cannot tell "
+            "their accuracy apart on this CNN, and TracIn-WE takes a fraction of their time.",
+            "",
+        ]
+    return out

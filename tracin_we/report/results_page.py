@@ -4,10 +4,11 @@
     python -m tracin_we.report.results_page --check    # exit 1 when docs/results.md differs
 
 Reads ``runs/default/`` (``make reproduce``: each notebook's ``metrics/*.json`` and the tables it
-saved) and, where they exist, the larger evaluations ``runs/deletion-models/``, ``runs/layers/``,
-``runs/lds-peers/`` and ``runs/lds-bert/`` and the variance study ``runs/variance/`` (each section
-names the command that fills it). A paired comparison is read from its confidence interval: a
-method is called better only where the interval excludes zero.
+saved) and, where they exist, the larger evaluations ``runs/deletion-models/``,
+``runs/deletion-peers/``, ``runs/layers/``, ``runs/lds-peers/`` and ``runs/lds-bert/`` and the
+variance study ``runs/variance/`` (each section names the command that fills it). A paired
+comparison is read from its confidence interval: a method is called better only where the
+interval excludes zero.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tracin_we.report.result_tables import (
     name,
     not_run,
     paired_table,
+    peers_paragraph,
     quantity_name,
     read_csv,
     variance_table,
@@ -334,6 +336,11 @@ def page(runs: Path, preset: str = "default") -> str:
             "03 at a larger size: more trained models and points",
             "python -m tracin_we.reproduce --preset deletion-models",
         ),
+        *deletion_section(
+            runs / "deletion-peers",
+            "03 with TRAK and EK-FAC (the methods people pick in 2026)",
+            "python -m tracin_we.reproduce --preset deletion-peers",
+        ),
         *study_section(runs),
         *no_overlap_section(default),
         *fixing_section(default),
@@ -348,10 +355,12 @@ def page(runs: Path, preset: str = "default") -> str:
             "python -m tracin_we.reproduce --preset lds-peers",
         ),
         *cost_section(runs / "benchmarks"),
+        *peers_paragraph(runs / "lds-peers", runs / "deletion-peers", runs / "benchmarks"),
+        *deletion_section(
+            runs / "lds-bert", "03 on BERT-tiny", "python -m tracin_we.reproduce --preset lds-bert"
+        ),
         *lds_section(
-            runs / "lds-bert",
-            "08 on BERT-tiny",
-            "python -m tracin_we.reproduce --preset lds-bert --only 08",
+            runs / "lds-bert", "08 on BERT-tiny", "python -m tracin_we.reproduce --preset lds-bert"
         ),
         *pretraining_section(default),
         *figures_section(),
