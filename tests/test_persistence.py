@@ -124,11 +124,11 @@ KILLED_RUN = textwrap.dedent(
     """
     import json, sys, time
     from tracin_we.core import persistence
-    from tracin_we.training import train as train_module
+    from tracin_we.training import cached_run, train as train_module
     from tracin_we.training.recipe import TrainConfig
 
     params, run_dir, hang = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-    real_fit, real_write = train_module.fit, persistence.atomic_write
+    real_fit, real_write = cached_run.fit, persistence.atomic_write
 
     def fit(*args, on_epoch, **kwargs):  # hang once epoch 2 is saved: killed there
         def after(epoch, *rest):
@@ -149,7 +149,7 @@ KILLED_RUN = textwrap.dedent(
                 time.sleep(600)
         real_write(path, slow)
 
-    train_module.fit, persistence.atomic_write = fit, atomic_write
+    cached_run.fit, persistence.atomic_write = fit, atomic_write
     train_module.torch.set_num_threads(1)
     train_module.train(TrainConfig.from_params(**params), run_dir=run_dir, progress=False)
     """

@@ -10,7 +10,7 @@ from tests.conftest import TINY_FINE_TUNING, tiny_table, word_level_tokenizer
 from tracin_we.core.data import DataConfig, make_splits
 from tracin_we.core.inputs import CLS_ID, PAD_ID, SEP_ID, model_inputs
 from tracin_we.influence.multistage import by_domain, multistage_scores
-from tracin_we.training import pretrain as pretrain_module
+from tracin_we.training import cached_run
 from tracin_we.training.model_init import new_model
 from tracin_we.training.pretrain import (
     IGNORE,
@@ -111,7 +111,7 @@ def test_pretraining_is_cached_resumable_and_keeps_learning_rates(
     assert [lr for _, lr in reference.checkpoint_pairs()] == [config.lr, config.lr]
     assert reference.history[1]["train_loss"] < reference.history[0]["train_loss"]
 
-    real_fit = pretrain_module.fit
+    real_fit = cached_run.fit
 
     def interrupted_fit(*args, on_epoch, **kwargs):
         def stop_after_first(epoch, *rest):
@@ -120,15 +120,15 @@ def test_pretraining_is_cached_resumable_and_keeps_learning_rates(
 
         return real_fit(*args, on_epoch=stop_after_first, **kwargs)
 
-    monkeypatch.setattr(pretrain_module, "fit", interrupted_fit)
+    monkeypatch.setattr(cached_run, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
         pretrain(config, cache=tmp_path / "run", progress=False)
-    monkeypatch.setattr(pretrain_module, "fit", real_fit)
+    monkeypatch.setattr(cached_run, "fit", real_fit)
     resumed = pretrain(config, cache=tmp_path / "run", progress=False)
     final, expected = resumed.final.load()["state_dict"], reference.final.load()["state_dict"]
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 
-    monkeypatch.setattr(pretrain_module, "fit", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(cached_run, "fit", lambda *a, **k: pytest.fail("trained again"))
     again = pretrain(config, cache=tmp_path / "run", progress=False)
     assert again.run_dir == resumed.run_dir and again.metrics == resumed.metrics
 

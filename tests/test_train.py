@@ -12,7 +12,7 @@ from tracin_we.core.data import make_splits
 from tracin_we.core.hf_models import HFClassifier
 from tracin_we.core.inputs import model_inputs
 from tracin_we.core.models import CNNClassifier, build_model, classifier_layer, word_embeddings
-from tracin_we.training import train as train_module
+from tracin_we.training import cached_run
 from tracin_we.training.loop import fit, predict_proba
 from tracin_we.training.train import train, trained
 
@@ -64,7 +64,7 @@ def test_cnn_learns_the_tiny_task(tiny_data_dir):
 def test_rerun_reuses_the_saved_result(tiny_data_dir, monkeypatch):
     config = tiny_train_config(tiny_data_dir)
     first = train(config, progress=False)
-    monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(cached_run, "fit", lambda *a, **k: pytest.fail("trained again"))
     second = train(config, progress=False)
     assert second.run_dir == first.run_dir and second.metrics == first.metrics
 
@@ -73,7 +73,7 @@ def test_trained_finds_a_finished_run_without_training(tiny_data_dir, tmp_path, 
     config = tiny_train_config(tiny_data_dir)
     assert trained(config, cache=tmp_path) is None
     first = train(config, cache=tmp_path, progress=False)
-    monkeypatch.setattr(train_module, "fit", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(cached_run, "fit", lambda *a, **k: pytest.fail("trained"))
     found = trained(config, cache=tmp_path)
     assert found.run_dir == first.run_dir and found.metrics == first.metrics
     assert trained(tiny_train_config(tiny_data_dir, lr=0.04), cache=tmp_path) is None
@@ -96,7 +96,7 @@ def test_another_config_never_reuses(tiny_data_dir):
 def test_interrupted_run_resumes_to_the_same_result(tiny_data_dir, tmp_path, monkeypatch):
     config = tiny_train_config(tiny_data_dir)
     reference = train(config, cache=tmp_path / "ref", progress=False)
-    real_fit = train_module.fit
+    real_fit = cached_run.fit
 
     def interrupted_fit(*args, on_epoch, **kwargs):
         def stop_after_first(epoch, *rest):
@@ -105,12 +105,12 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_data_dir, tmp_path, mon
 
         return real_fit(*args, on_epoch=stop_after_first, **kwargs)
 
-    monkeypatch.setattr(train_module, "fit", interrupted_fit)
+    monkeypatch.setattr(cached_run, "fit", interrupted_fit)
     with pytest.raises(KeyboardInterrupt):
         train(config, cache=tmp_path / "run", progress=False)
     run_dir = next((tmp_path / "run" / "train").iterdir())
     assert (run_dir / "resume.pt").is_file() and not (run_dir / "result.json").exists()
-    monkeypatch.setattr(train_module, "fit", real_fit)
+    monkeypatch.setattr(cached_run, "fit", real_fit)
     resumed = train(config, cache=tmp_path / "run", progress=False)
     assert not (run_dir / "resume.pt").exists()
     assert_same_tensors(state(resumed.final.path), state(reference.final.path))

@@ -31,7 +31,10 @@ import torch
 from torch import nn
 
 from tracin_we.core.checkpoints import load_checkpoint
+from tracin_we.core.inputs import Tensors
 from tracin_we.core.persistence import CheckpointError, Folder, file_sha256
+from tracin_we.training.loop import classification_loss, fit
+from tracin_we.training.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,42 @@ def run_epochs(
     folder.write_json("result.json", result)
     (folder.path / "resume.pt").unlink(missing_ok=True)
     return json.loads(json.dumps(result, default=str))  # as it reads back from result.json
+
+
+def fit_epochs(
+    folder: Folder,
+    resolved: dict,
+    model: nn.Module,
+    train: Tensors,
+    config: Recipe,
+    record: dict,
+    *,
+    device: str,
+    progress: bool,
+    loss_fn: Callable[[nn.Module, Tensors], torch.Tensor] = classification_loss,
+    epoch_metrics: Callable[[nn.Module], dict] = lambda model: {},
+    final_metrics: Callable[[nn.Module, list[dict]], dict] = lambda model, history: {},
+) -> dict:
+    """``run_epochs`` of ``loop.fit`` on ``train`` with ``config``'s recipe and ``loss_fn``:
+    what a training, a pretraining and a distillation run each do, resumable."""
+
+    def run_fit(start_epoch: int, optimizer_state: dict | None, on_epoch: OnEpoch) -> None:
+        fit(
+            model,
+            train,
+            config,
+            device=device,
+            start_epoch=start_epoch,
+            optimizer_state=optimizer_state,
+            progress=progress,
+            on_epoch=on_epoch,
+            loss_fn=loss_fn,
+        )
+
+    schedule = Schedule(config.epochs, config.lr, config.checkpoint_epochs)
+    return run_epochs(
+        folder, resolved, model, run_fit, schedule, epoch_metrics, final_metrics, record
+    )
 
 
 def load_checkpoints(run_dir: Path, result: dict) -> tuple[list[Checkpoint], Checkpoint]:

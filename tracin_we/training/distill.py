@@ -51,9 +51,8 @@ from tracin_we.core.params import check_types
 from tracin_we.core.persistence import Folder, cache_dir, config_key, tensor_digest
 from tracin_we.core.pretrained import PRETRAINED
 from tracin_we.core.tokenizer import VOCAB_SIZE
-from tracin_we.training.cached_run import OnEpoch, Schedule, open_run, run_epochs
+from tracin_we.training.cached_run import fit_epochs, open_run
 from tracin_we.training.embedding_init import init_embeddings, projected_embeddings
-from tracin_we.training.loop import fit
 from tracin_we.training.pretrain import PretrainConfig, pretraining_corpus
 from tracin_we.training.recipe import DISTILLED, RECIPE_VERSION, check_recipe
 
@@ -205,28 +204,17 @@ def distill(
     init = init_embeddings(student, config.teacher, PAD_ID)
     train = inputs | {"teacher": targets, "labels": torch.arange(len(targets))}
 
-    def run_fit(start_epoch: int, optimizer_state: dict | None, on_epoch: OnEpoch) -> None:
-        fit(
-            student,
-            train,
-            config,
-            device=device,
-            start_epoch=start_epoch,
-            optimizer_state=optimizer_state,
-            progress=progress,
-            on_epoch=on_epoch,
-            loss_fn=distillation_loss,
-        )
-
-    run_epochs(
+    fit_epochs(
         folder,
         resolved,
         student,
-        run_fit,
-        Schedule(config.epochs, config.lr, config.checkpoint_epochs),
-        lambda model: {},
-        lambda model, history: {"n_corpus": len(corpus)},
+        train,
+        config,
         {"init": init, "threads": torch.get_num_threads()},
+        device=device,
+        progress=progress,
+        loss_fn=distillation_loss,
+        final_metrics=lambda model, history: {"n_corpus": len(corpus)},
     )
     return folder.path
 

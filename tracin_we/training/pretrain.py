@@ -55,15 +55,7 @@ from tracin_we.core.params import check_types, from_params
 from tracin_we.core.persistence import Folder, cache_dir, config_key, file_sha256, tensor_digest
 from tracin_we.core.tasks import load_raw
 from tracin_we.core.tokenizer import VOCAB_SIZE, load_tokenizer
-from tracin_we.training.cached_run import (
-    Checkpoint,
-    OnEpoch,
-    Schedule,
-    load_checkpoints,
-    open_run,
-    run_epochs,
-)
-from tracin_we.training.loop import fit
+from tracin_we.training.cached_run import Checkpoint, fit_epochs, load_checkpoints, open_run
 from tracin_we.training.recipe import RECIPE_VERSION, check_recipe
 
 log = logging.getLogger(__name__)
@@ -316,29 +308,17 @@ def pretrain(
     folder = Folder(Path(run_dir) if run_dir else cache_dir(cache) / "pretrain" / name)
     result = open_run(folder, resolved, overwrite, named=run_dir is not None)
     if result is None:
-
-        def run_fit(start_epoch: int, optimizer_state: dict | None, on_epoch: OnEpoch) -> None:
-            fit(
-                model,
-                tensors,
-                config,
-                device=device,
-                start_epoch=start_epoch,
-                optimizer_state=optimizer_state,
-                progress=progress,
-                on_epoch=on_epoch,
-                loss_fn=mlm_loss,
-            )
-
-        result = run_epochs(
+        result = fit_epochs(
             folder,
             resolved,
             model,
-            run_fit,
-            Schedule(config.epochs, config.lr, config.checkpoint_epochs),
-            lambda model: {},
-            lambda model, history: {"n_corpus": len(corpus)},
+            tensors,
+            config,
             {"init": resolved["init"]},
+            device=device,
+            progress=progress,
+            loss_fn=mlm_loss,
+            final_metrics=lambda model, history: {"n_corpus": len(corpus)},
         )
     checkpoints, final = load_checkpoints(folder.path, result)
     return PretrainResult(

@@ -26,15 +26,8 @@ from tracin_we.core.data import fingerprint, make_splits
 from tracin_we.core.inputs import model_inputs
 from tracin_we.core.models import check_length, word_embeddings
 from tracin_we.core.persistence import Folder, cache_dir, config_key
-from tracin_we.training.cached_run import (
-    Checkpoint,
-    OnEpoch,
-    Schedule,
-    load_checkpoints,
-    open_run,
-    run_epochs,
-)
-from tracin_we.training.loop import accuracy, fit
+from tracin_we.training.cached_run import Checkpoint, fit_epochs, load_checkpoints, open_run
+from tracin_we.training.loop import accuracy
 from tracin_we.training.model_init import new_model
 from tracin_we.training.recipe import RECIPE_VERSION, TrainConfig, config_identity
 
@@ -119,18 +112,6 @@ def train(
         tensors = {k: model_inputs(splits[k]) for k in splits}
         _check_vocab(model, tensors)
 
-        def run_fit(start_epoch: int, optimizer_state: dict | None, on_epoch: OnEpoch) -> None:
-            fit(
-                model,
-                tensors["train"],
-                config,
-                device=device,
-                start_epoch=start_epoch,
-                optimizer_state=optimizer_state,
-                progress=progress,
-                on_epoch=on_epoch,
-            )
-
         def final_metrics(model: nn.Module, history: list[dict]) -> dict:
             return {
                 "test_accuracy": accuracy(model, tensors["test"], device),
@@ -138,15 +119,19 @@ def train(
                 "n_train": len(tensors["train"]["labels"]),
             }
 
-        result = run_epochs(
+        result = fit_epochs(
             folder,
             resolved,
             model,
-            run_fit,
-            Schedule(config.epochs, config.lr, config.checkpoint_epochs),
-            lambda model: {"val_accuracy": accuracy(model, tensors["validation"], device)},
-            final_metrics,
+            tensors["train"],
+            config,
             {"init": init},
+            device=device,
+            progress=progress,
+            epoch_metrics=lambda model: {
+                "val_accuracy": accuracy(model, tensors["validation"], device)
+            },
+            final_metrics=final_metrics,
         )
     return _result(folder.path, config, result)
 
