@@ -309,8 +309,9 @@ STILL_NEEDED = """## What still needs the hub or a GPU
 
 - Google's pretrained BERT-tiny, the paper's model (`pretrained: true` with `model: bert-tiny`
   loads it when the hub answers), and so `presets/paper.yaml`'s protocol on it.
-- Case deletion and LDS on the fine-tuned transformer itself: each retrain is a fine-tune
-  (minutes here), so 03/08 above retrain the CNN and take only its word embeddings from MiniLM.
+- Case deletion and LDS on MiniLM itself: each retrain would be a MiniLM fine-tune (minutes
+  here), so 03/08 above retrain the CNN with MiniLM's word embeddings, and BERT-tiny distilled
+  from MiniLM (~30 s a retrain), at small sizes (8 deletion points, 24 LDS subsets, one model).
 - Google's pretraining of BERT-tiny itself: the distilled BERT-tiny above learned from MiniLM's
   hidden states on ~14,000 AG News texts, not from BERT's corpus and objective.
 """
