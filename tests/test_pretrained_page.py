@@ -138,3 +138,33 @@ def test_the_distilled_section_pairs_the_two_inits(tmp_path):
     assert "(Random init not run: `python -m tracin_we.reproduce --preset lds-bert`.)" in alone
     missing = page(tmp_path / "pretrained", tmp_path / "no", tmp_path / "none", bert)
     assert "Not run yet: `python -m tracin_we.reproduce --preset distilled`" in missing
+
+
+def test_the_peers_section_reads_both_runs(tmp_path):
+    """TR-WE against TRAK and EK-FAC from 08's own CI rows, with MiniLM's and random embeddings;
+    no section where neither run has them."""
+    for name in ("pretrained", "peers"):
+        _run(tmp_path / name, we_shift=0.0, accuracy=0.878, cnn_accuracy=0.856)
+        rows = [
+            {"point": p, "method": m, "LDS": 0.1}
+            for p in range(10)
+            for m in ("tracin-we", "trak", "ekfac")
+        ]
+        pd.DataFrame(rows).to_csv(tmp_path / name / "08_lds_per_point.csv", index=False)
+        own = {"reference": "tracin-we", "difference": 0.01, "low": -0.2, "high": 0.3}
+        own |= {"verdict": "inconclusive", "n_points": 10}
+        pd.DataFrame([own | {"method": "trak"}, own | {"method": "ekfac"}]).to_csv(
+            tmp_path / name / "08_lds_differences.csv", index=False
+        )
+    text = page(tmp_path / "pretrained", tmp_path / "no", *NOT_RUN, tmp_path / "peers")
+    assert "## TracIn-WE against TRAK and EK-FAC (08)" in text
+    for label in ("random embeddings", "MiniLM embeddings"):
+        for peer in ("TRAK", "EK-FAC"):
+            assert (
+                f"| {label} | LDS | 10 points | +0.010 (-0.200, 0.300) | **not separated** |"
+                in text
+            )
+            assert f"**TR-WE − {peer}**" in text
+    _run(tmp_path / "plain", we_shift=0.0, accuracy=0.878, cnn_accuracy=0.856)  # no TRAK
+    plain = page(tmp_path / "plain", tmp_path / "no", *NOT_RUN, tmp_path / "none")
+    assert "TRAK and EK-FAC (08)" not in plain

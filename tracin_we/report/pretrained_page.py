@@ -276,6 +276,31 @@ def questions_section(pre: Path, default: Path) -> list[str]:
     return out + changed_table(default, pre, ("random-emb", "minilm-emb"), "the embeddings")
 
 
+def peers_section(pre: Path, peers: Path) -> list[str]:
+    """TracIn-WE against TRAK and EK-FAC on the LDS with MiniLM's embeddings (the pretrained
+    preset's 08) and, where ``peers`` (``presets/lds-peers.yaml``) ran, with random ones."""
+    runs = {"random embeddings": peers, "MiniLM embeddings": pre}
+    header = [
+        "| CNN | metric | models × points | difference (95% CI) | reading |",
+        "|---|---|---|---|---|",
+    ]
+    out = []
+    for peer in ("trak", "ekfac"):
+        rows = question_rows(runs, "tracin-we", peer)
+        out += [f"**TR-WE − {NAMES[peer]}**", "", *header, *rows, ""] if rows else []
+    if not out:
+        return []
+    intro = (
+        "## TracIn-WE against TRAK and EK-FAC (08)",
+        "",
+        "The same retrains and points as the methods above; TRAK and EK-FAC with the settings "
+        "of `presets/lds-peers.yaml`, whose run gives the random-embedding rows. CIs as above: "
+        f"08's own. {READING_NOTE}",
+        "",
+    )
+    return [*intro, *out]
+
+
 def distilled_section(distilled: Path, bert: Path) -> list[str]:
     """BERT-tiny distilled from MiniLM (``presets/distilled.yaml``) against the random-init
     BERT-tiny of ``presets/lds-bert.yaml``: the same recipe, test points, subsets and seed."""
@@ -317,7 +342,7 @@ STILL_NEEDED = """## What still needs the hub or a GPU
 """
 
 
-def page(pre: Path, default: Path, distilled: Path, bert: Path) -> str:
+def page(pre: Path, default: Path, distilled: Path, bert: Path, peers: Path | None = None) -> str:
     lines = [
         "# The pretrained setting",
         "",
@@ -330,6 +355,7 @@ def page(pre: Path, default: Path, distilled: Path, bert: Path) -> str:
         *cancellation_section(pre),
         *noise_section(pre),
         *questions_section(pre, default),
+        *(peers_section(pre, peers) if peers is not None else []),
         *distilled_section(distilled, bert),
         STILL_NEEDED,
     ]
@@ -344,11 +370,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--default", type=Path, default=REPO / "runs" / "default")
     parser.add_argument("--distilled", type=Path, default=REPO / "runs" / "distilled")
     parser.add_argument("--bert", type=Path, default=REPO / "runs" / "lds-bert")
+    parser.add_argument("--peers", type=Path, default=REPO / "runs" / "lds-peers")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "pretrained.md")
     args = parser.parse_args(argv)
     if not (args.pretrained / "metrics").is_dir():
         parser.error(f"{args.pretrained} holds no metrics: run `make pretrained` first")
-    args.out.write_text(page(args.pretrained, args.default, args.distilled, args.bert))
+    args.out.write_text(page(args.pretrained, args.default, args.distilled, args.bert, args.peers))
     print(f"wrote {args.out}")
 
 
