@@ -18,6 +18,7 @@ from tracin_we.training import distill as distill_module
 from tracin_we.training.distill import (
     LAYER_MAP,
     DistillConfig,
+    NotDistilled,
     Student,
     distill,
     distill_identity,
@@ -70,7 +71,7 @@ def test_loss_is_the_mean_squared_error_of_the_mapped_layers() -> None:
 
 def test_distilled_run_is_cached_and_starts_fine_tuning(tiny_data_dir, tmp_path, monkeypatch):
     config = tiny_config(tiny_data_dir)
-    with pytest.raises(FileNotFoundError, match="no finished distillation"):
+    with pytest.raises(NotDistilled, match="no finished distillation"):
         distill(config, cache=tmp_path, create=False)  # a worker never distils
     run = distill(config, cache=tmp_path, progress=False)
     result = json.loads((run / "result.json").read_text())

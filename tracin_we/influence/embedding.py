@@ -84,13 +84,21 @@ def sparse_dot(test: SparseRows, train: SparseRows, exact: bool = False) -> torc
         return _exact_dot(test, train)
     if not len(test.ids) or not len(train.ids):
         return test.rows.new_zeros(test.n, train.n)
-    vocab, compact = torch.unique(torch.cat([test.ids, train.ids]), return_inverse=True)
-    test_tok, train_tok = compact[: len(test.ids)], compact[len(test.ids) :]
-    slot = _dense_slots(test_tok, train_tok, len(vocab), test.n, train.n)
+    n_vocab, test_tok, train_tok = _shared_vocabulary(test, train)
+    slot = _dense_slots(test_tok, train_tok, n_vocab, test.n, train.n)
     test_slot, train_slot = slot[test_tok], slot[train_tok]
     out = _dense_dot(test, test_slot, train, train_slot, int(slot.max()) + 1)
     _add_shared_pairs(out, test, test_tok, test_slot < 0, train, train_tok, train_slot < 0)
     return out
+
+
+def _shared_vocabulary(
+    test: SparseRows, train: SparseRows
+) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(V, test tokens, training tokens): every entry's token id renumbered into 0 .. V − 1 over
+    the V distinct tokens the two sides hold, so that tables index by it, not by the vocabulary."""
+    vocab, compact = torch.unique(torch.cat([test.ids, train.ids]), return_inverse=True)
+    return len(vocab), compact[: len(test.ids)], compact[len(test.ids) :]
 
 
 def _dense_slots(
@@ -191,16 +199,15 @@ def _exact_dot(test: SparseRows, train: SparseRows) -> torch.Tensor:
     out = test.rows.new_zeros(test.n, train.n)
     if not len(test.ids) or not len(train.ids):
         return out
-    vocab, compact = torch.unique(torch.cat([test.ids, train.ids]), return_inverse=True)
-    test_c, train_c = compact[: len(test.ids)], compact[len(test.ids) :]
+    n_vocab, test_c, train_c = _shared_vocabulary(test, train)
     test_example, train_example = test.example_index(), train.example_index()
-    step = max(1, CHUNK_ELEMENTS // max(len(train.ids), len(vocab)))
+    step = max(1, CHUNK_ELEMENTS // max(len(train.ids), n_vocab))
     starts = range(0, test.n, step)
     for j0 in bar(starts, "shared-word scoring", total=len(starts), unit="chunk"):
         j1 = min(test.n, j0 + step)
         lo, hi = int(test.offsets[j0]), int(test.offsets[j1])
-        table = torch.full((j1 - j0, len(vocab)), -1, device=vocab.device)
-        table[test_example[lo:hi] - j0, test_c[lo:hi]] = torch.arange(lo, hi, device=vocab.device)
+        table = torch.full((j1 - j0, n_vocab), -1, device=test_c.device)
+        table[test_example[lo:hi] - j0, test_c[lo:hi]] = torch.arange(lo, hi, device=test_c.device)
         match = table[:, train_c]  # (chunk, nnz_train): test entry with the same token, or -1
         jj, ee = (match >= 0).nonzero(as_tuple=True)
         dots = _row_dots(test.rows, match[jj, ee], train.rows, ee)

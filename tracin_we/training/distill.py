@@ -62,6 +62,11 @@ WIDTH = 128  # BERT-tiny's hidden size
 DISTILL_VERSION = 1
 
 
+class NotDistilled(FileNotFoundError):
+    """``init_from="distilled:<teacher>"`` names a distillation not run yet, where the caller
+    may not run it (``distill(create=False)``: a retrain worker, ``train.trained``)."""
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Distillation of ``teacher`` into BERT-tiny on the texts that fine-tuning on ``data``
@@ -181,8 +186,8 @@ def distill(
     (``<cache>/distill/bert-tiny-from-<teacher>-<key>``, the key hashing ``distill_identity``).
     Unlike a training run's, the key leaves out the torch thread count, so
     that processes of any count (retrain workers run one thread) share one distilled model;
-    ``result.json`` records the count it was made with. ``create=False``: a missing run is a
-    ``FileNotFoundError``, never a distillation."""
+    ``result.json`` records the count it was made with. ``create=False``: a missing run is
+    ``NotDistilled``, never a distillation."""
     corpus = pretraining_corpus(
         PretrainConfig(data=config.data, n_corpus=config.n_corpus, seed=config.seed)
     )
@@ -192,7 +197,7 @@ def distill(
     folder = Folder(cache_dir(cache) / "distill" / name)
     done = folder.read_json("result.json", recompute=False) is not None
     if not (done and folder.read_json("config.json", recompute=False) == resolved) and not create:
-        raise FileNotFoundError(
+        raise NotDistilled(
             f"init_from='{DISTILLED}{config.teacher}': no finished distillation in {folder} "
             "(training the model distils it, once; a retrain worker or trained() never does)"
         )

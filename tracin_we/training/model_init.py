@@ -23,7 +23,7 @@ def new_model(config: TrainConfig, distil: bool = True) -> tuple[nn.Module, str]
     embeddings and encoder then replace the random ones (the classifier head stays seeded); with
     ``embedding_init``, ``+emb:<encoder>-pca@<digest>`` names the word-embedding rows.
     ``init_from="distilled:<teacher>"`` distils the teacher when no run is cached, unless
-    ``distil`` is False (then ``FileNotFoundError``)."""
+    ``distil`` is False (then ``distill.NotDistilled``)."""
     # The hub's BERT-tiny reads bert-base-uncased ids: with another tokenizer's, a random init.
     other_ids = config.model == "bert-tiny" and config.data.vocab_size is not None
     model, init = build_model(

@@ -101,16 +101,15 @@ def check_model(config: TrainConfig) -> None:
 def _check_init_from(config: TrainConfig) -> None:
     """``init_from`` starts a BERT-tiny from an existing file or folder, or names a teacher to
     distil (``distilled:<teacher>``, training.distill) for a model reading the shipped ids."""
-    source = config.init_from
+    source, distillable = config.init_from, [DISTILLED + name for name in PRETRAINED]
     if config.model != "bert-tiny":
         raise ValueError(
             f"init_from={source!r} needs model='bert-tiny' (got {config.model!r}): pretraining "
             "and distillation build the BERT-tiny architecture"
         )
     if source.startswith(DISTILLED):
-        if source.removeprefix(DISTILLED) not in PRETRAINED:
-            allowed = [DISTILLED + name for name in PRETRAINED]
-            raise ValueError(f"init_from={source!r}: unknown teacher; allowed: {allowed}")
+        if source not in distillable:
+            raise ValueError(f"init_from={source!r}: unknown teacher; allowed: {distillable}")
         if config.data.vocab_size is not None:
             raise ValueError(
                 f"init_from={source!r} reads bert-base-uncased's ids; tokenizer="
@@ -120,7 +119,7 @@ def _check_init_from(config: TrainConfig) -> None:
         raise ValueError(
             f"init_from={source!r} does not exist; give a pretraining or distillation run "
             f"folder (tracin_we.training.pretrain, .distill) or one of its .pt checkpoints, "
-            f"{[DISTILLED + name for name in PRETRAINED]}, or None"
+            f"{distillable}, or None"
         )
 
 

@@ -27,6 +27,7 @@ from tracin_we.core.inputs import model_inputs
 from tracin_we.core.models import check_length, word_embeddings
 from tracin_we.core.persistence import Folder, cache_dir, config_key
 from tracin_we.training.cached_run import Checkpoint, fit_epochs, load_checkpoints, open_run
+from tracin_we.training.distill import NotDistilled
 from tracin_we.training.loop import accuracy
 from tracin_we.training.model_init import new_model
 from tracin_we.training.recipe import RECIPE_VERSION, TrainConfig, config_identity
@@ -142,10 +143,10 @@ def trained(
     """``train(config, splits, cache=cache)``'s result when the cache holds it finished, else
     None; never trains (builds the model once, for its init's name, as ``train`` does; a
     distilled init not yet distilled means nothing trained)."""
+    splits = splits if splits is not None else make_splits(config.data)
     try:
-        splits = splits if splits is not None else make_splits(config.data)
         resolved = _built(config, splits, distil=False)[1]
-    except FileNotFoundError:  # init_from="distilled:...", not distilled yet
+    except NotDistilled:
         return None
     folder = Folder(_cached_path(config, resolved, cache))
     if folder.read_json("config.json", recompute=False) != resolved:
