@@ -45,8 +45,8 @@ class TrainConfig:
     max_grad_norm: float | None = None  # clip the global gradient norm (HF Trainer uses 1.0)
     # A local MLM pretraining or distillation run (training.pretrain, .distill: its folder, or a
     # .pt checkpoint) whose word embeddings and encoder start bert-tiny; "distilled:minilm-l6":
-    # MiniLM distilled on the texts this data leaves unused (cached; ~40 min on 2 cores the first
-    # time); None: `pretrained` decides (hub or random init).
+    # MiniLM distilled on the texts this data leaves unused (cached; the first time took 45 min on
+    # 2 shared cores, presets/distilled.yaml); None: `pretrained` decides (hub or random init).
     init_from: str | None = None
     # A pretrained encoder ("minilm-l6") whose word embeddings, PCA-projected to this model's
     # width, start the CNN's or BERT-tiny's (training.embedding_init); None: random rows.
